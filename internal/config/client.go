@@ -1,0 +1,167 @@
+package config
+
+import (
+	"os"
+	"regexp"
+	"sort"
+	"time"
+)
+
+// Client is tunnelc's configuration (tunnel.toml).
+type Client struct {
+	// Server is tunneld's session address, host:port.
+	Server string `toml:"server"`
+	// Token must match the server's. TUNNEL_TOKEN overrides it.
+	Token string `toml:"token"`
+	// Name identifies this client to the server; a new session under the
+	// same name takes over the ports of an older one. Default: host name.
+	Name string `toml:"name"`
+	// DialTimeout bounds each dial of a local service.
+	DialTimeout Duration `toml:"dial_timeout"`
+	// HandshakeTimeout bounds the session handshake and each stream header read.
+	HandshakeTimeout Duration `toml:"handshake_timeout"`
+
+	Log       Log                `toml:"log"`
+	TLS       ClientTLS          `toml:"tls"`
+	KeepAlive ClientKeepAlive    `toml:"keepalive"`
+	Reconnect Reconnect          `toml:"reconnect"`
+	Tunnels   map[string]*Tunnel `toml:"tunnels"`
+
+	File string `toml:"-"`
+}
+
+// ClientTLS configures TLS towards the server.
+type ClientTLS struct {
+	Enabled            bool   `toml:"enabled"`
+	CAFile             string `toml:"ca_file"`
+	ServerName         string `toml:"server_name"`
+	InsecureSkipVerify bool   `toml:"insecure_skip_verify"`
+}
+
+// ClientKeepAlive holds the liveness settings of tunnelc's two legs.
+type ClientKeepAlive struct {
+	Session Session   `toml:"session"`
+	Local   KeepAlive `toml:"local"`
+}
+
+// Reconnect is the backoff between session attempts: exponential from
+// MinDelay to MaxDelay with full jitter, reset after a minute of health.
+type Reconnect struct {
+	MinDelay Duration `toml:"min_delay"`
+	MaxDelay Duration `toml:"max_delay"`
+}
+
+// Tunnel is one forwarded service ([tunnels.NAME]).
+type Tunnel struct {
+	Type       string `toml:"type"`
+	Local      string `toml:"local"`
+	RemotePort int    `toml:"remote_port"`
+}
+
+// DefaultClient returns the defaults a tunnel.toml is decoded over.
+func DefaultClient() *Client {
+	name, _ := os.Hostname()
+	if name == "" {
+		name = "tunnelc"
+	}
+	return &Client{
+		Name:             name,
+		DialTimeout:      Duration(5 * time.Second),
+		HandshakeTimeout: Duration(10 * time.Second),
+		Log:              Log{Level: "info", Format: "text"},
+		KeepAlive:        ClientKeepAlive{Session: DefaultSession, Local: DefaultLeg},
+		Reconnect:        Reconnect{MinDelay: Duration(250 * time.Millisecond), MaxDelay: Duration(30 * time.Second)},
+	}
+}
+
+// LoadClient reads and validates tunnelc's config.
+func LoadClient(path string) (*Client, error) {
+	data, err := readFile(path)
+	if err != nil {
+		return nil, err
+	}
+	return ParseClient(path, data)
+}
+
+// ParseClient decodes and validates tunnel.toml content; file names it in errors.
+func ParseClient(file string, data []byte) (*Client, error) {
+	c := DefaultClient()
+	c.File = file
+	lines, err := decode(file, data, c)
+	if err != nil {
+		return nil, err
+	}
+	if t := os.Getenv("TUNNEL_TOKEN"); t != "" {
+		c.Token = t
+	}
+	for _, t := range c.Tunnels {
+		if t.Type == "" {
+			t.Type = "tcp"
+		}
+	}
+	if err := c.Validate(lines); err != nil {
+		return nil, err
+	}
+	return c, nil
+}
+
+var nameRE = regexp.MustCompile(`^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$`)
+
+// Validate checks c; lines maps keys to file lines for the messages.
+func (c *Client) Validate(lines map[string]int) error {
+	ps := &problems{file: c.File, lines: lines}
+	if err := hostPort(c.Server, false); err != nil {
+		ps.add("server", "%v", err)
+	}
+	if c.Token == "" {
+		ps.add("token", "is empty: copy the token tunneld printed at start (or set TUNNEL_TOKEN)")
+	}
+	if !nameRE.MatchString(c.Name) {
+		ps.add("name", "%q is not a valid client name (letters, digits, '.', '_', '-'; at most 64)", c.Name)
+	}
+	if c.DialTimeout < Duration(10*time.Millisecond) {
+		ps.add("dial_timeout", "%s is too small (at least 10ms)", c.DialTimeout.D())
+	}
+	if c.HandshakeTimeout < Duration(100*time.Millisecond) {
+		ps.add("handshake_timeout", "%s is too small (at least 100ms)", c.HandshakeTimeout.D())
+	}
+	if c.Reconnect.MinDelay < Duration(10*time.Millisecond) || c.Reconnect.MaxDelay < c.Reconnect.MinDelay {
+		ps.add("reconnect", "need 10ms <= min_delay <= max_delay (have %s, %s)", c.Reconnect.MinDelay.D(), c.Reconnect.MaxDelay.D())
+	}
+	if !c.TLS.Enabled && (c.TLS.CAFile != "" || c.TLS.ServerName != "" || c.TLS.InsecureSkipVerify) {
+		ps.add("tls.enabled", "TLS options are set but enabled = false")
+	}
+	checkLog(ps, c.Log)
+	checkSession(ps, c.KeepAlive.Session)
+	checkKeepAlive(ps, "keepalive.local", c.KeepAlive.Local)
+	if len(c.Tunnels) == 0 {
+		ps.add("tunnels", "no tunnels: add at least one [tunnels.NAME] table with local and remote_port")
+	}
+	for _, name := range c.TunnelNames() {
+		t := c.Tunnels[name]
+		key := "tunnels." + name
+		if !nameRE.MatchString(name) {
+			ps.add(key, "%q is not a valid tunnel name (letters, digits, '.', '_', '-'; at most 64)", name)
+		}
+		if t.Type != "tcp" {
+			ps.add(key+".type", "%q is not supported (only \"tcp\")", t.Type)
+		}
+		if err := hostPort(t.Local, false); err != nil {
+			ps.add(key+".local", "%v", err)
+		}
+		if t.RemotePort < 0 || t.RemotePort > 65535 {
+			ps.add(key+".remote_port", "%d is out of range (0 lets the server pick; else 1..65535)", t.RemotePort)
+		}
+	}
+	return ps.err()
+}
+
+// TunnelNames returns the tunnel names in a stable order.
+func (c *Client) TunnelNames() []string {
+	names := make([]string, 0, len(c.Tunnels))
+	for n := range c.Tunnels {
+		names = append(names, n)
+	}
+	sort.Strings(names)
+	return names
+}

@@ -1,0 +1,171 @@
+package config
+
+import (
+	"errors"
+	"strings"
+	"testing"
+	"time"
+)
+
+func TestExampleConfigsParse(t *testing.T) {
+	t.Setenv("TUNNEL_TOKEN", "")
+	s, err := LoadServer("../../configs/tunneld.toml")
+	if err != nil {
+		t.Fatal(err)
+	}
+	// The example documents the defaults: it must decode to exactly them.
+	d := DefaultServer()
+	if err := d.Validate(nil); err != nil {
+		t.Fatal(err)
+	}
+	d.File = s.File
+	if got, want := s.KeepAlive, d.KeepAlive; got != want {
+		t.Errorf("example keepalive %+v != defaults %+v", got, want)
+	}
+	if s.Listen != d.Listen || s.BindAddr != d.BindAddr || s.HandshakeTimeout != d.HandshakeTimeout {
+		t.Errorf("example differs from defaults: %+v", s)
+	}
+
+	c, err := LoadClient("../../configs/tunnel.toml")
+	if err != nil {
+		t.Fatal(err)
+	}
+	if len(c.Tunnels) != 2 || c.Tunnels["ssh"].Type != "tcp" || c.Tunnels["web"].RemotePort != 18080 {
+		t.Errorf("tunnels = %+v", c.Tunnels)
+	}
+	if c.KeepAlive != DefaultClient().KeepAlive {
+		t.Errorf("client keepalive %+v != defaults", c.KeepAlive)
+	}
+}
+
+func TestDefaultsMatchDesign(t *testing.T) {
+	s := DefaultServer()
+	ks := s.KeepAlive.Session
+	if ks.Idle.D() != 15*time.Second || ks.Interval.D() != 5*time.Second || ks.Count != 3 ||
+		ks.UserTimeout.D() != 30*time.Second || ks.HeartbeatInterval.D() != 10*time.Second {
+		t.Errorf("session defaults %+v", ks)
+	}
+	if got := ks.Sock().Bound(); got != 30*time.Second {
+		t.Errorf("session bound %s, want 30s", got)
+	}
+	if got := s.KeepAlive.Public.Sock().Bound(); got != 60*time.Second {
+		t.Errorf("public bound %s", got)
+	}
+}
+
+func TestUnknownKeyNamesLine(t *testing.T) {
+	data := "server = \"127.0.0.1:1\"\ntoken = \"x\"\n\n[tunnels.web]\nlocal = \"127.0.0.1:80\"\nremot_port = 8080\n\n[keepalive.session]\nidel = \"5s\"\n"
+	_, err := ParseClient("t.toml", []byte(data))
+	if err == nil {
+		t.Fatal("no error")
+	}
+	for _, want := range []string{"t.toml:6: tunnels.web.remot_port: unknown key", "t.toml:9: keepalive.session.idel: unknown key"} {
+		if !strings.Contains(err.Error(), want) {
+			t.Errorf("error %q lacks %q", err, want)
+		}
+	}
+}
+
+func TestValidationReportsAllProblemsWithLines(t *testing.T) {
+	t.Setenv("TUNNEL_TOKEN", "")
+	data := `server = "nohost"
+token = ""
+
+[keepalive.session]
+idle = "500ms"
+count = 0
+
+[tunnels.web]
+type = "udp"
+local = "127.0.0.1"
+remote_port = 70000
+`
+	_, err := ParseClient("bad.toml", []byte(data))
+	if err == nil {
+		t.Fatal("no error")
+	}
+	var n int
+	for _, want := range []string{
+		"bad.toml:1: server:",
+		"bad.toml:2: token: is empty",
+		"bad.toml:5: keepalive.session.idle: 500ms is below",
+		"bad.toml:6: keepalive.session.count: 0 is out of range",
+		"bad.toml:9: tunnels.web.type: \"udp\" is not supported",
+		"bad.toml:10: tunnels.web.local:",
+		"bad.toml:11: tunnels.web.remote_port: 70000 is out of range",
+	} {
+		n++
+		if !strings.Contains(err.Error(), want) {
+			t.Errorf("error lacks %q:\n%v", want, err)
+		}
+	}
+	var p Problem
+	if !errors.As(err, &p) {
+		t.Errorf("error is not a Problem: %T", err)
+	}
+}
+
+func TestSyntaxErrorNamesFileAndLine(t *testing.T) {
+	_, err := ParseServer("s.toml", []byte("listen = \"0.0.0.0:1\"\nallow_ports = [\"1-2\"\n"))
+	if err == nil || !strings.HasPrefix(err.Error(), "s.toml:") {
+		t.Fatalf("err = %v", err)
+	}
+	_, err = ParseServer("s.toml", []byte("listen = \"0.0.0.0:1\"\n\n[log]\nlevel = 3\n"))
+	if err == nil || !strings.Contains(err.Error(), "s.toml:4") {
+		t.Fatalf("type error without line: %v", err)
+	}
+	_, err = ParseServer("s.toml", []byte("[keepalive.session]\nidle = \"fast\"\n"))
+	if err == nil || !strings.Contains(err.Error(), "s.toml:2") || !strings.Contains(err.Error(), "not a duration") {
+		t.Fatalf("bad duration: %v", err)
+	}
+}
+
+func TestServerValidation(t *testing.T) {
+	data := `listen = ":x"
+bind_addr = "example.com"
+allow_ports = ["9000-8000", "22"]
+[tls]
+cert_file = "a.pem"
+[keepalive.session]
+user_timeout = "5m"
+`
+	_, err := ParseServer("s.toml", []byte(data))
+	if err == nil {
+		t.Fatal("no error")
+	}
+	for _, want := range []string{"s.toml:1: listen", "s.toml:2: bind_addr", "s.toml:3: allow_ports: \"9000-8000\"",
+		"s.toml:4: tls: set both", "s.toml:7: keepalive.session.user_timeout: 5m0s is more than twice"} {
+		if !strings.Contains(err.Error(), want) {
+			t.Errorf("error lacks %q:\n%v", want, err)
+		}
+	}
+}
+
+func TestPortsAndEnvToken(t *testing.T) {
+	t.Setenv("TUNNEL_TOKEN", "from-env")
+	s, err := ParseServer("s.toml", []byte("token = \"file\"\nallow_ports = [\"2222\", \"8000-8100\"]\n"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if s.Token != "from-env" {
+		t.Errorf("token %q", s.Token)
+	}
+	for p, want := range map[int]bool{2222: true, 2223: false, 8000: true, 8100: true, 8101: false} {
+		if s.PortAllowed(p) != want {
+			t.Errorf("PortAllowed(%d) = %v", p, !want)
+		}
+	}
+}
+
+func TestKeyLines(t *testing.T) {
+	l := keyLines([]byte("a = 1\n[x.\"y.z\"]\nb = \"\"\"\nq = 2\n\"\"\"\nc = 3 # c\n[[arr]]\nd = 1\n"))
+	want := map[string]int{"a": 1, "x.y.z": 2, "x.y.z.b": 3, "x.y.z.c": 6, "arr": 7, "arr.d": 8}
+	for k, v := range want {
+		if l[k] != v {
+			t.Errorf("%s at %d, want %d (all: %v)", k, l[k], v, l)
+		}
+	}
+	if _, ok := l["x.y.z.q"]; ok {
+		t.Error("key inside a multi-line string was indexed")
+	}
+}

@@ -1,0 +1,195 @@
+package config
+
+import (
+	"fmt"
+	"net"
+	"os"
+	"strconv"
+	"strings"
+	"time"
+)
+
+// Server is tunneld's configuration (tunneld.toml).
+type Server struct {
+	// Listen is the address tunnelc sessions connect to.
+	Listen string `toml:"listen"`
+	// Token authenticates clients. Empty: tunneld generates one at start.
+	// TUNNEL_TOKEN in the environment overrides the file.
+	Token string `toml:"token"`
+	// BindAddr is the address public listeners bind to.
+	BindAddr string `toml:"bind_addr"`
+	// PublicHost is the host name reported to clients in their public
+	// addresses. Empty: the host of Listen, or 127.0.0.1 when that is a
+	// wildcard address.
+	PublicHost string `toml:"public_host"`
+	// AllowPorts lists the public ports clients may ask for ("8000-8100", "2222").
+	AllowPorts []string `toml:"allow_ports"`
+	// HandshakeTimeout bounds every handshake read (TLS, hello, stream header).
+	HandshakeTimeout Duration `toml:"handshake_timeout"`
+	// MaxTunnelsPerClient bounds how many public listeners one session may hold.
+	MaxTunnelsPerClient int `toml:"max_tunnels_per_client"`
+
+	Log       Log             `toml:"log"`
+	TLS       ServerTLS       `toml:"tls"`
+	KeepAlive ServerKeepAlive `toml:"keepalive"`
+
+	// File is where the config came from ("(defaults)" when none).
+	File string `toml:"-"`
+	// Ports is AllowPorts parsed by Validate.
+	Ports []PortRange `toml:"-"`
+}
+
+// ServerTLS turns on TLS for sessions when both files are set.
+type ServerTLS struct {
+	CertFile string `toml:"cert_file"`
+	KeyFile  string `toml:"key_file"`
+}
+
+// Enabled reports whether sessions use TLS.
+func (t ServerTLS) Enabled() bool { return t.CertFile != "" || t.KeyFile != "" }
+
+// ServerKeepAlive holds the liveness settings of tunneld's two legs.
+type ServerKeepAlive struct {
+	Session Session   `toml:"session"`
+	Public  KeepAlive `toml:"public"`
+}
+
+// PortRange is an inclusive range of TCP ports.
+type PortRange struct{ Lo, Hi int }
+
+// Contains reports whether p is in r.
+func (r PortRange) Contains(p int) bool { return p >= r.Lo && p <= r.Hi }
+
+func (r PortRange) String() string {
+	if r.Lo == r.Hi {
+		return strconv.Itoa(r.Lo)
+	}
+	return fmt.Sprintf("%d-%d", r.Lo, r.Hi)
+}
+
+// DefaultServer returns the embedded defaults: what `tunneld serve` runs
+// with no config file.
+func DefaultServer() *Server {
+	return &Server{
+		Listen:              "0.0.0.0:7835",
+		BindAddr:            "0.0.0.0",
+		AllowPorts:          []string{"1024-65535"},
+		HandshakeTimeout:    Duration(10 * time.Second),
+		MaxTunnelsPerClient: 64,
+		Log:                 Log{Level: "info", Format: "text"},
+		KeepAlive:           ServerKeepAlive{Session: DefaultSession, Public: DefaultLeg},
+		File:                "(defaults)",
+	}
+}
+
+// LoadServer reads and validates tunneld's config; path "" means the
+// embedded defaults. The TUNNEL_TOKEN environment variable overrides token.
+func LoadServer(path string) (*Server, error) {
+	if path == "" {
+		c := DefaultServer()
+		c.applyEnv()
+		return c, c.Validate(nil)
+	}
+	data, err := readFile(path)
+	if err != nil {
+		return nil, err
+	}
+	return ParseServer(path, data)
+}
+
+// ParseServer decodes and validates tunneld.toml content; file names it in errors.
+func ParseServer(file string, data []byte) (*Server, error) {
+	c := DefaultServer()
+	c.File = file
+	lines, err := decode(file, data, c)
+	if err != nil {
+		return nil, err
+	}
+	c.applyEnv()
+	if err := c.Validate(lines); err != nil {
+		return nil, err
+	}
+	return c, nil
+}
+
+func (c *Server) applyEnv() {
+	if t := os.Getenv("TUNNEL_TOKEN"); t != "" {
+		c.Token = t
+	}
+}
+
+// Validate checks c and parses AllowPorts. lines maps keys to file lines
+// for the messages (nil is fine).
+func (c *Server) Validate(lines map[string]int) error {
+	ps := &problems{file: c.File, lines: lines}
+	if err := hostPort(c.Listen, false); err != nil {
+		ps.add("listen", "%v", err)
+	}
+	if c.BindAddr == "" || net.ParseIP(c.BindAddr) == nil {
+		ps.add("bind_addr", "%q is not an IP address (e.g. \"0.0.0.0\")", c.BindAddr)
+	}
+	c.Ports = c.Ports[:0]
+	if len(c.AllowPorts) == 0 {
+		ps.add("allow_ports", "is empty: no client could open a tunnel (e.g. [\"1024-65535\"])")
+	}
+	for _, s := range c.AllowPorts {
+		r, err := parseRange(s)
+		if err != nil {
+			ps.add("allow_ports", "%v", err)
+			continue
+		}
+		c.Ports = append(c.Ports, r)
+	}
+	if c.HandshakeTimeout < Duration(100*time.Millisecond) {
+		ps.add("handshake_timeout", "%s is too small (at least 100ms)", c.HandshakeTimeout.D())
+	}
+	if c.MaxTunnelsPerClient < 1 {
+		ps.add("max_tunnels_per_client", "must be at least 1")
+	}
+	if (c.TLS.CertFile == "") != (c.TLS.KeyFile == "") {
+		ps.add("tls", "set both cert_file and key_file, or neither")
+	}
+	checkLog(ps, c.Log)
+	checkSession(ps, c.KeepAlive.Session)
+	checkKeepAlive(ps, "keepalive.public", c.KeepAlive.Public)
+	return ps.err()
+}
+
+func parseRange(s string) (PortRange, error) {
+	lo, hi, isRange := strings.Cut(strings.TrimSpace(s), "-")
+	a, err1 := strconv.Atoi(strings.TrimSpace(lo))
+	b := a
+	var err2 error
+	if isRange {
+		b, err2 = strconv.Atoi(strings.TrimSpace(hi))
+	}
+	if err1 != nil || err2 != nil || a < 1 || b > 65535 || a > b {
+		return PortRange{}, fmt.Errorf("%q is not a port or range (want \"8000\" or \"8000-8100\", within 1..65535)", s)
+	}
+	return PortRange{a, b}, nil
+}
+
+// PortAllowed reports whether clients may ask for port p.
+func (c *Server) PortAllowed(p int) bool {
+	for _, r := range c.Ports {
+		if r.Contains(p) {
+			return true
+		}
+	}
+	return false
+}
+
+// AdvertisedHost is the host name put in the public addresses reported to clients.
+func (c *Server) AdvertisedHost() string {
+	if c.PublicHost != "" {
+		return c.PublicHost
+	}
+	if ip := net.ParseIP(c.BindAddr); ip != nil && !ip.IsUnspecified() {
+		return c.BindAddr
+	}
+	host, _, _ := net.SplitHostPort(c.Listen)
+	if ip := net.ParseIP(host); host != "" && (ip == nil || !ip.IsUnspecified()) {
+		return host
+	}
+	return "127.0.0.1"
+}

@@ -1,0 +1,158 @@
+// Package protocol defines the messages tunneld and tunnelc exchange: the
+// control-stream handshake and the header of each data stream, their framing,
+// version and limits.
+//
+// Framing: a 4-byte big-endian length, then that many bytes of JSON, at most
+// MaxFrame. The package only encodes and decodes through io.Reader and
+// io.Writer; it must not dial, set deadlines, or know about yamux.
+package protocol
+
+import (
+	"encoding/binary"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"io"
+)
+
+// Version is the protocol version this build speaks. Peers with another
+// version are refused with an error naming both.
+const Version = 1
+
+// MaxFrame is the largest frame either side accepts. A larger length prefix
+// is a protocol error and the body is not read.
+const MaxFrame = 64 << 10
+
+// ErrFrameTooLarge is returned for a frame whose length exceeds MaxFrame.
+var ErrFrameTooLarge = errors.New("frame too large")
+
+// WriteFrame encodes v as one frame in a single Write, so a frame is never
+// interleaved with other writes on a shared writer that is guarded per call.
+func WriteFrame(w io.Writer, v any) error {
+	body, err := json.Marshal(v)
+	if err != nil {
+		return fmt.Errorf("encode frame: %w", err)
+	}
+	if len(body) > MaxFrame {
+		return fmt.Errorf("encode frame: %d bytes: %w", len(body), ErrFrameTooLarge)
+	}
+	buf := make([]byte, 4+len(body))
+	binary.BigEndian.PutUint32(buf, uint32(len(body)))
+	copy(buf[4:], body)
+	if _, err := w.Write(buf); err != nil {
+		return fmt.Errorf("write frame: %w", err)
+	}
+	return nil
+}
+
+// ReadFrame reads one frame from r and decodes it into v. Unknown JSON
+// fields are ignored so that a newer peer can add fields within a version.
+func ReadFrame(r io.Reader, v any) error {
+	var hdr [4]byte
+	if _, err := io.ReadFull(r, hdr[:]); err != nil {
+		return fmt.Errorf("read frame length: %w", err)
+	}
+	n := binary.BigEndian.Uint32(hdr[:])
+	if n > MaxFrame {
+		return fmt.Errorf("read frame: length %d > %d: %w", n, MaxFrame, ErrFrameTooLarge)
+	}
+	body := make([]byte, n)
+	if _, err := io.ReadFull(r, body); err != nil {
+		return fmt.Errorf("read frame body (%d bytes): %w", n, err)
+	}
+	if err := json.Unmarshal(body, v); err != nil {
+		return fmt.Errorf("decode frame: %w", err)
+	}
+	return nil
+}
+
+// Control message types.
+const (
+	TypeHello   = "hello"
+	TypeWelcome = "welcome"
+	TypeError   = "error"
+	TypeGoodbye = "goodbye"
+)
+
+// Control is one message on the control stream. Type says which of the
+// other fields is set.
+type Control struct {
+	Type    string   `json:"type"`
+	Hello   *Hello   `json:"hello,omitempty"`
+	Welcome *Welcome `json:"welcome,omitempty"`
+	Error   *Error   `json:"error,omitempty"`
+	Goodbye *Goodbye `json:"goodbye,omitempty"`
+}
+
+// Hello is the first message of a session, sent by the client.
+type Hello struct {
+	Version int             `json:"version"`
+	Client  string          `json:"client"`
+	Token   string          `json:"token"`
+	Tunnels []TunnelRequest `json:"tunnels"`
+}
+
+// TunnelRequest asks the server for one public listener.
+type TunnelRequest struct {
+	Name       string `json:"name"`
+	Type       string `json:"type"`
+	RemotePort int    `json:"remote_port"`
+}
+
+// Welcome accepts a session. Each requested tunnel gets a result; a session
+// is welcomed even when some tunnels failed, so one bad tunnel never takes
+// the others down.
+type Welcome struct {
+	Session string         `json:"session"`
+	Tunnels []TunnelResult `json:"tunnels"`
+}
+
+// TunnelResult is the outcome for one TunnelRequest.
+type TunnelResult struct {
+	Name   string `json:"name"`
+	OK     bool   `json:"ok"`
+	Public string `json:"public,omitempty"`
+	Code   string `json:"code,omitempty"`
+	Error  string `json:"error,omitempty"`
+}
+
+// Error refuses a session; the server closes it after sending.
+type Error struct {
+	Code    string `json:"code"`
+	Message string `json:"message"`
+}
+
+// Goodbye announces a clean close (for example a server shutting down), so
+// the peer can tell it from a dead path.
+type Goodbye struct {
+	Reason string `json:"reason"`
+}
+
+// Error codes. Session-level codes are permanent: a client must not retry
+// them without a change of config. Tunnel-level codes come in TunnelResult.
+const (
+	CodeAuth       = "auth"        // wrong token
+	CodeVersion    = "version"     // protocol version mismatch
+	CodeBadRequest = "bad_request" // malformed hello
+	CodeInternal   = "internal"    // the server failed; retryable
+
+	CodePortNotAllowed = "port_not_allowed"
+	CodePortInUse      = "port_in_use"
+	CodeBindFailed     = "bind_failed"
+	CodeInvalidTunnel  = "invalid_tunnel"
+)
+
+// StreamHeader opens every data stream, written by the server.
+type StreamHeader struct {
+	Tunnel     string `json:"tunnel"`
+	RemoteAddr string `json:"remote_addr"`
+}
+
+// Dial results, one byte written by the client on a data stream once it has
+// tried the local service: the server holds back the public side's first
+// byte until it knows the dial worked, so a refused local service becomes a
+// reset public connection instead of an empty reply that looks complete.
+const (
+	DialOK     byte = 0
+	DialFailed byte = 1
+)
