@@ -146,6 +146,8 @@ const (
 type StreamHeader struct {
 	Tunnel     string `json:"tunnel"`
 	RemoteAddr string `json:"remote_addr"`
+	// Conn is the server's id for the public connection, so both logs name it alike.
+	Conn uint64 `json:"conn"`
 }
 
 // Dial results, one byte written by the client on a data stream once it has

@@ -1,0 +1,104 @@
+package main
+
+import (
+	"errors"
+	"fmt"
+
+	"github.com/spf13/cobra"
+
+	"github.com/tunnel-dev/tunnel/internal/cli"
+	"github.com/tunnel-dev/tunnel/internal/client"
+	"github.com/tunnel-dev/tunnel/internal/config"
+)
+
+func newRoot() *cobra.Command {
+	root := &cobra.Command{
+		Use:           "tunnelc",
+		Short:         "tunnel client: serves local services on a tunneld's public ports",
+		Version:       cli.Version,
+		SilenceUsage:  true,
+		SilenceErrors: true,
+	}
+	root.AddCommand(newUp(), newCheck())
+	return root
+}
+
+func load(path string) (*config.Client, error) {
+	if path == "" {
+		return nil, &cli.ExitError{Code: cli.ExitConfig, Err: errors.New("no config: pass -c tunnel.toml (see configs/tunnel.toml)")}
+	}
+	cfg, err := config.LoadClient(path)
+	if err != nil {
+		return nil, &cli.ExitError{Code: cli.ExitConfig, Err: err}
+	}
+	return cfg, nil
+}
+
+func newUp() *cobra.Command {
+	var path, logLevel string
+	cmd := &cobra.Command{
+		Use:   "up",
+		Short: "connect to the server and serve the configured tunnels",
+		Args:  cobra.NoArgs,
+		RunE: func(cmd *cobra.Command, _ []string) error {
+			cfg, err := load(path)
+			if err != nil {
+				return err
+			}
+			log, err := cli.Logger(cmd.ErrOrStderr(), cfg.Log, logLevel)
+			if err != nil {
+				return err
+			}
+			c, err := client.New(cfg, log)
+			if err != nil {
+				return err
+			}
+			ctx, stop := cli.SignalContext()
+			defer stop()
+			log.Info("tunnelc started", "version", cli.Version, "config", cfg.File, "server", cfg.Server)
+			if err := c.Run(ctx); err != nil {
+				return &cli.ExitError{Code: cli.ExitFailure, Err: err}
+			}
+			log.Info("tunnelc stopped")
+			return nil
+		},
+	}
+	cmd.Flags().StringVarP(&path, "config", "c", "", "config file (required)")
+	cmd.Flags().StringVar(&logLevel, "log-level", "", "override the config's log level (debug, info, warn, error)")
+	return cmd
+}
+
+func newCheck() *cobra.Command {
+	var path string
+	cmd := &cobra.Command{
+		Use:   "check",
+		Short: "validate a config and print what would run",
+		Args:  cobra.NoArgs,
+		RunE: func(cmd *cobra.Command, _ []string) error {
+			cfg, err := load(path)
+			if err != nil {
+				return err
+			}
+			w := cmd.OutOrStdout()
+			fmt.Fprintf(w, "%s: ok\n", cfg.File)
+			fmt.Fprintf(w, "server          %s as %q (tls: %v)\n", cfg.Server, cfg.Name, cfg.TLS.Enabled)
+			for _, name := range cfg.TunnelNames() {
+				t := cfg.Tunnels[name]
+				rp := fmt.Sprint(t.RemotePort)
+				if t.RemotePort == 0 {
+					rp = "any (server picks)"
+				}
+				fmt.Fprintf(w, "tunnel %-8s %s: public port %s -> %s\n", name, t.Type, rp, t.Local)
+			}
+			ks := cfg.KeepAlive.Session
+			fmt.Fprintf(w, "session         keepalive %s/%s/%d (dead idle path found within %s), user_timeout %s, heartbeat every %s (timeout %s)\n",
+				ks.Idle.D(), ks.Interval.D(), ks.Count, ks.Sock().Bound(), ks.UserTimeout.D(), ks.HeartbeatInterval.D(), ks.HeartbeatTimeout.D())
+			kl := cfg.KeepAlive.Local
+			fmt.Fprintf(w, "local leg       keepalive %s/%s/%d (dead idle peer found within %s)\n", kl.Idle.D(), kl.Interval.D(), kl.Count, kl.Sock().Bound())
+			fmt.Fprintf(w, "reconnect       backoff %s .. %s, full jitter\n", cfg.Reconnect.MinDelay.D(), cfg.Reconnect.MaxDelay.D())
+			return nil
+		},
+	}
+	cmd.Flags().StringVarP(&path, "config", "c", "", "config file (required)")
+	return cmd
+}

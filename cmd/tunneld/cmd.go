@@ -1,0 +1,141 @@
+package main
+
+import (
+	"crypto/rand"
+	"encoding/hex"
+	"fmt"
+	"io"
+	"net"
+	"os"
+	"strconv"
+
+	"github.com/spf13/cobra"
+
+	"github.com/tunnel-dev/tunnel/internal/cli"
+	"github.com/tunnel-dev/tunnel/internal/config"
+	"github.com/tunnel-dev/tunnel/internal/server"
+)
+
+func newRoot() *cobra.Command {
+	root := &cobra.Command{
+		Use:           "tunneld",
+		Short:         "tunnel server: exposes services of tunnelc clients on public ports",
+		Version:       cli.Version,
+		SilenceUsage:  true,
+		SilenceErrors: true,
+	}
+	root.AddCommand(newServe(), newCheck())
+	return root
+}
+
+type flags struct {
+	config   string
+	logLevel string
+	listen   string
+}
+
+func (f *flags) load() (*config.Server, error) {
+	cfg, err := config.LoadServer(f.config)
+	if err != nil {
+		return nil, &cli.ExitError{Code: cli.ExitConfig, Err: err}
+	}
+	if f.listen != "" {
+		cfg.Listen = f.listen
+		if err := cfg.Validate(nil); err != nil {
+			return nil, &cli.ExitError{Code: cli.ExitConfig, Err: fmt.Errorf("--listen: %w", err)}
+		}
+	}
+	return cfg, nil
+}
+
+func newServe() *cobra.Command {
+	var f flags
+	cmd := &cobra.Command{
+		Use:   "serve",
+		Short: "run the server (embedded defaults without -c)",
+		Args:  cobra.NoArgs,
+		RunE: func(cmd *cobra.Command, _ []string) error {
+			cfg, err := f.load()
+			if err != nil {
+				return err
+			}
+			log, err := cli.Logger(cmd.ErrOrStderr(), cfg.Log, f.logLevel)
+			if err != nil {
+				return err
+			}
+			if cfg.Token == "" {
+				cfg.Token = randomToken()
+				printToken(cmd.ErrOrStderr(), cfg)
+			}
+			srv, err := server.New(cfg, log)
+			if err != nil {
+				return err
+			}
+			ctx, stop := cli.SignalContext()
+			defer stop()
+			if err := srv.Start(ctx); err != nil {
+				return err
+			}
+			log.Info("tunneld started", "version", cli.Version, "config", cfg.File)
+			if err := srv.Serve(ctx); err != nil {
+				return err
+			}
+			log.Info("tunneld stopped")
+			return nil
+		},
+	}
+	cmd.Flags().StringVarP(&f.config, "config", "c", "", "config file (default: embedded defaults)")
+	cmd.Flags().StringVar(&f.logLevel, "log-level", "", "override the config's log level (debug, info, warn, error)")
+	cmd.Flags().StringVar(&f.listen, "listen", "", "override the config's session address (host:port)")
+	return cmd
+}
+
+func newCheck() *cobra.Command {
+	var f flags
+	cmd := &cobra.Command{
+		Use:   "check",
+		Short: "validate a config and print what would run",
+		Args:  cobra.NoArgs,
+		RunE: func(cmd *cobra.Command, _ []string) error {
+			cfg, err := f.load()
+			if err != nil {
+				return err
+			}
+			w := cmd.OutOrStdout()
+			fmt.Fprintf(w, "%s: ok\n", cfg.File)
+			fmt.Fprintf(w, "sessions on     %s (tls: %v)\n", cfg.Listen, cfg.TLS.Enabled())
+			fmt.Fprintf(w, "public ports    %v on %s, reported as %s\n", cfg.Ports, cfg.BindAddr, cfg.AdvertisedHost())
+			tok := "configured"
+			if cfg.Token == "" {
+				tok = "none: a random one is generated at start"
+			}
+			fmt.Fprintf(w, "token           %s\n", tok)
+			ks := cfg.KeepAlive.Session
+			fmt.Fprintf(w, "session         keepalive %s/%s/%d (dead idle path found within %s), user_timeout %s, heartbeat every %s (timeout %s)\n",
+				ks.Idle.D(), ks.Interval.D(), ks.Count, ks.Sock().Bound(), ks.UserTimeout.D(), ks.HeartbeatInterval.D(), ks.HeartbeatTimeout.D())
+			kp := cfg.KeepAlive.Public
+			fmt.Fprintf(w, "public leg      keepalive %s/%s/%d (dead idle peer found within %s)\n", kp.Idle.D(), kp.Interval.D(), kp.Count, kp.Sock().Bound())
+			return nil
+		},
+	}
+	cmd.Flags().StringVarP(&f.config, "config", "c", "", "config file (default: embedded defaults)")
+	return cmd
+}
+
+func randomToken() string {
+	var b [24]byte
+	_, _ = rand.Read(b[:])
+	return hex.EncodeToString(b[:])
+}
+
+// printToken tells the operator the generated token and the client line.
+func printToken(w io.Writer, cfg *config.Server) {
+	_, port, _ := net.SplitHostPort(cfg.Listen)
+	p, _ := strconv.Atoi(port)
+	fmt.Fprintf(w, "\nNo token configured: generated one for this run.\n"+
+		"  token: %s\n"+
+		"Connect a client with (server = %q in tunnel.toml):\n"+
+		"  TUNNEL_TOKEN=%s tunnelc up -c tunnel.toml\n\n",
+		cfg.Token, net.JoinHostPort(cfg.AdvertisedHost(), strconv.Itoa(p)), cfg.Token)
+	_ = os.Stderr.Sync()
+}

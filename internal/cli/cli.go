@@ -1,0 +1,75 @@
+// Package cli holds what tunneld's and tunnelc's commands share: logger
+// construction, the signal-bound context, and exit codes. It must not hold
+// tunnel logic; the commands only wire config to server or client.
+package cli
+
+import (
+	"context"
+	"fmt"
+	"io"
+	"log/slog"
+	"os"
+	"os/signal"
+	"syscall"
+
+	"github.com/tunnel-dev/tunnel/internal/config"
+)
+
+// Version is set at build time (-ldflags "-X .../internal/cli.Version=...").
+var Version = "dev"
+
+// ExitError carries a process exit code out of a command's RunE.
+type ExitError struct {
+	Code int
+	Err  error
+}
+
+func (e *ExitError) Error() string { return e.Err.Error() }
+func (e *ExitError) Unwrap() error { return e.Err }
+
+// Exit codes.
+const (
+	ExitFailure = 1 // runtime failure or permanent refusal by the server
+	ExitConfig  = 2 // the config is invalid
+)
+
+// Logger builds the daemon's logger. levelFlag, when set, overrides the
+// config's level.
+func Logger(w io.Writer, l config.Log, levelFlag string) (*slog.Logger, error) {
+	lvl := l.SlogLevel()
+	if levelFlag != "" {
+		if err := lvl.UnmarshalText([]byte(levelFlag)); err != nil {
+			return nil, &ExitError{ExitConfig, fmt.Errorf("--log-level: %q is not a level (debug, info, warn, error)", levelFlag)}
+		}
+	}
+	opts := &slog.HandlerOptions{Level: lvl}
+	if l.Format == "json" {
+		return slog.New(slog.NewJSONHandler(w, opts)), nil
+	}
+	return slog.New(slog.NewTextHandler(w, opts)), nil
+}
+
+// SignalContext is cancelled by the first SIGINT or SIGTERM. After that the
+// signals are released, so a second one ends the process at once.
+func SignalContext() (context.Context, context.CancelFunc) {
+	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
+	go func() {
+		<-ctx.Done()
+		stop()
+	}()
+	return ctx, stop
+}
+
+// Main runs a command tree and turns its error into an exit code. Only main
+// calls os.Exit.
+func Main(run func() error) int {
+	err := run()
+	if err == nil {
+		return 0
+	}
+	fmt.Fprintln(os.Stderr, "error:", err)
+	if e, ok := err.(*ExitError); ok {
+		return e.Code
+	}
+	return ExitFailure
+}

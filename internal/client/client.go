@@ -1,0 +1,345 @@
+// Package client is tunnelc: it keeps one session to tunneld up, registers
+// the configured tunnels on it, and joins every data stream the server opens
+// to a fresh connection to the tunnel's local service.
+//
+// Contract of Run: it returns nil when its context ends, a *PermanentError
+// when the server refuses the client in a way only a config change can fix,
+// and otherwise reconnects with exponential backoff and full jitter. It must
+// not parse TOML: it is handed a validated *config.Client.
+package client
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"log/slog"
+	"math/rand/v2"
+	"net"
+	"sync"
+	"sync/atomic"
+	"time"
+
+	"github.com/hashicorp/yamux"
+
+	"github.com/tunnel-dev/tunnel/internal/config"
+	"github.com/tunnel-dev/tunnel/internal/mux"
+	"github.com/tunnel-dev/tunnel/internal/protocol"
+	"github.com/tunnel-dev/tunnel/internal/proxy"
+	"github.com/tunnel-dev/tunnel/internal/sockopt"
+)
+
+// healthyAfter is how long a session must live for the backoff to reset.
+const healthyAfter = time.Minute
+
+// PermanentError is a refusal that retrying cannot fix.
+type PermanentError struct {
+	Code string
+	Msg  string
+}
+
+func (e *PermanentError) Error() string { return fmt.Sprintf("server refused: %s [%s]", e.Msg, e.Code) }
+
+// Client is a running tunnelc.
+type Client struct {
+	cfg  *config.Client
+	log  *slog.Logger
+	opts mux.Options
+
+	mu     sync.Mutex
+	status Status
+}
+
+// Status is what the client currently has, for tests and diagnostics.
+type Status struct {
+	Connected bool
+	Session   string
+	// Public maps each tunnel that is up to its public address.
+	Public map[string]string
+	// Sessions counts sessions established since start.
+	Sessions int
+}
+
+// New prepares a client.
+func New(cfg *config.Client, log *slog.Logger) (*Client, error) {
+	opts := mux.Options{
+		KeepAlive:         cfg.KeepAlive.Session.Sock(),
+		UserTimeout:       cfg.KeepAlive.Session.UserTimeout.D(),
+		HeartbeatInterval: cfg.KeepAlive.Session.HeartbeatInterval.D(),
+		HeartbeatTimeout:  cfg.KeepAlive.Session.HeartbeatTimeout.D(),
+		HandshakeTimeout:  cfg.HandshakeTimeout.D(),
+		Logger:            log,
+	}
+	if cfg.TLS.Enabled {
+		t, err := mux.ClientTLS(cfg.Server, cfg.TLS.ServerName, cfg.TLS.CAFile, cfg.TLS.InsecureSkipVerify)
+		if err != nil {
+			return nil, fmt.Errorf("%s: [tls]: %w", cfg.File, err)
+		}
+		opts.TLS = t
+	}
+	return &Client{cfg: cfg, log: log.With("client", cfg.Name), opts: opts}, nil
+}
+
+// Status returns a copy of the current status.
+func (c *Client) Status() Status {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	s := c.status
+	s.Public = make(map[string]string, len(c.status.Public))
+	for k, v := range c.status.Public {
+		s.Public[k] = v
+	}
+	return s
+}
+
+// Run keeps a session up until ctx ends; see the package doc.
+func (c *Client) Run(ctx context.Context) error {
+	attempt := 0
+	for {
+		start := time.Now()
+		err := c.runSession(ctx)
+		c.mu.Lock()
+		c.status.Connected, c.status.Session, c.status.Public = false, "", nil
+		c.mu.Unlock()
+		if ctx.Err() != nil {
+			return nil
+		}
+		var perm *PermanentError
+		if errors.As(err, &perm) {
+			return err
+		}
+		if time.Since(start) >= healthyAfter {
+			attempt = 0
+		}
+		attempt++
+		delay := backoff(attempt, c.cfg.Reconnect.MinDelay.D(), c.cfg.Reconnect.MaxDelay.D())
+		c.log.Warn("reconnecting", "attempt", attempt, "delay", delay.Round(time.Millisecond), "after", err)
+		t := time.NewTimer(delay)
+		select {
+		case <-t.C:
+		case <-ctx.Done():
+			t.Stop()
+			return nil
+		}
+	}
+}
+
+// backoff is exponential with full jitter: uniform in [0, min(max, lo*2^(n-1))].
+func backoff(n int, lo, hi time.Duration) time.Duration {
+	ceil := hi
+	if n < 32 {
+		ceil = min(hi, lo<<(n-1))
+	}
+	return rand.N(ceil + 1)
+}
+
+// session is one established session; runSession owns it.
+type session struct {
+	c       *Client
+	id      string
+	ys      *yamux.Session
+	ctrl    *yamux.Stream
+	log     *slog.Logger
+	tunnels map[string]*config.Tunnel
+	wg      sync.WaitGroup
+	goodbye atomic.Pointer[string]
+}
+
+func (c *Client) runSession(ctx context.Context) error {
+	conn, err := mux.Dial(ctx, c.cfg.Server, c.opts)
+	if err != nil {
+		return fmt.Errorf("cannot reach server: %w", err)
+	}
+	ys, err := mux.Client(conn, c.opts)
+	if err != nil {
+		conn.Close()
+		return fmt.Errorf("session setup: %w", err)
+	}
+	defer ys.Close()
+	ctrl, welcome, err := c.handshake(ys)
+	if err != nil {
+		return err
+	}
+	ss := &session{c: c, id: welcome.Session, ys: ys, ctrl: ctrl, tunnels: map[string]*config.Tunnel{}}
+	ss.log = c.log.With("session", ss.id)
+
+	public := map[string]string{}
+	var perm []string
+	for _, r := range welcome.Tunnels {
+		t := c.cfg.Tunnels[r.Name]
+		if t == nil {
+			continue
+		}
+		if r.OK {
+			ss.tunnels[r.Name] = t
+			public[r.Name] = r.Public
+			ss.log.Info("tunnel ready", "tunnel", r.Name, "public", r.Public, "local", t.Local)
+			continue
+		}
+		ss.log.Error("tunnel refused by server", "tunnel", r.Name, "code", r.Code, "err", r.Error)
+		if r.Code == protocol.CodePortNotAllowed || r.Code == protocol.CodeInvalidTunnel {
+			perm = append(perm, fmt.Sprintf("tunnel %q: %s (fix [tunnels.%s] in %s)", r.Name, r.Error, r.Name, c.cfg.File))
+		}
+	}
+	if len(perm) > 0 {
+		ss.sayGoodbye("tunnel refused")
+		return &PermanentError{Code: protocol.CodeInvalidTunnel, Msg: fmt.Sprint(perm)}
+	}
+	if len(public) == 0 {
+		return errors.New("no tunnel could be registered")
+	}
+	c.mu.Lock()
+	c.status.Connected, c.status.Session, c.status.Public = true, ss.id, public
+	c.status.Sessions++
+	c.mu.Unlock()
+	ss.log.Info("session up", "server", c.cfg.Server, "tunnels", len(public))
+
+	stop := context.AfterFunc(ctx, func() { ss.sayGoodbye("client shutting down"); ys.Close() })
+	defer stop()
+	ss.wg.Add(1)
+	go func() {
+		defer ss.wg.Done()
+		ss.readControl()
+	}()
+	err = ss.acceptLoop(ctx)
+	ys.Close()
+	ss.wg.Wait()
+	if ctx.Err() != nil {
+		ss.log.Info("session closed", "reason", "client shutting down")
+		return nil
+	}
+	if r := ss.goodbye.Load(); r != nil {
+		ss.log.Info("session closed by server", "reason", *r)
+		return fmt.Errorf("server closed the session: %s", *r)
+	}
+	ss.log.Error("session lost", "server", c.cfg.Server, "cause", mux.Cause(err), "err", err)
+	return fmt.Errorf("session lost: %s", mux.Cause(err))
+}
+
+// handshake sends hello and reads the answer, each under a deadline.
+func (c *Client) handshake(ys *yamux.Session) (*yamux.Stream, *protocol.Welcome, error) {
+	ctrl, err := ys.OpenStream()
+	if err != nil {
+		return nil, nil, fmt.Errorf("open control stream: %w", err)
+	}
+	hello := &protocol.Hello{Version: protocol.Version, Client: c.cfg.Name, Token: c.cfg.Token}
+	for _, name := range c.cfg.TunnelNames() {
+		t := c.cfg.Tunnels[name]
+		hello.Tunnels = append(hello.Tunnels, protocol.TunnelRequest{Name: name, Type: t.Type, RemotePort: t.RemotePort})
+	}
+	deadline := time.Now().Add(c.opts.HandshakeTimeout)
+	_ = ctrl.SetDeadline(deadline)
+	if err := protocol.WriteFrame(ctrl, protocol.Control{Type: protocol.TypeHello, Hello: hello}); err != nil {
+		return nil, nil, fmt.Errorf("send hello: %w", err)
+	}
+	var m protocol.Control
+	if err := protocol.ReadFrame(ctrl, &m); err != nil {
+		return nil, nil, fmt.Errorf("read welcome (is %s a tunneld, and do both sides agree on TLS?): %w", c.cfg.Server, err)
+	}
+	_ = ctrl.SetDeadline(time.Time{})
+	switch {
+	case m.Type == protocol.TypeError && m.Error != nil:
+		if m.Error.Code == protocol.CodeInternal {
+			return nil, nil, fmt.Errorf("server error: %s", m.Error.Message)
+		}
+		return nil, nil, &PermanentError{Code: m.Error.Code, Msg: m.Error.Message}
+	case m.Type == protocol.TypeWelcome && m.Welcome != nil:
+		return ctrl, m.Welcome, nil
+	}
+	return nil, nil, fmt.Errorf("unexpected reply %q to hello", m.Type)
+}
+
+func (ss *session) sayGoodbye(reason string) {
+	_ = ss.ctrl.SetWriteDeadline(time.Now().Add(time.Second))
+	_ = protocol.WriteFrame(ss.ctrl, protocol.Control{Type: protocol.TypeGoodbye, Goodbye: &protocol.Goodbye{Reason: reason}})
+}
+
+func (ss *session) readControl() {
+	for {
+		var m protocol.Control
+		if err := protocol.ReadFrame(ss.ctrl, &m); err != nil {
+			return
+		}
+		if m.Type == protocol.TypeGoodbye {
+			r := "goodbye"
+			if m.Goodbye != nil {
+				r = m.Goodbye.Reason
+			}
+			ss.goodbye.Store(&r)
+			ss.ys.Close()
+			return
+		}
+	}
+}
+
+// acceptLoop hands every data stream to its own goroutine at once: it must
+// never wait on a local dial, or yamux would close the whole session when a
+// stream waits for acceptance longer than StreamOpenTimeout.
+func (ss *session) acceptLoop(ctx context.Context) error {
+	for {
+		st, err := ss.ys.AcceptStream()
+		if err != nil {
+			return err
+		}
+		ss.wg.Add(1)
+		go func() {
+			defer ss.wg.Done()
+			ss.handleStream(ctx, st)
+		}()
+	}
+}
+
+// handleStream serves one data stream. It owns st.
+func (ss *session) handleStream(ctx context.Context, st *yamux.Stream) {
+	s := mux.Stream{Stream: st}
+	_ = st.SetReadDeadline(time.Now().Add(ss.c.opts.HandshakeTimeout))
+	var h protocol.StreamHeader
+	if err := protocol.ReadFrame(st, &h); err != nil {
+		s.Abort()
+		ss.log.Warn("bad stream header", "err", err)
+		return
+	}
+	_ = st.SetReadDeadline(time.Time{})
+	log := ss.log.With("tunnel", h.Tunnel, "conn", h.Conn, "peer", h.RemoteAddr)
+	t := ss.tunnels[h.Tunnel]
+	if t == nil {
+		ss.refuseStream(s, log, fmt.Sprintf("tunnel %q is not served by this client", h.Tunnel))
+		return
+	}
+	local, err := proxy.DialLocal(ctx, t.Local, ss.c.cfg.KeepAlive.Local.Sock(), ss.c.cfg.DialTimeout.D())
+	if err != nil {
+		ss.refuseStream(s, log, fmt.Sprintf("tunnel %q: dial %s: %v", h.Tunnel, t.Local, unwrapOp(err)))
+		return
+	}
+	if _, err := st.Write([]byte{protocol.DialOK}); err != nil {
+		_ = sockopt.Abort(local)
+		s.Abort()
+		log.Info("stream gone before the local service answered", "err", err)
+		return
+	}
+	log.Debug("joined", "local", t.Local)
+	stats, err := proxy.Join(s, "stream", local, "local")
+	if err != nil {
+		log.Info("connection aborted", "err", err, "in", stats.AToB, "out", stats.BToA)
+		return
+	}
+	log.Debug("connection closed", "in", stats.AToB, "out", stats.BToA)
+}
+
+func (ss *session) refuseStream(s mux.Stream, log *slog.Logger, msg string) {
+	log.Warn("local service unreachable; public connection reset", "err", msg)
+	_ = s.SetWriteDeadline(time.Now().Add(ss.c.opts.HandshakeTimeout))
+	_, err := s.Write([]byte{protocol.DialFailed})
+	if err == nil {
+		_ = protocol.WriteFrame(s, protocol.Error{Code: "dial", Message: msg})
+	}
+	_ = s.Close()
+}
+
+// unwrapOp drops net.OpError's repetition of the address.
+func unwrapOp(err error) error {
+	var op *net.OpError
+	if errors.As(err, &op) && op.Err != nil {
+		return op.Err
+	}
+	return err
+}

@@ -1,0 +1,255 @@
+// Package mux owns the session between tunnelc and tunneld: dialing and
+// listening with TCP keepalive and TCP_USER_TIMEOUT, optional TLS, and the
+// yamux configuration (heartbeat, windows, timeouts) on top.
+//
+// It must not know about tunnels: it hands out sessions and streams, and
+// says why a session died.
+package mux
+
+import (
+	"context"
+	"crypto/tls"
+	"crypto/x509"
+	"errors"
+	"fmt"
+	"io"
+	"log/slog"
+	"net"
+	"os"
+	"strings"
+	"time"
+
+	"github.com/hashicorp/yamux"
+
+	"github.com/tunnel-dev/tunnel/internal/sockopt"
+)
+
+// Options configure one end of a session.
+type Options struct {
+	// KeepAlive is the TCP keepalive of the session socket.
+	KeepAlive sockopt.KeepAlive
+	// UserTimeout is TCP_USER_TIMEOUT on the session socket: how long sent
+	// data may stay unacknowledged before the kernel gives up. It is what
+	// bounds a dead path while a transfer runs (keepalive is suspended then).
+	UserTimeout time.Duration
+	// HeartbeatInterval is how often yamux pings; HeartbeatTimeout how long
+	// a ping may wait for its answer. Zero interval turns the heartbeat off.
+	HeartbeatInterval time.Duration
+	HeartbeatTimeout  time.Duration
+	// TLS, when set, wraps the socket: a client config on Dial, a server
+	// config on Handshake.
+	TLS *tls.Config
+	// HandshakeTimeout bounds dialing and the TLS handshake.
+	HandshakeTimeout time.Duration
+	// Logger receives yamux's own log lines.
+	Logger *slog.Logger
+}
+
+// Dial connects to a tunneld session address with the session's socket
+// options and, if configured, TLS. The caller owns the returned conn.
+func Dial(ctx context.Context, addr string, o Options) (net.Conn, error) {
+	ctx, cancel := context.WithTimeout(ctx, o.HandshakeTimeout)
+	defer cancel()
+	d := net.Dialer{KeepAliveConfig: o.KeepAlive.Config()}
+	c, err := d.DialContext(ctx, "tcp", addr)
+	if err != nil {
+		return nil, fmt.Errorf("dial %s: %w", addr, err)
+	}
+	if err := sockopt.SetUserTimeout(c.(*net.TCPConn), o.UserTimeout); err != nil {
+		c.Close()
+		return nil, fmt.Errorf("dial %s: %w", addr, err)
+	}
+	if o.TLS == nil {
+		return c, nil
+	}
+	tc := tls.Client(c, o.TLS)
+	if err := tc.HandshakeContext(ctx); err != nil {
+		c.Close()
+		return nil, fmt.Errorf("dial %s: tls handshake: %w", addr, err)
+	}
+	return tc, nil
+}
+
+// Listen opens the session listener. Accepted conns carry the session's
+// keepalive and TCP_USER_TIMEOUT; TLS is not done in Accept (it would let
+// one slow peer hold the accept loop) but by Handshake, per connection.
+func Listen(ctx context.Context, addr string, o Options) (net.Listener, error) {
+	lc := net.ListenConfig{KeepAliveConfig: o.KeepAlive.Config()}
+	ln, err := lc.Listen(ctx, "tcp", addr)
+	if err != nil {
+		return nil, fmt.Errorf("listen %s: %w", addr, err)
+	}
+	return &listener{Listener: ln, ut: o.UserTimeout}, nil
+}
+
+type listener struct {
+	net.Listener
+	ut time.Duration
+}
+
+func (l *listener) Accept() (net.Conn, error) {
+	c, err := l.Listener.Accept()
+	if err != nil {
+		return nil, err
+	}
+	if err := sockopt.SetUserTimeout(c.(*net.TCPConn), l.ut); err != nil {
+		c.Close()
+		// Not fatal to the listener: the caller logs it and accepts again.
+		return nil, tempError{fmt.Errorf("accept %s: %w", c.RemoteAddr(), err)}
+	}
+	return c, nil
+}
+
+type tempError struct{ error }
+
+func (tempError) Temporary() bool { return true }
+func (tempError) Timeout() bool   { return false }
+
+// Handshake runs the server side of TLS on an accepted conn, if configured,
+// under HandshakeTimeout. On error it closes c.
+func Handshake(c net.Conn, o Options) (net.Conn, error) {
+	if o.TLS == nil {
+		return c, nil
+	}
+	tc := tls.Server(c, o.TLS)
+	ctx, cancel := context.WithTimeout(context.Background(), o.HandshakeTimeout)
+	defer cancel()
+	if err := tc.HandshakeContext(ctx); err != nil {
+		c.Close()
+		return nil, fmt.Errorf("tls handshake: %w", err)
+	}
+	return tc, nil
+}
+
+// Client starts the yamux client side on c. The session owns c from here.
+func Client(c net.Conn, o Options) (*yamux.Session, error) {
+	return yamux.Client(c, yamuxConfig(o))
+}
+
+// Server starts the yamux server side on c. The session owns c from here.
+func Server(c net.Conn, o Options) (*yamux.Session, error) {
+	return yamux.Server(c, yamuxConfig(o))
+}
+
+func yamuxConfig(o Options) *yamux.Config {
+	cfg := yamux.DefaultConfig()
+	cfg.LogOutput = nil
+	cfg.Logger = yamuxLogger{o.Logger}
+	cfg.EnableKeepAlive = o.HeartbeatInterval > 0
+	if o.HeartbeatInterval > 0 {
+		cfg.KeepAliveInterval = o.HeartbeatInterval
+	}
+	if o.HeartbeatTimeout > 0 {
+		cfg.ConnectionWriteTimeout = o.HeartbeatTimeout
+	}
+	return cfg
+}
+
+// yamuxLogger turns yamux's "[ERR] yamux: ..." lines into slog events.
+type yamuxLogger struct{ l *slog.Logger }
+
+func (y yamuxLogger) Print(v ...any)            { y.log(fmt.Sprint(v...)) }
+func (y yamuxLogger) Println(v ...any)          { y.log(fmt.Sprint(v...)) }
+func (y yamuxLogger) Printf(f string, v ...any) { y.log(fmt.Sprintf(f, v...)) }
+
+func (y yamuxLogger) log(msg string) {
+	if y.l == nil {
+		return
+	}
+	lvl := slog.LevelDebug
+	switch {
+	case strings.HasPrefix(msg, "[ERR]"):
+		lvl = slog.LevelWarn // the session's owner logs the outcome at error level
+	case strings.HasPrefix(msg, "[WARN]"):
+		lvl = slog.LevelInfo
+	}
+	y.l.Log(context.Background(), lvl, "yamux", "detail", strings.TrimSpace(msg))
+}
+
+// ErrHeartbeat means the peer stopped answering the session heartbeat: the
+// path or the peer is frozen even if TCP still looks alive.
+var ErrHeartbeat = errors.New("heartbeat timeout")
+
+// Cause explains why a session ended, from the error its accept loop
+// returned: a heartbeat timeout, a TCP-level timeout (keepalive or
+// TCP_USER_TIMEOUT: ETIMEDOUT), a reset or close by the peer, or a local close.
+func Cause(err error) string {
+	switch {
+	case err == nil:
+		return "closed"
+	case errors.Is(err, yamux.ErrKeepAliveTimeout):
+		return "heartbeat timeout"
+	case errors.Is(err, os.ErrDeadlineExceeded), isErrno(err, "connection timed out"):
+		return "tcp timeout (keepalive or user_timeout)"
+	case errors.Is(err, yamux.ErrSessionShutdown):
+		return "closed locally"
+	case errors.Is(err, net.ErrClosed):
+		return "closed locally"
+	case err.Error() == "EOF":
+		return "closed by peer"
+	case isErrno(err, "connection reset"):
+		return "reset by peer"
+	}
+	return err.Error()
+}
+
+func isErrno(err error, s string) bool { return strings.Contains(err.Error(), s) }
+
+// ServerTLS loads a certificate and key for the session listener.
+func ServerTLS(certFile, keyFile string) (*tls.Config, error) {
+	cert, err := tls.LoadX509KeyPair(certFile, keyFile)
+	if err != nil {
+		return nil, fmt.Errorf("tls: load %s and %s: %w", certFile, keyFile, err)
+	}
+	return &tls.Config{Certificates: []tls.Certificate{cert}, MinVersion: tls.VersionTLS12}, nil
+}
+
+// ClientTLS builds the client's TLS config. serverName defaults to the host
+// of addr; caFile, when set, replaces the system roots.
+func ClientTLS(addr, serverName, caFile string, insecure bool) (*tls.Config, error) {
+	if serverName == "" {
+		serverName, _, _ = net.SplitHostPort(addr)
+	}
+	cfg := &tls.Config{ServerName: serverName, MinVersion: tls.VersionTLS12, InsecureSkipVerify: insecure}
+	if caFile != "" {
+		pem, err := os.ReadFile(caFile)
+		if err != nil {
+			return nil, fmt.Errorf("tls: read ca_file: %w", err)
+		}
+		pool := x509.NewCertPool()
+		if !pool.AppendCertsFromPEM(pem) {
+			return nil, fmt.Errorf("tls: ca_file %s holds no PEM certificate", caFile)
+		}
+		cfg.RootCAs = pool
+	}
+	return cfg, nil
+}
+
+// ErrSessionLost is returned by Stream.Read when the stream ended because
+// its session died, not because the peer closed it.
+var ErrSessionLost = errors.New("session lost")
+
+// Stream adapts a yamux stream for joining: CloseWrite half-closes (yamux's
+// Close is a half-close), Abort cuts it at once, and Read reports a dead
+// session as ErrSessionLost instead of yamux's plain io.EOF.
+type Stream struct {
+	*yamux.Stream
+}
+
+// CloseWrite sends FIN on the stream; reads keep working.
+func (s Stream) CloseWrite() error { return s.Stream.Close() }
+
+// Abort unblocks pending reads and writes and closes the stream.
+func (s Stream) Abort() error {
+	_ = s.Stream.SetDeadline(time.Now())
+	return s.Stream.Close()
+}
+
+// Read is yamux's Read, but an EOF caused by a dead session is an error.
+func (s Stream) Read(p []byte) (int, error) {
+	n, err := s.Stream.Read(p)
+	if err == io.EOF && s.Session().IsClosed() {
+		err = ErrSessionLost
+	}
+	return n, err
+}

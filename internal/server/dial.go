@@ -1,0 +1,39 @@
+package server
+
+import (
+	"fmt"
+	"io"
+
+	"github.com/tunnel-dev/tunnel/internal/mux"
+	"github.com/tunnel-dev/tunnel/internal/protocol"
+)
+
+// dialResult is the stream side of a public connection. Its first Read
+// consumes the client's dial result: on failure the Read fails, so the
+// join resets the public connection instead of passing a clean EOF.
+type dialResult struct {
+	mux.Stream
+	checked bool
+}
+
+type dialError struct{ msg string }
+
+func (e *dialError) Error() string { return "local service unreachable: " + e.msg }
+
+func (d *dialResult) Read(p []byte) (int, error) {
+	if !d.checked {
+		var b [1]byte
+		if _, err := io.ReadFull(d.Stream, b[:]); err != nil {
+			return 0, fmt.Errorf("dial result: %w", err)
+		}
+		d.checked = true
+		if b[0] != protocol.DialOK {
+			var e protocol.Error
+			if err := protocol.ReadFrame(d.Stream, &e); err != nil {
+				return 0, &dialError{msg: "(no reason given)"}
+			}
+			return 0, &dialError{msg: e.Message}
+		}
+	}
+	return d.Stream.Read(p)
+}

@@ -1,0 +1,148 @@
+// Package server is tunneld: it accepts sessions from tunnelc, checks them,
+// binds a public listener per tunnel, and turns every public connection into
+// a data stream to the client that owns the port.
+//
+// It owns the registry of sessions and ports: one live session per client
+// name (a newer one takes over), one owner per port. It must not parse TOML:
+// it is handed a validated *config.Server.
+package server
+
+import (
+	"context"
+	"crypto/rand"
+	"crypto/subtle"
+	"encoding/hex"
+	"errors"
+	"fmt"
+	"log/slog"
+	"net"
+	"sync"
+	"sync/atomic"
+	"time"
+
+	"github.com/tunnel-dev/tunnel/internal/config"
+	"github.com/tunnel-dev/tunnel/internal/mux"
+)
+
+// Server is a running tunneld. Start binds, Serve runs until its context
+// ends; both are called once.
+type Server struct {
+	cfg  *config.Server
+	log  *slog.Logger
+	opts mux.Options
+
+	ln net.Listener
+
+	regMu    sync.Mutex // serialises registration, so takeovers never interleave
+	mu       sync.Mutex // guards the maps below
+	sessions map[string]*session
+	ports    map[int]*session
+
+	wg      sync.WaitGroup // every goroutine the server starts
+	connSeq atomic.Uint64
+}
+
+// New prepares a server. cfg must be validated and have a token.
+func New(cfg *config.Server, log *slog.Logger) (*Server, error) {
+	if cfg.Token == "" {
+		return nil, errors.New("server: no token")
+	}
+	opts := mux.Options{
+		KeepAlive:         cfg.KeepAlive.Session.Sock(),
+		UserTimeout:       cfg.KeepAlive.Session.UserTimeout.D(),
+		HeartbeatInterval: cfg.KeepAlive.Session.HeartbeatInterval.D(),
+		HeartbeatTimeout:  cfg.KeepAlive.Session.HeartbeatTimeout.D(),
+		HandshakeTimeout:  cfg.HandshakeTimeout.D(),
+		Logger:            log,
+	}
+	if cfg.TLS.Enabled() {
+		t, err := mux.ServerTLS(cfg.TLS.CertFile, cfg.TLS.KeyFile)
+		if err != nil {
+			return nil, fmt.Errorf("%s: [tls]: %w", cfg.File, err)
+		}
+		opts.TLS = t
+	}
+	return &Server{cfg: cfg, log: log, opts: opts, sessions: map[string]*session{}, ports: map[int]*session{}}, nil
+}
+
+// Start binds the session listener.
+func (s *Server) Start(ctx context.Context) error {
+	ln, err := mux.Listen(ctx, s.cfg.Listen, s.opts)
+	if err != nil {
+		return fmt.Errorf("session port: %w", err)
+	}
+	s.ln = ln
+	s.log.Info("listening for sessions", "addr", ln.Addr().String(), "tls", s.opts.TLS != nil,
+		"allow_ports", fmt.Sprint(s.cfg.Ports))
+	return nil
+}
+
+// Addr is the bound session address (after Start).
+func (s *Server) Addr() net.Addr { return s.ln.Addr() }
+
+// Serve accepts sessions until ctx ends, then says goodbye to every client,
+// closes every session and public listener, and returns once every
+// goroutine it started has returned. It returns nil after a shutdown and an
+// error only if the listener fails.
+func (s *Server) Serve(ctx context.Context) error {
+	stop := context.AfterFunc(ctx, func() { s.ln.Close() })
+	defer stop()
+	err := s.acceptLoop(ctx)
+	s.ln.Close()
+
+	s.mu.Lock()
+	all := make([]*session, 0, len(s.sessions))
+	for _, ss := range s.sessions {
+		all = append(all, ss)
+	}
+	s.mu.Unlock()
+	for _, ss := range all {
+		ss.shutdown("server shutting down")
+	}
+	s.wg.Wait()
+	if ctx.Err() != nil {
+		return nil
+	}
+	return err
+}
+
+func (s *Server) acceptLoop(ctx context.Context) error {
+	var delay time.Duration
+	for {
+		c, err := s.ln.Accept()
+		if err != nil {
+			if errors.Is(err, net.ErrClosed) || ctx.Err() != nil {
+				return nil
+			}
+			var te interface{ Temporary() bool }
+			if errors.As(err, &te) && te.Temporary() || isResourceErr(err) {
+				// Back off like net/http: EMFILE and friends pass.
+				delay = min(max(2*delay, 5*time.Millisecond), time.Second)
+				s.log.Warn("accept failed; retrying", "err", err, "delay", delay)
+				select {
+				case <-time.After(delay):
+				case <-ctx.Done():
+					return nil
+				}
+				continue
+			}
+			return fmt.Errorf("accept sessions: %w", err)
+		}
+		delay = 0
+		s.wg.Add(1)
+		go func() {
+			defer s.wg.Done()
+			s.handleConn(ctx, c)
+		}()
+	}
+}
+
+func newID() string {
+	var b [6]byte
+	_, _ = rand.Read(b[:])
+	return hex.EncodeToString(b[:])
+}
+
+func tokenOK(got, want string) bool {
+	return subtle.ConstantTimeCompare([]byte(got), []byte(want)) == 1
+}

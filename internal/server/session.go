@@ -1,0 +1,426 @@
+package server
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"log/slog"
+	"math/rand/v2"
+	"net"
+	"strconv"
+	"sync"
+	"syscall"
+	"time"
+
+	"github.com/hashicorp/yamux"
+
+	"github.com/tunnel-dev/tunnel/internal/mux"
+	"github.com/tunnel-dev/tunnel/internal/protocol"
+	"github.com/tunnel-dev/tunnel/internal/proxy"
+	"github.com/tunnel-dev/tunnel/internal/sockopt"
+)
+
+// session is one live client. handleConn owns it; shutdown may be called
+// from anywhere (a takeover, the server's stop) and is idempotent.
+type session struct {
+	srv    *Server
+	id     string
+	client string
+	ys     *yamux.Session
+	ctrl   *yamux.Stream
+	log    *slog.Logger
+
+	ctrlMu sync.Mutex // one writer at a time on the control stream
+
+	mu        sync.Mutex
+	listeners []*publicListener
+	reason    string // why shutdown was called, if it was
+	closed    bool
+
+	wg   sync.WaitGroup // public accept loops and connections
+	once sync.Once
+}
+
+type publicListener struct {
+	name string
+	port int
+	ln   net.Listener
+}
+
+// handleConn runs one session from the first byte to the last. It owns c.
+func (s *Server) handleConn(ctx context.Context, c net.Conn) {
+	remote := c.RemoteAddr().String()
+	log := s.log.With("remote", remote)
+	c, err := mux.Handshake(c, s.opts)
+	if err != nil {
+		log.Warn("session refused", "err", err)
+		return
+	}
+	ys, err := mux.Server(c, s.opts)
+	if err != nil {
+		c.Close()
+		log.Error("session setup failed", "err", err)
+		return
+	}
+	defer ys.Close()
+
+	hctx, cancel := context.WithTimeout(ctx, s.opts.HandshakeTimeout)
+	ctrl, err := ys.AcceptStreamWithContext(hctx)
+	cancel()
+	if err != nil {
+		// Garbage on the port ends here: yamux rejects a bad frame header.
+		log.Warn("session refused: no control stream", "err", err,
+			"hint", "is the peer tunnelc, and do both sides agree on TLS?")
+		return
+	}
+	_ = ctrl.SetReadDeadline(time.Now().Add(s.opts.HandshakeTimeout))
+	var msg protocol.Control
+	if err := protocol.ReadFrame(ctrl, &msg); err != nil {
+		log.Warn("session refused: bad hello", "err", err)
+		return
+	}
+	_ = ctrl.SetReadDeadline(time.Time{})
+	hello := msg.Hello
+	if msg.Type != protocol.TypeHello || hello == nil {
+		s.refuse(ctrl, log, protocol.CodeBadRequest, fmt.Sprintf("expected hello, got %q", msg.Type))
+		return
+	}
+	log = log.With("client", hello.Client)
+	if hello.Version != protocol.Version {
+		s.refuse(ctrl, log, protocol.CodeVersion, fmt.Sprintf(
+			"protocol version mismatch: client speaks %d, server speaks %d; run the same release of tunnelc and tunneld",
+			hello.Version, protocol.Version))
+		return
+	}
+	if !tokenOK(hello.Token, s.cfg.Token) {
+		s.refuse(ctrl, log, protocol.CodeAuth, "wrong token: set token in tunnel.toml (or TUNNEL_TOKEN) to the server's token")
+		return
+	}
+	if hello.Client == "" || len(hello.Client) > 64 {
+		s.refuse(ctrl, log, protocol.CodeBadRequest, "client name must be 1 to 64 characters")
+		return
+	}
+
+	ss := &session{srv: s, id: newID(), client: hello.Client, ys: ys, ctrl: ctrl}
+	ss.log = log.With("session", ss.id)
+	results := s.register(ss, hello.Tunnels)
+	if err := ss.send(protocol.Control{Type: protocol.TypeWelcome,
+		Welcome: &protocol.Welcome{Session: ss.id, Tunnels: results}}); err != nil {
+		ss.log.Warn("session lost during handshake", "err", err)
+		ss.shutdown("")
+		ss.wg.Wait()
+		s.unregister(ss)
+		return
+	}
+	ok := 0
+	for _, r := range results {
+		if r.OK {
+			ok++
+		}
+	}
+	ss.log.Info("session up", "tunnels", ok, "refused", len(results)-ok)
+
+	// The client never opens further streams; this loop closes any it
+	// does, and its error is the reason the session died.
+	cause := make(chan error, 1)
+	ss.wg.Add(1)
+	go func() {
+		defer ss.wg.Done()
+		for {
+			st, err := ys.AcceptStream()
+			if err != nil {
+				cause <- err
+				return
+			}
+			st.Close()
+		}
+	}()
+	ss.wg.Add(1)
+	go func() {
+		defer ss.wg.Done()
+		ss.readControl()
+	}()
+	for _, pl := range ss.publicListeners() {
+		ss.wg.Add(1)
+		go func() {
+			defer ss.wg.Done()
+			ss.acceptPublic(pl)
+		}()
+	}
+
+	<-ys.CloseChan()
+	err = <-cause
+	ss.shutdown("")
+	ss.wg.Wait()
+	s.unregister(ss)
+	ss.mu.Lock()
+	reason := ss.reason
+	ss.mu.Unlock()
+	if reason != "" {
+		ss.log.Info("session closed", "reason", reason)
+	} else {
+		ss.log.Warn("session lost", "cause", mux.Cause(err), "err", err)
+	}
+}
+
+func (s *Server) refuse(ctrl *yamux.Stream, log *slog.Logger, code, message string) {
+	log.Warn("session refused", "code", code, "err", message)
+	_ = ctrl.SetWriteDeadline(time.Now().Add(s.opts.HandshakeTimeout))
+	_ = protocol.WriteFrame(ctrl, protocol.Control{Type: protocol.TypeError, Error: &protocol.Error{Code: code, Message: message}})
+	// Let the frame reach the client before the session is torn down.
+	_ = ctrl.Close()
+	_ = ctrl.SetReadDeadline(time.Now().Add(time.Second))
+	var drain [1]byte
+	_, _ = ctrl.Read(drain[:])
+}
+
+// register takes over the ports of an older session of the same client and
+// binds a listener per requested tunnel.
+func (s *Server) register(ss *session, reqs []protocol.TunnelRequest) []protocol.TunnelResult {
+	s.regMu.Lock()
+	defer s.regMu.Unlock()
+
+	s.mu.Lock()
+	old := s.sessions[ss.client]
+	s.sessions[ss.client] = ss
+	s.mu.Unlock()
+	if old != nil {
+		ss.log.Info("taking over from older session of the same client", "old_session", old.id)
+		old.shutdown("replaced by session " + ss.id)
+		s.unregister(old) // its ports are free for us now; its goroutines wind down on their own
+	}
+
+	results := make([]protocol.TunnelResult, 0, len(reqs))
+	seen := map[string]bool{}
+	for _, r := range reqs {
+		res := protocol.TunnelResult{Name: r.Name}
+		var err error
+		switch {
+		case r.Name == "" || seen[r.Name]:
+			res.Code, err = protocol.CodeInvalidTunnel, fmt.Errorf("tunnel name %q is empty or repeated", r.Name)
+		case r.Type != "tcp":
+			res.Code, err = protocol.CodeInvalidTunnel, fmt.Errorf("type %q is not supported (only tcp)", r.Type)
+		case len(ss.publicListeners()) >= s.cfg.MaxTunnelsPerClient:
+			res.Code, err = protocol.CodeInvalidTunnel, fmt.Errorf("more than %d tunnels (max_tunnels_per_client)", s.cfg.MaxTunnelsPerClient)
+		default:
+			var pl *publicListener
+			pl, res.Code, err = s.bind(ss, r)
+			if err == nil && !ss.addListener(pl) {
+				pl.ln.Close()
+				res.Code, err = protocol.CodeInternal, errors.New("session closed during registration")
+			}
+			if err == nil {
+				res.OK = true
+				res.Public = net.JoinHostPort(s.cfg.AdvertisedHost(), strconv.Itoa(pl.port))
+				ss.log.Info("tunnel up", "tunnel", r.Name, "public", pl.ln.Addr().String())
+			}
+		}
+		seen[r.Name] = true
+		if err != nil {
+			res.Error = err.Error()
+			ss.log.Warn("tunnel refused", "tunnel", r.Name, "code", res.Code, "err", err)
+		}
+		results = append(results, res)
+	}
+	return results
+}
+
+// bind opens the public listener for one tunnel and records its owner.
+func (s *Server) bind(ss *session, r protocol.TunnelRequest) (*publicListener, string, error) {
+	lc := net.ListenConfig{KeepAliveConfig: s.cfg.KeepAlive.Public.Sock().Config()}
+	try := func(port int) (*publicListener, string, error) {
+		s.mu.Lock()
+		owner := s.ports[port]
+		s.mu.Unlock()
+		if owner != nil {
+			if owner == ss {
+				return nil, protocol.CodePortInUse, fmt.Errorf("port %d is already used by another tunnel of this client", port)
+			}
+			return nil, protocol.CodePortInUse, fmt.Errorf("port %d is held by client %q; choose another remote_port", port, owner.client)
+		}
+		addr := net.JoinHostPort(s.cfg.BindAddr, strconv.Itoa(port))
+		ln, err := lc.Listen(context.Background(), "tcp", addr)
+		if err != nil {
+			if errors.Is(err, syscall.EADDRINUSE) {
+				return nil, protocol.CodePortInUse, fmt.Errorf("port %d is in use on the server by another program: %w", port, err)
+			}
+			return nil, protocol.CodeBindFailed, fmt.Errorf("bind %s: %w", addr, err)
+		}
+		s.mu.Lock()
+		s.ports[port] = ss
+		s.mu.Unlock()
+		return &publicListener{name: r.Name, port: port, ln: ln}, "", nil
+	}
+	if r.RemotePort != 0 {
+		if !s.cfg.PortAllowed(r.RemotePort) {
+			return nil, protocol.CodePortNotAllowed, fmt.Errorf("port %d is outside the server's allowed ports %v", r.RemotePort, s.cfg.Ports)
+		}
+		return try(r.RemotePort)
+	}
+	// remote_port = 0: pick a free allowed port at random.
+	total := 0
+	for _, pr := range s.cfg.Ports {
+		total += pr.Hi - pr.Lo + 1
+	}
+	var lastErr error
+	for range 64 {
+		k := rand.IntN(total)
+		port := 0
+		for _, pr := range s.cfg.Ports {
+			if n := pr.Hi - pr.Lo + 1; k < n {
+				port = pr.Lo + k
+				break
+			} else {
+				k -= n
+			}
+		}
+		pl, _, err := try(port)
+		if err == nil {
+			return pl, "", nil
+		}
+		lastErr = err
+	}
+	return nil, protocol.CodePortInUse, fmt.Errorf("no free port among the allowed ports %v (last try: %v)", s.cfg.Ports, lastErr)
+}
+
+// unregister forgets ss and the ports it held, if they are still its.
+func (s *Server) unregister(ss *session) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if s.sessions[ss.client] == ss {
+		delete(s.sessions, ss.client)
+	}
+	for port, owner := range s.ports {
+		if owner == ss {
+			delete(s.ports, port)
+		}
+	}
+}
+
+// shutdown closes the session's public listeners and the session itself;
+// every public connection of it is aborted as its stream dies. A non-empty
+// reason marks a deliberate close and is sent to the client first.
+func (ss *session) shutdown(reason string) {
+	ss.once.Do(func() {
+		ss.mu.Lock()
+		ss.reason = reason
+		ss.closed = true
+		ls := ss.listeners
+		ss.mu.Unlock()
+		for _, pl := range ls {
+			pl.ln.Close()
+		}
+		if reason != "" {
+			_ = ss.send(protocol.Control{Type: protocol.TypeGoodbye, Goodbye: &protocol.Goodbye{Reason: reason}})
+		}
+		ss.ys.Close()
+	})
+}
+
+// addListener records pl unless the session is already shut down.
+func (ss *session) addListener(pl *publicListener) bool {
+	ss.mu.Lock()
+	defer ss.mu.Unlock()
+	if ss.closed {
+		return false
+	}
+	ss.listeners = append(ss.listeners, pl)
+	return true
+}
+
+func (ss *session) publicListeners() []*publicListener {
+	ss.mu.Lock()
+	defer ss.mu.Unlock()
+	return append([]*publicListener(nil), ss.listeners...)
+}
+
+// send writes one control message, bounded so a stuck peer cannot hold us.
+func (ss *session) send(m protocol.Control) error {
+	ss.ctrlMu.Lock()
+	defer ss.ctrlMu.Unlock()
+	_ = ss.ctrl.SetWriteDeadline(time.Now().Add(ss.srv.opts.HandshakeTimeout))
+	defer ss.ctrl.SetWriteDeadline(time.Time{})
+	return protocol.WriteFrame(ss.ctrl, m)
+}
+
+// readControl reads the client's control messages until the stream ends.
+func (ss *session) readControl() {
+	for {
+		var m protocol.Control
+		if err := protocol.ReadFrame(ss.ctrl, &m); err != nil {
+			return
+		}
+		switch m.Type {
+		case protocol.TypeGoodbye:
+			reason := "client said goodbye"
+			if m.Goodbye != nil && m.Goodbye.Reason != "" {
+				reason += ": " + m.Goodbye.Reason
+			}
+			ss.shutdown(reason)
+			return
+		default:
+			ss.log.Debug("ignoring control message", "type", m.Type)
+		}
+	}
+}
+
+// acceptPublic accepts public connections on pl until it is closed.
+func (ss *session) acceptPublic(pl *publicListener) {
+	log := ss.log.With("tunnel", pl.name)
+	var delay time.Duration
+	for {
+		c, err := pl.ln.Accept()
+		if err != nil {
+			if errors.Is(err, net.ErrClosed) {
+				return
+			}
+			if isResourceErr(err) {
+				delay = min(max(2*delay, 5*time.Millisecond), time.Second)
+				log.Warn("public accept failed; retrying", "err", err, "delay", delay)
+				time.Sleep(delay)
+				continue
+			}
+			log.Error("public listener failed", "err", err)
+			return
+		}
+		delay = 0
+		ss.wg.Add(1)
+		go func() {
+			defer ss.wg.Done()
+			ss.handlePublic(pl.name, c.(*net.TCPConn), log)
+		}()
+	}
+}
+
+// handlePublic carries one public connection over a new stream. It owns pc.
+func (ss *session) handlePublic(tunnel string, pc *net.TCPConn, log *slog.Logger) {
+	id := ss.srv.connSeq.Add(1)
+	log = log.With("conn", id, "peer", pc.RemoteAddr().String())
+	st, err := ss.ys.OpenStream()
+	if err != nil {
+		_ = sockopt.Abort(pc)
+		log.Warn("public connection dropped: cannot open stream", "err", err)
+		return
+	}
+	_ = st.SetWriteDeadline(time.Now().Add(ss.srv.opts.HandshakeTimeout))
+	err = protocol.WriteFrame(st, protocol.StreamHeader{Tunnel: tunnel, RemoteAddr: pc.RemoteAddr().String(), Conn: id})
+	_ = st.SetWriteDeadline(time.Time{})
+	if err != nil {
+		_ = sockopt.Abort(pc)
+		mux.Stream{Stream: st}.Abort()
+		log.Warn("public connection dropped: stream header", "err", err)
+		return
+	}
+	log.Debug("public connection open")
+	stats, err := proxy.Join(pc, "public", &dialResult{Stream: mux.Stream{Stream: st}}, "stream")
+	if err != nil {
+		var de *dialError
+		if errors.As(err, &de) {
+			log.Warn("public connection reset: client could not reach the local service", "err", de.msg)
+			return
+		}
+		log.Info("public connection aborted", "err", err, "in", stats.AToB, "out", stats.BToA)
+		return
+	}
+	log.Debug("public connection closed", "in", stats.AToB, "out", stats.BToA)
+}
