@@ -13,3 +13,5 @@ require (
 	github.com/inconshreveable/mousetrap v1.1.0 // indirect
 	github.com/spf13/pflag v1.0.9 // indirect
 )
+
+replace github.com/hashicorp/yamux => ./third_party/yamux

@@ -15,6 +15,7 @@ import (
 	"log/slog"
 	"math/rand/v2"
 	"net"
+	"strconv"
 	"sync"
 	"sync/atomic"
 	"time"
@@ -47,6 +48,9 @@ type Client struct {
 
 	mu     sync.Mutex
 	status Status
+	// picked remembers the port the server chose for each remote_port = 0
+	// tunnel, so the next session asks for it again.
+	picked map[string]int
 }
 
 // Status is what the client currently has, for tests and diagnostics.
@@ -188,6 +192,14 @@ func (c *Client) runSession(ctx context.Context) error {
 		return errors.New("no tunnel could be registered")
 	}
 	c.mu.Lock()
+	if c.picked == nil {
+		c.picked = map[string]int{}
+	}
+	for name, addr := range public {
+		if _, p, err := net.SplitHostPort(addr); err == nil && c.cfg.Tunnels[name].RemotePort == 0 {
+			c.picked[name], _ = strconv.Atoi(p)
+		}
+	}
 	c.status.Connected, c.status.Session, c.status.Public = true, ss.id, public
 	c.status.Sessions++
 	c.mu.Unlock()
@@ -224,7 +236,13 @@ func (c *Client) handshake(ys *yamux.Session) (*yamux.Stream, *protocol.Welcome,
 	hello := &protocol.Hello{Version: protocol.Version, Client: c.cfg.Name, Token: c.cfg.Token}
 	for _, name := range c.cfg.TunnelNames() {
 		t := c.cfg.Tunnels[name]
-		hello.Tunnels = append(hello.Tunnels, protocol.TunnelRequest{Name: name, Type: t.Type, RemotePort: t.RemotePort})
+		req := protocol.TunnelRequest{Name: name, Type: t.Type, RemotePort: t.RemotePort}
+		if t.RemotePort == 0 {
+			c.mu.Lock()
+			req.PreferPort = c.picked[name]
+			c.mu.Unlock()
+		}
+		hello.Tunnels = append(hello.Tunnels, req)
 	}
 	deadline := time.Now().Add(c.opts.HandshakeTimeout)
 	_ = ctrl.SetDeadline(deadline)

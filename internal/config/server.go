@@ -122,7 +122,7 @@ func (c *Server) applyEnv() {
 // for the messages (nil is fine).
 func (c *Server) Validate(lines map[string]int) error {
 	ps := &problems{file: c.File, lines: lines}
-	if err := hostPort(c.Listen, false); err != nil {
+	if err := hostPort(c.Listen, true); err != nil {
 		ps.add("listen", "%v", err)
 	}
 	if c.BindAddr == "" || net.ParseIP(c.BindAddr) == nil {

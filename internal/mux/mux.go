@@ -161,7 +161,7 @@ func (y yamuxLogger) log(msg string) {
 	case strings.HasPrefix(msg, "[ERR]"):
 		lvl = slog.LevelWarn // the session's owner logs the outcome at error level
 	case strings.HasPrefix(msg, "[WARN]"):
-		lvl = slog.LevelInfo
+		lvl = slog.LevelDebug // e.g. "frame for missing stream": benign races of a close
 	}
 	y.l.Log(context.Background(), lvl, "yamux", "detail", strings.TrimSpace(msg))
 }
@@ -248,7 +248,7 @@ func (s Stream) Abort() error {
 // Read is yamux's Read, but an EOF caused by a dead session is an error.
 func (s Stream) Read(p []byte) (int, error) {
 	n, err := s.Stream.Read(p)
-	if err == io.EOF && s.Session().IsClosed() {
+	if (err == io.EOF && s.Session().IsClosed()) || errors.Is(err, yamux.ErrSessionShutdown) {
 		err = ErrSessionLost
 	}
 	return n, err

@@ -97,6 +97,10 @@ type TunnelRequest struct {
 	Name       string `json:"name"`
 	Type       string `json:"type"`
 	RemotePort int    `json:"remote_port"`
+	// PreferPort, with RemotePort 0, asks for the port the server picked in
+	// an earlier session, so a reconnecting client keeps its public address
+	// where it can. The server falls back to another port if it is taken.
+	PreferPort int `json:"prefer_port,omitempty"`
 }
 
 // Welcome accepts a session. Each requested tunnel gets a result; a session

@@ -257,6 +257,11 @@ func (s *Server) bind(ss *session, r protocol.TunnelRequest) (*publicListener, s
 		}
 		return try(r.RemotePort)
 	}
+	if r.PreferPort != 0 && s.cfg.PortAllowed(r.PreferPort) {
+		if pl, _, err := try(r.PreferPort); err == nil {
+			return pl, "", nil
+		}
+	}
 	// remote_port = 0: pick a free allowed port at random.
 	total := 0
 	for _, pr := range s.cfg.Ports {

@@ -1,0 +1,57 @@
+package e2e
+
+import (
+	"net"
+	"testing"
+	"time"
+
+	"github.com/hashicorp/yamux"
+
+	"github.com/tunnel-dev/tunnel/internal/protocol"
+)
+
+// raw is a hand-driven session: it speaks the handshake and then does
+// nothing, like a client whose path died or a client of another version.
+type raw struct {
+	ys      *yamux.Session
+	welcome *protocol.Welcome
+	err     *protocol.Error
+}
+
+func rawSession(t *testing.T, addr string, version int, token, name string, port int) *raw {
+	t.Helper()
+	c, err := net.Dial("tcp", addr)
+	if err != nil {
+		t.Fatal(err)
+	}
+	cfg := yamux.DefaultConfig()
+	cfg.EnableKeepAlive = false
+	cfg.LogOutput = nil
+	cfg.Logger = testLogger{t}
+	ys, err := yamux.Client(c, cfg)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { ys.Close() })
+	st, err := ys.OpenStream()
+	if err != nil {
+		t.Fatal(err)
+	}
+	_ = st.SetDeadline(time.Now().Add(5 * time.Second))
+	hello := &protocol.Hello{Version: version, Client: name, Token: token,
+		Tunnels: []protocol.TunnelRequest{{Name: "echo", Type: "tcp", RemotePort: port}}}
+	if err := protocol.WriteFrame(st, protocol.Control{Type: protocol.TypeHello, Hello: hello}); err != nil {
+		t.Fatal(err)
+	}
+	var m protocol.Control
+	if err := protocol.ReadFrame(st, &m); err != nil {
+		t.Fatal(err)
+	}
+	return &raw{ys: ys, welcome: m.Welcome, err: m.Error}
+}
+
+type testLogger struct{ t *testing.T }
+
+func (l testLogger) Print(v ...any)                 {}
+func (l testLogger) Printf(format string, v ...any) {}
+func (l testLogger) Println(v ...any)               {}

@@ -1,0 +1,169 @@
+package mux
+
+import (
+	"context"
+	"errors"
+	"io"
+	"log/slog"
+	"net"
+	"sync"
+	"testing"
+	"time"
+
+	"github.com/hashicorp/yamux"
+
+	"github.com/tunnel-dev/tunnel/internal/sockopt"
+)
+
+func testOptions() Options {
+	return Options{
+		KeepAlive:         sockopt.KeepAlive{Idle: 7 * time.Second, Interval: 3 * time.Second, Count: 4},
+		UserTimeout:       19 * time.Second,
+		HeartbeatInterval: time.Second,
+		HeartbeatTimeout:  time.Second,
+		HandshakeTimeout:  5 * time.Second,
+		Logger:            slog.New(slog.DiscardHandler),
+	}
+}
+
+// pair returns a connected client and server session over real TCP.
+func pair(t *testing.T, o Options) (cli, srv *yamux.Session, cc, sc net.Conn) {
+	t.Helper()
+	ln, err := Listen(context.Background(), "127.0.0.1:0", o)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer ln.Close()
+	accepted := make(chan net.Conn, 1)
+	go func() {
+		c, err := ln.Accept()
+		if err != nil {
+			t.Error(err)
+		}
+		accepted <- c
+	}()
+	cc, err = Dial(context.Background(), ln.Addr().String(), o)
+	if err != nil {
+		t.Fatal(err)
+	}
+	sc = <-accepted
+	if cli, err = Client(cc, o); err != nil {
+		t.Fatal(err)
+	}
+	if srv, err = Server(sc, o); err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { cli.Close(); srv.Close() })
+	return cli, srv, cc, sc
+}
+
+func TestSessionSocketOptions(t *testing.T) {
+	o := testOptions()
+	_, _, cc, sc := pair(t, o)
+	for name, c := range map[string]net.Conn{"dialed": cc, "accepted": sc} {
+		got, err := sockopt.Read(c.(*net.TCPConn))
+		if err != nil {
+			t.Fatal(err)
+		}
+		if !got.KeepAlive || got.Idle != 7*time.Second || got.Interval != 3*time.Second || got.Count != 4 || got.UserTimeout != 19*time.Second {
+			t.Errorf("%s session socket: %+v", name, got)
+		}
+	}
+}
+
+// The patched yamux: blocked reads and writes end at once when the session
+// dies, instead of spinning until Close reaches their stream.
+func TestBlockedStreamsEndOnSessionClose(t *testing.T) {
+	const n = 1000
+	o := testOptions()
+	cli, srv, _, _ := pair(t, o)
+	go func() {
+		for {
+			st, err := srv.AcceptStream()
+			if err != nil {
+				return
+			}
+			// Read nothing: the client's writes fill the window and block.
+			_ = st
+		}
+	}()
+	var wg sync.WaitGroup
+	errs := make(chan error, 2*n)
+	for i := range n {
+		st, err := cli.OpenStream()
+		if err != nil {
+			t.Fatal(err)
+		}
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			if i%2 == 0 {
+				_, err := Stream{st}.Read(make([]byte, 10))
+				errs <- err
+				return
+			}
+			_, err := st.Write(make([]byte, 512<<10))
+			errs <- err
+		}()
+	}
+	time.Sleep(200 * time.Millisecond) // let them block
+	closed := make(chan struct{})
+	go func() { cli.Close(); close(closed) }()
+	done := make(chan struct{})
+	go func() { wg.Wait(); close(done) }()
+	select {
+	case <-done:
+	case <-time.After(20 * time.Second): // hang detection, not a speed bound
+		t.Fatal("blocked stream calls did not return after the session closed")
+	}
+	<-closed
+	close(errs)
+	for err := range errs {
+		if !errors.Is(err, ErrSessionLost) && !errors.Is(err, yamux.ErrSessionShutdown) && !errors.Is(err, yamux.ErrStreamClosed) {
+			t.Fatalf("blocked call returned %v", err)
+		}
+	}
+}
+
+func TestStreamReadTellsSessionLossFromEOF(t *testing.T) {
+	o := testOptions()
+	cli, srv, _, _ := pair(t, o)
+	accepted := make(chan *yamux.Stream, 2)
+	go func() {
+		for {
+			st, err := srv.AcceptStream()
+			if err != nil {
+				return
+			}
+			accepted <- st
+		}
+	}()
+	// Clean remote close: io.EOF.
+	a, _ := cli.OpenStream()
+	a.Write([]byte("x"))
+	sa := <-accepted
+	sa.Close()
+	if _, err := io.ReadAll(Stream{a}); err != nil {
+		t.Fatalf("clean close: %v", err)
+	}
+	// Session death: ErrSessionLost.
+	b, _ := cli.OpenStream()
+	b.Write([]byte("y"))
+	<-accepted
+	go srv.Close()
+	if _, err := io.ReadAll(Stream{b}); !errors.Is(err, ErrSessionLost) {
+		t.Fatalf("session death: %v, want ErrSessionLost", err)
+	}
+}
+
+func TestCause(t *testing.T) {
+	for err, want := range map[error]string{
+		yamux.ErrKeepAliveTimeout: "heartbeat timeout",
+		io.EOF:                    "closed by peer",
+		nil:                       "closed",
+	} {
+		if got := Cause(err); got != want {
+			t.Errorf("Cause(%v) = %q, want %q", err, got, want)
+		}
+	}
+}

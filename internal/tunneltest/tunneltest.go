@@ -1,0 +1,275 @@
+// Package tunneltest holds test helpers: leak checks for goroutines and file
+// descriptors, an echo service, a log sink that feeds t.Log and can be
+// searched, and an in-process tunneld + tunnelc harness on 127.0.0.1.
+//
+// It must only be imported from _test.go files.
+package tunneltest
+
+import (
+	"bytes"
+	"context"
+	"crypto/rand"
+	"crypto/sha256"
+	"errors"
+	"fmt"
+	"io"
+	"log/slog"
+	"net"
+	"os"
+	"runtime"
+	"strings"
+	"sync"
+	"sync/atomic"
+	"testing"
+	"time"
+)
+
+// CheckLeaks fails t if, once every cleanup registered after it has run,
+// the process has more goroutines or open file descriptors than now. Call
+// it first in a test that must not leak; such a test must not be parallel.
+func CheckLeaks(t testing.TB) {
+	t.Helper()
+	// Start the network poller first: its descriptors stay for the process.
+	if l, err := net.Listen("tcp", "127.0.0.1:0"); err == nil {
+		l.Close()
+	}
+	g0, fd0 := runtime.NumGoroutine(), countFDs()
+	t.Cleanup(func() {
+		deadline := time.Now().Add(5 * time.Second)
+		for {
+			g, fd := runtime.NumGoroutine(), countFDs()
+			if g <= g0 && fd <= fd0 {
+				return
+			}
+			if time.Now().After(deadline) {
+				buf := make([]byte, 1<<20)
+				buf = buf[:runtime.Stack(buf, true)]
+				t.Errorf("leak: goroutines %d -> %d, fds %d -> %d\nfds: %s\n%s", g0, g, fd0, fd, describeFDs(), buf)
+				return
+			}
+			time.Sleep(20 * time.Millisecond)
+		}
+	})
+}
+
+func describeFDs() string {
+	es, _ := os.ReadDir("/proc/self/fd")
+	var b strings.Builder
+	for _, e := range es {
+		l, _ := os.Readlink("/proc/self/fd/" + e.Name())
+		fmt.Fprintf(&b, "%s=%s ", e.Name(), l)
+	}
+	return b.String()
+}
+
+func countFDs() int {
+	es, err := os.ReadDir("/proc/self/fd")
+	if err != nil {
+		return 0
+	}
+	return len(es)
+}
+
+// Eventually polls cond until it holds or the timeout passes.
+func Eventually(t testing.TB, timeout time.Duration, what string, cond func() bool) {
+	t.Helper()
+	deadline := time.Now().Add(timeout)
+	for !cond() {
+		if time.Now().After(deadline) {
+			t.Fatalf("timed out after %s waiting for %s", timeout, what)
+		}
+		time.Sleep(10 * time.Millisecond)
+	}
+}
+
+// Echo is a TCP echo service on 127.0.0.1 that honours half-close: on EOF
+// it finishes writing what it read, then closes its write side.
+type Echo struct {
+	ln     net.Listener
+	active atomic.Int64
+	total  atomic.Int64
+	wg     sync.WaitGroup
+	mu     sync.Mutex
+	conns  map[net.Conn]struct{}
+}
+
+// NewEcho starts an echo service; it stops at test cleanup.
+func NewEcho(t testing.TB) *Echo {
+	t.Helper()
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	e := &Echo{ln: ln, conns: map[net.Conn]struct{}{}}
+	e.wg.Add(1)
+	go e.serve()
+	t.Cleanup(e.Close)
+	return e
+}
+
+// Addr is the service's address.
+func (e *Echo) Addr() string { return e.ln.Addr().String() }
+
+// Active is the number of connections open right now.
+func (e *Echo) Active() int64 { return e.active.Load() }
+
+// Total is the number of connections accepted so far.
+func (e *Echo) Total() int64 { return e.total.Load() }
+
+// Close stops accepting, closes every connection and waits for them.
+func (e *Echo) Close() {
+	e.ln.Close()
+	e.mu.Lock()
+	for c := range e.conns {
+		c.Close()
+	}
+	e.mu.Unlock()
+	e.wg.Wait()
+}
+
+func (e *Echo) serve() {
+	defer e.wg.Done()
+	for {
+		c, err := e.ln.Accept()
+		if err != nil {
+			return
+		}
+		e.active.Add(1)
+		e.total.Add(1)
+		e.mu.Lock()
+		e.conns[c] = struct{}{}
+		e.mu.Unlock()
+		e.wg.Add(1)
+		go func() {
+			defer e.wg.Done()
+			defer e.active.Add(-1)
+			// Plain copying: Go's splice path would pool pipes that
+			// outlive the connection and look like leaked descriptors.
+			_, err := io.CopyBuffer(struct{ io.Writer }{c}, struct{ io.Reader }{c}, make([]byte, 32<<10))
+			if err == nil {
+				c.(*net.TCPConn).CloseWrite()
+				// Wait for the peer to finish before closing, so the last
+				// bytes are never cut by a reset.
+				_, _ = io.Copy(io.Discard, c)
+			}
+			e.mu.Lock()
+			delete(e.conns, c)
+			e.mu.Unlock()
+			c.Close()
+		}()
+	}
+}
+
+// Logs is a slog sink that writes every line to t.Log and keeps them to be
+// searched. Lines after the test ended are kept but not passed to t.Log.
+type Logs struct {
+	t    testing.TB
+	mu   sync.Mutex
+	buf  bytes.Buffer
+	done bool
+}
+
+// NewLogs returns a sink and a logger writing to it at debug level.
+func NewLogs(t testing.TB) (*Logs, *slog.Logger) {
+	l := &Logs{t: t}
+	t.Cleanup(func() {
+		l.mu.Lock()
+		l.done = true
+		l.mu.Unlock()
+	})
+	return l, slog.New(slog.NewTextHandler(l, &slog.HandlerOptions{Level: slog.LevelDebug}))
+}
+
+func (l *Logs) Write(p []byte) (int, error) {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	l.buf.Write(p)
+	if !l.done {
+		l.t.Log(strings.TrimRight(string(p), "\n"))
+	}
+	return len(p), nil
+}
+
+// Contains reports whether any line so far contains every one of parts.
+func (l *Logs) Contains(parts ...string) bool {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	for _, line := range strings.Split(l.buf.String(), "\n") {
+		ok := true
+		for _, p := range parts {
+			if !strings.Contains(line, p) {
+				ok = false
+				break
+			}
+		}
+		if ok {
+			return true
+		}
+	}
+	return false
+}
+
+// WaitFor waits until a line contains every one of parts.
+func (l *Logs) WaitFor(t testing.TB, timeout time.Duration, parts ...string) {
+	t.Helper()
+	Eventually(t, timeout, fmt.Sprintf("a log line with %q", parts), func() bool { return l.Contains(parts...) })
+}
+
+// RoundTrip sends n random bytes over c while reading the echo, half-closes,
+// and checks that exactly the same bytes (by sha256) came back before EOF.
+func RoundTrip(c net.Conn, n int64) error {
+	sent := sha256.New()
+	got := sha256.New()
+	errc := make(chan error, 1)
+	var received int64
+	go func() {
+		var err error
+		received, err = io.Copy(got, c)
+		errc <- err
+	}()
+	if _, err := io.CopyN(io.MultiWriter(c, sent), rand.Reader, n); err != nil {
+		return fmt.Errorf("send: %w", err)
+	}
+	if err := c.(interface{ CloseWrite() error }).CloseWrite(); err != nil {
+		return fmt.Errorf("close write: %w", err)
+	}
+	if err := <-errc; err != nil {
+		return fmt.Errorf("receive after %d bytes: %w", received, err)
+	}
+	if received != n {
+		return fmt.Errorf("received %d bytes, sent %d", received, n)
+	}
+	if !bytes.Equal(sent.Sum(nil), got.Sum(nil)) {
+		return errors.New("sha256 of the echo differs from what was sent")
+	}
+	return nil
+}
+
+// Ping writes a short message on c and expects it echoed back within d.
+func Ping(c net.Conn, msg string, d time.Duration) error {
+	_ = c.SetDeadline(time.Now().Add(d))
+	defer c.SetDeadline(time.Time{})
+	if _, err := io.WriteString(c, msg); err != nil {
+		return fmt.Errorf("write: %w", err)
+	}
+	buf := make([]byte, len(msg))
+	if _, err := io.ReadFull(c, buf); err != nil {
+		return fmt.Errorf("read: %w", err)
+	}
+	if string(buf) != msg {
+		return fmt.Errorf("echo %q, want %q", buf, msg)
+	}
+	return nil
+}
+
+// Dial connects to addr on 127.0.0.1 with a short timeout.
+func Dial(t testing.TB, addr string) *net.TCPConn {
+	t.Helper()
+	d := net.Dialer{Timeout: 5 * time.Second}
+	c, err := d.DialContext(context.Background(), "tcp", addr)
+	if err != nil {
+		t.Fatalf("dial %s: %v", addr, err)
+	}
+	t.Cleanup(func() { c.Close() })
+	return c.(*net.TCPConn)
+}
