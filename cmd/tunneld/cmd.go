@@ -32,6 +32,7 @@ type flags struct {
 	config   string
 	logLevel string
 	listen   string
+	bindAddr string
 }
 
 func (f *flags) load() (*config.Server, error) {
@@ -39,10 +40,15 @@ func (f *flags) load() (*config.Server, error) {
 	if err != nil {
 		return nil, &cli.ExitError{Code: cli.ExitConfig, Err: err}
 	}
-	if f.listen != "" {
-		cfg.Listen = f.listen
+	if f.listen != "" || f.bindAddr != "" {
+		if f.listen != "" {
+			cfg.Listen = f.listen
+		}
+		if f.bindAddr != "" {
+			cfg.BindAddr = f.bindAddr
+		}
 		if err := cfg.Validate(nil); err != nil {
-			return nil, &cli.ExitError{Code: cli.ExitConfig, Err: fmt.Errorf("--listen: %w", err)}
+			return nil, &cli.ExitError{Code: cli.ExitConfig, Err: fmt.Errorf("--listen/--bind-addr: %w", err)}
 		}
 	}
 	return cfg, nil
@@ -87,6 +93,7 @@ func newServe() *cobra.Command {
 	cmd.Flags().StringVarP(&f.config, "config", "c", "", "config file (default: embedded defaults)")
 	cmd.Flags().StringVar(&f.logLevel, "log-level", "", "override the config's log level (debug, info, warn, error)")
 	cmd.Flags().StringVar(&f.listen, "listen", "", "override the config's session address (host:port)")
+	cmd.Flags().StringVar(&f.bindAddr, "bind-addr", "", "override the config's address for public listeners")
 	return cmd
 }
 

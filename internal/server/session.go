@@ -135,9 +135,11 @@ func (s *Server) handleConn(ctx context.Context, c net.Conn) {
 			st.Close()
 		}
 	}()
+	ctrlDone := make(chan struct{})
 	ss.wg.Add(1)
 	go func() {
 		defer ss.wg.Done()
+		defer close(ctrlDone)
 		ss.readControl()
 	}()
 	for _, pl := range ss.publicListeners() {
@@ -150,6 +152,10 @@ func (s *Server) handleConn(ctx context.Context, c net.Conn) {
 
 	<-ys.CloseChan()
 	err = <-cause
+	// A goodbye can arrive just before the session closes; let the control
+	// reader take it (buffered data is read before the shutdown error), so
+	// the close is logged with the client's reason.
+	<-ctrlDone
 	ss.shutdown("")
 	ss.wg.Wait()
 	s.unregister(ss)

@@ -1,0 +1,196 @@
+package tunneltest
+
+import (
+	"bytes"
+	"errors"
+	"fmt"
+	"net"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"regexp"
+	"runtime"
+	"strings"
+	"sync"
+	"syscall"
+	"testing"
+	"time"
+)
+
+var build struct {
+	once sync.Once
+	dir  string
+	err  error
+}
+
+// Binaries builds tunneld and tunnelc once per test process (with the race
+// detector when the tests run with it) and returns the directory holding
+// them. Call RemoveBinaries from TestMain.
+func Binaries(t testing.TB) string {
+	t.Helper()
+	build.once.Do(func() {
+		build.dir, build.err = os.MkdirTemp("", "tunnel-bin-")
+		if build.err != nil {
+			return
+		}
+		args := []string{"build", "-o", build.dir}
+		if raceEnabled {
+			args = append(args, "-race")
+		}
+		args = append(args, "-ldflags", "-X github.com/tunnel-dev/tunnel/internal/cli.Version=test",
+			"github.com/tunnel-dev/tunnel/cmd/tunneld", "github.com/tunnel-dev/tunnel/cmd/tunnelc")
+		cmd := exec.Command("go", args...)
+		cmd.Dir = moduleRoot()
+		if out, err := cmd.CombinedOutput(); err != nil {
+			build.err = fmt.Errorf("go build: %v\n%s", err, out)
+		}
+	})
+	if build.err != nil {
+		t.Fatal(build.err)
+	}
+	return build.dir
+}
+
+// RemoveBinaries deletes what Binaries built.
+func RemoveBinaries() {
+	if build.dir != "" {
+		os.RemoveAll(build.dir)
+	}
+}
+
+func moduleRoot() string {
+	_, file, _, _ := runtime.Caller(0)
+	return filepath.Join(filepath.Dir(file), "..", "..")
+}
+
+// Proc is a running binary whose stderr is captured.
+type Proc struct {
+	Name string
+	Cmd  *exec.Cmd
+	out  syncBuffer
+	done chan struct{}
+	err  error
+}
+
+type syncBuffer struct {
+	mu  sync.Mutex
+	buf bytes.Buffer
+}
+
+func (b *syncBuffer) Write(p []byte) (int, error) {
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	return b.buf.Write(p)
+}
+
+func (b *syncBuffer) String() string {
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	return b.buf.String()
+}
+
+// Start runs bin with args. At cleanup the process is killed if still
+// running, and its output is logged when the test failed.
+func Start(t testing.TB, cmd *exec.Cmd) *Proc {
+	t.Helper()
+	p := &Proc{Name: filepath.Base(cmd.Path), Cmd: cmd, done: make(chan struct{})}
+	cmd.Stdout = &p.out
+	cmd.Stderr = &p.out
+	// A test binary killed by its timeout must not leave daemons behind.
+	cmd.SysProcAttr = &syscall.SysProcAttr{Pdeathsig: syscall.SIGKILL}
+	if raceEnabled {
+		// The race runtime sleeps 1 s at exit by default, which would hide
+		// how fast a daemon really stops.
+		if cmd.Env == nil {
+			cmd.Env = os.Environ()
+		}
+		cmd.Env = append(cmd.Env, "GORACE=atexit_sleep_ms=0")
+	}
+	if err := cmd.Start(); err != nil {
+		t.Fatalf("start %s: %v", p.Name, err)
+	}
+	go func() {
+		p.err = cmd.Wait()
+		close(p.done)
+	}()
+	t.Cleanup(func() {
+		select {
+		case <-p.done:
+		default:
+			_ = cmd.Process.Kill()
+			<-p.done
+		}
+		if strings.Contains(p.Output(), "WARNING: DATA RACE") {
+			t.Errorf("%s reported a data race", p.Name)
+		}
+		if t.Failed() {
+			t.Logf("--- output of %s:\n%s", p.Name, p.Output())
+		}
+	})
+	return p
+}
+
+// Output is everything the process wrote so far.
+func (p *Proc) Output() string { return p.out.String() }
+
+// WaitOutput waits until the output matches re and returns the submatches.
+func (p *Proc) WaitOutput(t testing.TB, timeout time.Duration, re string) []string {
+	t.Helper()
+	rx := regexp.MustCompile(re)
+	deadline := time.Now().Add(timeout)
+	for {
+		if m := rx.FindStringSubmatch(p.Output()); m != nil {
+			return m
+		}
+		select {
+		case <-p.done:
+			if m := rx.FindStringSubmatch(p.Output()); m != nil {
+				return m
+			}
+			t.Fatalf("%s exited (%v) before printing %q", p.Name, p.err, re)
+		case <-time.After(20 * time.Millisecond):
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("%s did not print %q within %s", p.Name, re, timeout)
+		}
+	}
+}
+
+// Signal sends sig and waits up to timeout for the exit; it returns the
+// exit code.
+func (p *Proc) Signal(t testing.TB, sig os.Signal, timeout time.Duration) int {
+	t.Helper()
+	if err := p.Cmd.Process.Signal(sig); err != nil {
+		t.Fatalf("signal %s: %v", p.Name, err)
+	}
+	return p.Wait(t, timeout)
+}
+
+// Wait waits up to timeout for the exit and returns the exit code.
+func (p *Proc) Wait(t testing.TB, timeout time.Duration) int {
+	t.Helper()
+	select {
+	case <-p.done:
+	case <-time.After(timeout):
+		t.Fatalf("%s still running after %s", p.Name, timeout)
+	}
+	var ee *exec.ExitError
+	if errors.As(p.err, &ee) {
+		return ee.ExitCode()
+	}
+	if p.err != nil {
+		t.Fatalf("%s: %v", p.Name, p.err)
+	}
+	return 0
+}
+
+// FreePort returns a TCP port on 127.0.0.1 that was free a moment ago.
+func FreePort(t testing.TB) int {
+	t.Helper()
+	l, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer l.Close()
+	return l.Addr().(*net.TCPAddr).Port
+}

@@ -1,0 +1,5 @@
+//go:build race
+
+package tunneltest
+
+const raceEnabled = true
