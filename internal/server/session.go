@@ -8,6 +8,7 @@ import (
 	"math/rand/v2"
 	"net"
 	"strconv"
+	"strings"
 	"sync"
 	"syscall"
 	"time"
@@ -53,7 +54,7 @@ func (s *Server) handleConn(ctx context.Context, c net.Conn) {
 	log := s.log.With("remote", remote)
 	c, err := mux.Handshake(c, s.opts)
 	if err != nil {
-		log.Warn("session refused", "err", err)
+		log.Warn("session refused", "err", err, "hint", tlsHint(err))
 		return
 	}
 	ys, err := mux.Server(c, s.opts)
@@ -434,4 +435,18 @@ func (ss *session) handlePublic(tunnel string, pc *net.TCPConn, log *slog.Logger
 		return
 	}
 	log.Debug("public connection closed", "in", stats.AToB, "out", stats.BToA)
+}
+
+// tlsHint turns the usual TLS handshake failures into what to fix.
+func tlsHint(err error) string {
+	msg := err.Error()
+	switch {
+	case strings.Contains(msg, "first record does not look like a TLS handshake"):
+		return "the peer does not speak TLS: set enabled = true under [tls] in its tunnel.toml"
+	case strings.Contains(msg, "bad certificate"), strings.Contains(msg, "unknown certificate"):
+		return "the client rejected this server's certificate: check ca_file and server_name under [tls] in its tunnel.toml"
+	case errors.Is(err, context.DeadlineExceeded), strings.Contains(msg, "timeout"):
+		return "the peer sent no TLS handshake within handshake_timeout"
+	}
+	return "see the TLS error"
 }
