@@ -56,8 +56,17 @@ func newUp() *cobra.Command {
 			ctx, stop := cli.SignalContext()
 			defer stop()
 			log.Info("tunnelc started", "version", cli.Version, "config", cfg.File, "server", cfg.Server)
-			if err := c.Run(ctx); err != nil {
-				return &cli.ExitError{Code: cli.ExitFailure, Err: err}
+			wait := cli.Notify(ctx, log, "serving tunnels through "+cfg.Server, func() error { c.Status(); return nil })
+			err = c.Run(ctx)
+			stop()
+			wait()
+			if err != nil {
+				code := cli.ExitFailure
+				var pe *client.PermanentError
+				if errors.As(err, &pe) {
+					code = cli.ExitRefused
+				}
+				return &cli.ExitError{Code: code, Err: err}
 			}
 			log.Info("tunnelc stopped")
 			return nil

@@ -83,7 +83,11 @@ func newServe() *cobra.Command {
 				return err
 			}
 			log.Info("tunneld started", "version", cli.Version, "config", cfg.File)
-			if err := srv.Serve(ctx); err != nil {
+			wait := cli.Notify(ctx, log, "listening on "+srv.Addr().String(), func() error { srv.Sessions(); return nil })
+			err = srv.Serve(ctx)
+			stop()
+			wait()
+			if err != nil {
 				return err
 			}
 			log.Info("tunneld stopped")

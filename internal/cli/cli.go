@@ -27,10 +27,13 @@ type ExitError struct {
 func (e *ExitError) Error() string { return e.Err.Error() }
 func (e *ExitError) Unwrap() error { return e.Err }
 
-// Exit codes.
+// Exit codes. Refusal and config errors use sysexits.h values, distinct
+// from Go's 2 for a panic, so a systemd unit can stop restarting on them
+// (RestartPreventExitStatus=77 78) and still restart after a crash.
 const (
-	ExitFailure = 1 // runtime failure or permanent refusal by the server
-	ExitConfig  = 2 // the config is invalid
+	ExitFailure = 1  // runtime failure
+	ExitRefused = 77 // EX_NOPERM: the server refused us for good (token, version, tunnel)
+	ExitConfig  = 78 // EX_CONFIG: the config is invalid
 )
 
 // Logger builds the daemon's logger. levelFlag, when set, overrides the

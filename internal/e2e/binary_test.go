@@ -11,6 +11,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/tunnel-dev/tunnel/internal/cli"
 	tt "github.com/tunnel-dev/tunnel/internal/tunneltest"
 )
 
@@ -153,8 +154,8 @@ func TestBinariesEndToEnd(t *testing.T) {
 		fmt.Sprintf(clientTOML, ctrlPort, "wrong-token", echo.Addr(), fixedPort, echo.Addr()),
 		`name = "binary-test"`, `name = "intruder"`, 1))
 	intruder := tt.Start(t, exec.Command(filepath.Join(bin, "tunnelc"), "up", "-c", bad))
-	if code := intruder.Wait(t, 10*time.Second); code != 1 {
-		t.Errorf("tunnelc with a wrong token exited %d, want 1", code)
+	if code := intruder.Wait(t, 10*time.Second); code != cli.ExitRefused {
+		t.Errorf("tunnelc with a wrong token exited %d, want %d", code, cli.ExitRefused)
 	}
 	if out := intruder.Output(); !strings.Contains(out, "token") {
 		t.Errorf("wrong-token exit does not mention the token:\n%s", out)
@@ -182,7 +183,7 @@ func TestBinariesEndToEnd(t *testing.T) {
 	}
 }
 
-// Config mistakes exit 2 with the file, line and key; --version prints the
+// Config mistakes exit 78 (EX_CONFIG) with the file, line and key; --version prints the
 // build's version.
 func TestBinariesConfigErrorsAndVersion(t *testing.T) {
 	bin := tt.Binaries(t)
@@ -211,8 +212,8 @@ func TestBinariesConfigErrorsAndVersion(t *testing.T) {
 		for _, sub := range []string{"check", map[string]string{"tunneld": "serve", "tunnelc": "up"}[c.bin]} {
 			cmd := exec.Command(filepath.Join(bin, c.bin), sub, "-c", p)
 			out, err := cmd.CombinedOutput()
-			if cmd.ProcessState == nil || cmd.ProcessState.ExitCode() != 2 {
-				t.Errorf("%s %s with %q: exit %v, want 2\n%s", c.bin, sub, c.content, err, out)
+			if cmd.ProcessState == nil || cmd.ProcessState.ExitCode() != cli.ExitConfig {
+				t.Errorf("%s %s with %q: exit %v, want %d\n%s", c.bin, sub, c.content, err, cli.ExitConfig, out)
 				continue
 			}
 			for _, w := range c.want {

@@ -80,6 +80,14 @@ func (s *Server) Start(ctx context.Context) error {
 // Addr is the bound session address (after Start).
 func (s *Server) Addr() net.Addr { return s.ln.Addr() }
 
+// Sessions counts the sessions up now. It takes the server's lock, so it
+// doubles as a liveness probe for the systemd watchdog.
+func (s *Server) Sessions() int {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return len(s.sessions)
+}
+
 // Serve accepts sessions until ctx ends, then says goodbye to every client,
 // closes every session and public listener, and returns once every
 // goroutine it started has returned. It returns nil after a shutdown and an

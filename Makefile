@@ -1,0 +1,32 @@
+# tunnel: tunneld (server) and tunnelc (client).
+# `make demo` and `make test` are the two commands the README promises.
+
+GO          ?= go
+BIN         ?= bin
+VERSION     ?= $(shell git describe --tags --always --dirty 2>/dev/null || echo dev)
+LDFLAGS     := -s -w -X github.com/tunnel-dev/tunnel/internal/cli.Version=$(VERSION)
+STATICCHECK := honnef.co/go/tools/cmd/staticcheck@v0.8.2
+# Fault tests sleep through keepalive timeouts; run many at once.
+TESTFLAGS   ?= -race -count=1 -parallel 16 -timeout 20m
+
+.PHONY: all build test lint demo bench clean
+
+all: build
+
+build:
+	$(GO) build -trimpath -ldflags '$(LDFLAGS)' -o $(BIN)/ ./cmd/tunneld ./cmd/tunnelc
+
+lint:
+	@out=$$(gofmt -l cmd internal examples); if [ -n "$$out" ]; then echo "gofmt needed:"; echo "$$out"; exit 1; fi
+	$(GO) vet ./...
+	$(GO) run $(STATICCHECK) ./...
+
+test: lint
+	$(GO) test $(TESTFLAGS) ./...
+
+demo: build
+	$(GO) run ./examples/demo -bin $(BIN)
+
+clean:
+	rm -rf $(BIN)
+	$(GO) clean -testcache
