@@ -22,6 +22,7 @@ lint:
 	$(GO) run $(STATICCHECK) ./...
 
 test: lint
+	./scripts/test-deps
 	$(GO) test $(TESTFLAGS) ./...
 
 demo: build
