@@ -57,9 +57,14 @@ func newUp() *cobra.Command {
 			defer stop()
 			log.Info("tunnelc started", "version", cli.Version, "config", cfg.File, "server", cfg.Server)
 			wait := cli.Notify(ctx, log, "serving tunnels through "+cfg.Server, func() error { c.Status(); return nil })
+			waitStatus := cli.StatusOnSignal(ctx, log, func() []any {
+				st := c.Status()
+				return []any{"connected", st.Connected, "session", st.Session, "tunnels", len(st.Public), "sessions_since_start", st.Sessions}
+			})
 			err = c.Run(ctx)
 			stop()
 			wait()
+			waitStatus()
 			if err != nil {
 				code := cli.ExitFailure
 				var pe *client.PermanentError

@@ -10,6 +10,7 @@ import (
 	"log/slog"
 	"os"
 	"os/signal"
+	"runtime"
 	"syscall"
 
 	"github.com/tunnel-dev/tunnel/internal/config"
@@ -75,4 +76,31 @@ func Main(run func() error) int {
 		return e.Code
 	}
 	return ExitFailure
+}
+
+// StatusOnSignal logs one "status" line each time the process gets SIGUSR1
+// (`kill -USR1 <pid>`): the daemon's own attributes plus goroutine and
+// descriptor counts, for operators and for the fault tests' leak checks.
+// It stops when ctx ends; the returned function waits for that.
+func StatusOnSignal(ctx context.Context, log *slog.Logger, attrs func() []any) (wait func()) {
+	ch := make(chan os.Signal, 1)
+	signal.Notify(ch, syscall.SIGUSR1)
+	done := make(chan struct{})
+	go func() {
+		defer close(done)
+		defer signal.Stop(ch)
+		for {
+			select {
+			case <-ctx.Done():
+				return
+			case <-ch:
+				fds := -1
+				if ents, err := os.ReadDir("/proc/self/fd"); err == nil {
+					fds = len(ents)
+				}
+				log.Info("status", append(attrs(), "goroutines", runtime.NumGoroutine(), "fds", fds)...)
+			}
+		}
+	}()
+	return func() { <-done }
 }

@@ -140,7 +140,7 @@ func backoff(n int, lo, hi time.Duration) time.Duration {
 type session struct {
 	c       *Client
 	id      string
-	ys      *yamux.Session
+	ys      *mux.Session
 	ctrl    *yamux.Stream
 	log     *slog.Logger
 	tunnels map[string]*config.Tunnel
@@ -223,12 +223,12 @@ func (c *Client) runSession(ctx context.Context) error {
 		ss.log.Info("session closed by server", "reason", *r)
 		return fmt.Errorf("server closed the session: %s", *r)
 	}
-	ss.log.Error("session lost", "server", c.cfg.Server, "cause", mux.Cause(err), "err", err)
-	return fmt.Errorf("session lost: %s", mux.Cause(err))
+	ss.log.Error("session lost", "server", c.cfg.Server, "cause", ss.ys.Cause(err), "err", err)
+	return fmt.Errorf("session lost: %s", ss.ys.Cause(err))
 }
 
 // handshake sends hello and reads the answer, each under a deadline.
-func (c *Client) handshake(ys *yamux.Session) (*yamux.Stream, *protocol.Welcome, error) {
+func (c *Client) handshake(ys *mux.Session) (*yamux.Stream, *protocol.Welcome, error) {
 	ctrl, err := ys.OpenStream()
 	if err != nil {
 		return nil, nil, fmt.Errorf("open control stream: %w", err)
@@ -337,7 +337,7 @@ func (ss *session) handleStream(ctx context.Context, st *yamux.Stream) {
 	log.Debug("joined", "local", t.Local)
 	stats, err := proxy.Join(s, "stream", local, "local")
 	if err != nil {
-		log.Info("connection aborted", "err", err, "in", stats.AToB, "out", stats.BToA)
+		log.Info("connection aborted", "cause", proxy.Cause(err), "err", err, "in", stats.AToB, "out", stats.BToA)
 		return
 	}
 	log.Debug("connection closed", "in", stats.AToB, "out", stats.BToA)

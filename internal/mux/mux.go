@@ -17,6 +17,7 @@ import (
 	"net"
 	"os"
 	"strings"
+	"syscall"
 	"time"
 
 	"github.com/hashicorp/yamux"
@@ -32,8 +33,9 @@ type Options struct {
 	// data may stay unacknowledged before the kernel gives up. It is what
 	// bounds a dead path while a transfer runs (keepalive is suspended then).
 	UserTimeout time.Duration
-	// HeartbeatInterval is how often yamux pings; HeartbeatTimeout how long
-	// a ping may wait for its answer. Zero interval turns the heartbeat off.
+	// HeartbeatInterval is how often a ping is sent; the session is closed
+	// when nothing at all has arrived for HeartbeatInterval +
+	// HeartbeatTimeout. Zero interval turns the heartbeat off.
 	HeartbeatInterval time.Duration
 	HeartbeatTimeout  time.Duration
 	// TLS, when set, wraps the socket: a client config on Dial, a server
@@ -59,10 +61,11 @@ func Dial(ctx context.Context, addr string, o Options) (net.Conn, error) {
 		c.Close()
 		return nil, fmt.Errorf("dial %s: %w", addr, err)
 	}
+	w := watch(c, o)
 	if o.TLS == nil {
-		return c, nil
+		return w, nil
 	}
-	tc := tls.Client(c, o.TLS)
+	tc := tls.Client(w, o.TLS)
 	if err := tc.HandshakeContext(ctx); err != nil {
 		c.Close()
 		return nil, fmt.Errorf("dial %s: tls handshake: %w", addr, err)
@@ -79,12 +82,12 @@ func Listen(ctx context.Context, addr string, o Options) (net.Listener, error) {
 	if err != nil {
 		return nil, fmt.Errorf("listen %s: %w", addr, err)
 	}
-	return &listener{Listener: ln, ut: o.UserTimeout}, nil
+	return &listener{Listener: ln, o: o}, nil
 }
 
 type listener struct {
 	net.Listener
-	ut time.Duration
+	o Options
 }
 
 func (l *listener) Accept() (net.Conn, error) {
@@ -92,12 +95,12 @@ func (l *listener) Accept() (net.Conn, error) {
 	if err != nil {
 		return nil, err
 	}
-	if err := sockopt.SetUserTimeout(c.(*net.TCPConn), l.ut); err != nil {
+	if err := sockopt.SetUserTimeout(c.(*net.TCPConn), l.o.UserTimeout); err != nil {
 		c.Close()
 		// Not fatal to the listener: the caller logs it and accepts again.
 		return nil, tempError{fmt.Errorf("accept %s: %w", c.RemoteAddr(), err)}
 	}
-	return c, nil
+	return watch(c, l.o), nil
 }
 
 type tempError struct{ error }
@@ -119,30 +122,6 @@ func Handshake(c net.Conn, o Options) (net.Conn, error) {
 		return nil, fmt.Errorf("tls handshake: %w", err)
 	}
 	return tc, nil
-}
-
-// Client starts the yamux client side on c. The session owns c from here.
-func Client(c net.Conn, o Options) (*yamux.Session, error) {
-	return yamux.Client(c, yamuxConfig(o))
-}
-
-// Server starts the yamux server side on c. The session owns c from here.
-func Server(c net.Conn, o Options) (*yamux.Session, error) {
-	return yamux.Server(c, yamuxConfig(o))
-}
-
-func yamuxConfig(o Options) *yamux.Config {
-	cfg := yamux.DefaultConfig()
-	cfg.LogOutput = nil
-	cfg.Logger = yamuxLogger{o.Logger}
-	cfg.EnableKeepAlive = o.HeartbeatInterval > 0
-	if o.HeartbeatInterval > 0 {
-		cfg.KeepAliveInterval = o.HeartbeatInterval
-	}
-	if o.HeartbeatTimeout > 0 {
-		cfg.ConnectionWriteTimeout = o.HeartbeatTimeout
-	}
-	return cfg
 }
 
 // yamuxLogger turns yamux's "[ERR] yamux: ..." lines into slog events.
@@ -169,31 +148,6 @@ func (y yamuxLogger) log(msg string) {
 // ErrHeartbeat means the peer stopped answering the session heartbeat: the
 // path or the peer is frozen even if TCP still looks alive.
 var ErrHeartbeat = errors.New("heartbeat timeout")
-
-// Cause explains why a session ended, from the error its accept loop
-// returned: a heartbeat timeout, a TCP-level timeout (keepalive or
-// TCP_USER_TIMEOUT: ETIMEDOUT), a reset or close by the peer, or a local close.
-func Cause(err error) string {
-	switch {
-	case err == nil:
-		return "closed"
-	case errors.Is(err, yamux.ErrKeepAliveTimeout):
-		return "heartbeat timeout"
-	case errors.Is(err, os.ErrDeadlineExceeded), isErrno(err, "connection timed out"):
-		return "tcp timeout (keepalive or user_timeout)"
-	case errors.Is(err, yamux.ErrSessionShutdown):
-		return "closed locally"
-	case errors.Is(err, net.ErrClosed):
-		return "closed locally"
-	case err.Error() == "EOF":
-		return "closed by peer"
-	case isErrno(err, "connection reset"):
-		return "reset by peer"
-	}
-	return err.Error()
-}
-
-func isErrno(err error, s string) bool { return strings.Contains(err.Error(), s) }
 
 // ServerTLS loads a certificate and key for the session listener.
 func ServerTLS(certFile, keyFile string) (*tls.Config, error) {
@@ -227,7 +181,18 @@ func ClientTLS(addr, serverName, caFile string, insecure bool) (*tls.Config, err
 
 // ErrSessionLost is returned by Stream.Read when the stream ended because
 // its session died, not because the peer closed it.
-var ErrSessionLost = errors.New("session lost")
+var ErrSessionLost error = sessionLost{}
+
+type sessionLost struct{}
+
+func (sessionLost) Error() string { return "session lost" }
+
+// SessionLost lets package proxy name the cause without importing mux.
+func (sessionLost) SessionLost() bool { return true }
+
+// errStreamReset is what a read of a stream the peer reset returns; it
+// wraps ECONNRESET so it reads like the TCP reset it stands for.
+var errStreamReset = fmt.Errorf("stream reset by peer: %w", syscall.ECONNRESET)
 
 // Stream adapts a yamux stream for joining: CloseWrite half-closes (yamux's
 // Close is a half-close), Abort cuts it at once, and Read reports a dead
@@ -239,17 +204,18 @@ type Stream struct {
 // CloseWrite sends FIN on the stream; reads keep working.
 func (s Stream) CloseWrite() error { return s.Stream.Close() }
 
-// Abort unblocks pending reads and writes and closes the stream.
-func (s Stream) Abort() error {
-	_ = s.Stream.SetDeadline(time.Now())
-	return s.Stream.Close()
-}
+// Abort resets the stream: pending reads and writes here end at once, and
+// the peer's fail with a reset rather than a clean end.
+func (s Stream) Abort() error { return s.Stream.Reset() }
 
 // Read is yamux's Read, but an EOF caused by a dead session is an error.
 func (s Stream) Read(p []byte) (int, error) {
 	n, err := s.Stream.Read(p)
-	if (err == io.EOF && s.Session().IsClosed()) || errors.Is(err, yamux.ErrSessionShutdown) {
+	switch {
+	case (err == io.EOF && s.Session().IsClosed()) || errors.Is(err, yamux.ErrSessionShutdown):
 		err = ErrSessionLost
+	case errors.Is(err, yamux.ErrConnectionReset):
+		err = errStreamReset
 	}
 	return n, err
 }

@@ -7,6 +7,7 @@ import (
 	"log/slog"
 	"net"
 	"sync"
+	"syscall"
 	"testing"
 	"time"
 
@@ -27,7 +28,7 @@ func testOptions() Options {
 }
 
 // pair returns a connected client and server session over real TCP.
-func pair(t *testing.T, o Options) (cli, srv *yamux.Session, cc, sc net.Conn) {
+func pair(t *testing.T, o Options) (cli, srv *Session, cc, sc net.Conn) {
 	t.Helper()
 	ln, err := Listen(context.Background(), "127.0.0.1:0", o)
 	if err != nil {
@@ -61,7 +62,7 @@ func TestSessionSocketOptions(t *testing.T) {
 	o := testOptions()
 	_, _, cc, sc := pair(t, o)
 	for name, c := range map[string]net.Conn{"dialed": cc, "accepted": sc} {
-		got, err := sockopt.Read(c.(*net.TCPConn))
+		got, err := sockopt.Read(c.(syscall.Conn))
 		if err != nil {
 			t.Fatal(err)
 		}
@@ -165,5 +166,46 @@ func TestCause(t *testing.T) {
 		if got := Cause(err); got != want {
 			t.Errorf("Cause(%v) = %q, want %q", err, got, want)
 		}
+	}
+}
+
+// Abort (the patched Stream.Reset) reaches the peer as a reset, on a
+// stream that carried data and was half-closed, and the session lives on.
+func TestStreamResetReachesPeer(t *testing.T) {
+	o := testOptions()
+	cli, srv, _, _ := pair(t, o)
+	accepted := make(chan *yamux.Stream, 1)
+	go func() {
+		st, err := srv.AcceptStream()
+		if err == nil {
+			accepted <- st
+		}
+	}()
+	a, err := cli.OpenStream()
+	if err != nil {
+		t.Fatal(err)
+	}
+	a.Write([]byte("partial"))
+	sa := <-accepted
+	buf := make([]byte, 7)
+	if _, err := io.ReadFull(sa, buf); err != nil {
+		t.Fatal(err)
+	}
+	_ = (Stream{a}).CloseWrite()
+	if err := (Stream{a}).Abort(); err != nil {
+		t.Fatal(err)
+	}
+	_ = sa.SetReadDeadline(time.Now().Add(5 * time.Second))
+	if _, err := (Stream{sa}).Read(buf); !errors.Is(err, syscall.ECONNRESET) {
+		t.Fatalf("peer read after reset: %v, want connection reset", err)
+	}
+	if _, err := sa.Write([]byte("late")); err == nil {
+		t.Error("peer write after reset succeeded")
+	}
+	if cli.IsClosed() || srv.IsClosed() {
+		t.Fatal("a stream reset closed the session")
+	}
+	if n := cli.NumStreams() + srv.NumStreams(); n != 0 {
+		t.Errorf("%d streams left after the reset", n)
 	}
 }

@@ -27,7 +27,7 @@ type session struct {
 	srv    *Server
 	id     string
 	client string
-	ys     *yamux.Session
+	ys     *mux.Session
 	ctrl   *yamux.Stream
 	log    *slog.Logger
 
@@ -166,7 +166,7 @@ func (s *Server) handleConn(ctx context.Context, c net.Conn) {
 	if reason != "" {
 		ss.log.Info("session closed", "reason", reason)
 	} else {
-		ss.log.Warn("session lost", "cause", mux.Cause(err), "err", err)
+		ss.log.Warn("session lost", "cause", ys.Cause(err), "err", err)
 	}
 }
 
@@ -431,7 +431,7 @@ func (ss *session) handlePublic(tunnel string, pc *net.TCPConn, log *slog.Logger
 			log.Warn("public connection reset: client could not reach the local service", "err", de.msg)
 			return
 		}
-		log.Info("public connection aborted", "err", err, "in", stats.AToB, "out", stats.BToA)
+		log.Info("public connection aborted", "cause", proxy.Cause(err), "err", err, "in", stats.AToB, "out", stats.BToA)
 		return
 	}
 	log.Debug("public connection closed", "in", stats.AToB, "out", stats.BToA)

@@ -93,7 +93,11 @@ func (b *syncBuffer) String() string {
 // running, and its output is logged when the test failed.
 func Start(t testing.TB, cmd *exec.Cmd) *Proc {
 	t.Helper()
-	p := &Proc{Name: filepath.Base(cmd.Path), Cmd: cmd, done: make(chan struct{})}
+	name := filepath.Base(cmd.Path)
+	if name == "ip" && len(cmd.Args) > 4 && cmd.Args[1] == "netns" {
+		name = filepath.Base(cmd.Args[4]) // ip netns exec NS bin ...
+	}
+	p := &Proc{Name: name, Cmd: cmd, done: make(chan struct{})}
 	cmd.Stdout = &p.out
 	cmd.Stderr = &p.out
 	// A test binary killed by its timeout must not leave daemons behind.
@@ -193,4 +197,77 @@ func FreePort(t testing.TB) int {
 	}
 	defer l.Close()
 	return l.Addr().(*net.TCPAddr).Port
+}
+
+// Mark is the current length of the output, to wait for lines after it.
+func (p *Proc) Mark() int { return len(p.Output()) }
+
+// Line is one matched log line.
+type Line struct {
+	Text  string
+	At    time.Time // the line's time= field; when it was seen if absent
+	Match []string
+}
+
+var logTime = regexp.MustCompile(`(?:^|\s)time=(\S+)`)
+
+// WaitLine waits for a line after mark that matches re.
+func (p *Proc) WaitLine(t testing.TB, mark int, timeout time.Duration, re string) Line {
+	t.Helper()
+	l, ok := p.waitLine(mark, timeout, re)
+	if !ok {
+		t.Fatalf("%s did not log %q within %s", p.Name, re, timeout)
+	}
+	return l
+}
+
+// NoLine fails if a line after mark matches re within d.
+func (p *Proc) NoLine(t testing.TB, mark int, d time.Duration, re string) {
+	t.Helper()
+	if l, ok := p.waitLine(mark, d, re); ok {
+		t.Fatalf("%s logged %q: %s", p.Name, re, l.Text)
+	}
+}
+
+func (p *Proc) waitLine(mark int, timeout time.Duration, re string) (Line, bool) {
+	rx := regexp.MustCompile(re)
+	deadline := time.Now().Add(timeout)
+	for {
+		out := p.Output()
+		if mark > len(out) {
+			mark = len(out)
+		}
+		for _, line := range strings.Split(out[mark:], "\n") {
+			if m := rx.FindStringSubmatch(line); m != nil {
+				at := time.Now()
+				if tm := logTime.FindStringSubmatch(line); tm != nil {
+					if v, err := time.Parse(time.RFC3339Nano, tm[1]); err == nil {
+						at = v
+					}
+				}
+				return Line{Text: line, At: at, Match: m}, true
+			}
+		}
+		if time.Now().After(deadline) {
+			return Line{}, false
+		}
+		select {
+		case <-p.done:
+			if time.Now().After(deadline) {
+				return Line{}, false
+			}
+			time.Sleep(20 * time.Millisecond)
+		case <-time.After(20 * time.Millisecond):
+		}
+	}
+}
+
+// Exited reports whether the process has ended.
+func (p *Proc) Exited() bool {
+	select {
+	case <-p.done:
+		return true
+	default:
+		return false
+	}
 }

@@ -100,6 +100,12 @@ func NewEcho(t testing.TB) *Echo {
 	if err != nil {
 		t.Fatal(err)
 	}
+	return NewEchoOn(t, ln)
+}
+
+// NewEchoOn serves echo on ln (e.g. a listener in a lab namespace); it
+// stops at test cleanup.
+func NewEchoOn(t testing.TB, ln net.Listener) *Echo {
 	e := &Echo{ln: ln, conns: map[net.Conn]struct{}{}}
 	e.wg.Add(1)
 	go e.serve()

@@ -401,6 +401,33 @@ SEND_CLOSE:
 	return nil
 }
 
+// Reset aborts the stream. Local patch (see PATCHES.md): the stream is
+// forgotten at once and the peer gets a RST frame, so its reads and writes
+// fail with ErrConnectionReset instead of ending on a clean FIN that would
+// pass a truncated transfer off as complete.
+func (s *Stream) Reset() error {
+	s.stateLock.Lock()
+	switch s.state {
+	case streamClosed, streamReset:
+		s.stateLock.Unlock()
+		return nil
+	}
+	s.state = streamReset
+	if s.closeTimer != nil {
+		s.closeTimer.Stop()
+		s.closeTimer = nil
+	}
+	s.stateLock.Unlock()
+	s.notifyWaiting()
+	s.session.closeStream(s.id)
+
+	s.sendLock.Lock()
+	defer s.sendLock.Unlock()
+	hdr := header(make([]byte, headerSize))
+	hdr.encode(typeWindowUpdate, flagRST, s.id, 0)
+	return s.session.sendNoWait(hdr)
+}
+
 // closeTimeout is called after StreamCloseTimeout during a close to
 // close this stream.
 func (s *Stream) closeTimeout() {
@@ -465,6 +492,9 @@ func (s *Stream) processFlags(flags uint16) error {
 			s.state = streamClosed
 			closeStream = true
 			s.notifyWaiting()
+		case streamReset:
+			// Local patch: a FIN that crossed our Reset on the wire is
+			// expected, not a protocol error that ends the session.
 		default:
 			s.session.logger.Printf("[ERR] yamux: unexpected FIN flag in state %d", s.state)
 			return ErrUnexpectedFlag

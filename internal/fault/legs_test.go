@@ -1,0 +1,153 @@
+package fault
+
+import (
+	"errors"
+	"fmt"
+	"io"
+	"sync"
+	"testing"
+	"time"
+
+	tt "github.com/tunnel-dev/tunnel/internal/tunneltest"
+)
+
+// 4. A public client vanishes while idle: the server's keepalive on the
+// public socket notices, the stream is closed, and the client closes its
+// local connection — nothing leaks on the local service.
+func TestPublicClientVanishes(t *testing.T) {
+	t.Parallel()
+	o := defaultOpts()
+	r := newRig(t, o)
+	c := r.dialPublic(r.fixed)
+	if err := tt.Ping(c, "hello", 5*time.Second); err != nil {
+		t.Fatal(err)
+	}
+	if n := r.echo.Active(); n != 1 {
+		t.Fatalf("local service has %d connections, want 1", n)
+	}
+	sm, cm := r.server.Mark(), r.client.Mark()
+	cut := time.Now()
+	r.lab.Cut(r.pub, r.srv)
+	bound := o.publicKA.bound() + slack
+	l := r.server.WaitLine(t, sm, bound+2*time.Second, `public connection aborted.*tunnel=fixed`)
+	within(t, "server noticed the vanished public client", l.At.Sub(cut), bound)
+	t.Log(l.Text)
+	if !contains(l.Text, "keepalive") {
+		t.Errorf("server does not say keepalive found it: %s", l.Text)
+	}
+	tt.Eventually(t, 2*time.Second, "the local connection to close", func() bool { return r.echo.Active() == 0 })
+	t.Logf("local connection closed %s after the cut", time.Since(cut).Round(10*time.Millisecond))
+	r.client.WaitLine(t, cm, time.Second, `connection (closed|aborted).*tunnel=fixed`)
+	// The session is untouched.
+	r.server.NoLine(t, sm, 0, `msg="session lost"`)
+	r.client.NoLine(t, cm, 0, `msg="session lost"`)
+	r.lab.Heal(r.pub, r.srv)
+	r.works("after the public client's path healed")
+}
+
+// 5. The local service's host vanishes while idle: the client's keepalive on
+// the local socket notices and the public connection is closed.
+func TestLocalHostVanishes(t *testing.T) {
+	t.Parallel()
+	o := defaultOpts()
+	r := newRig(t, o)
+	c := r.dialPublic(r.fixed)
+	if err := tt.Ping(c, "hello", 5*time.Second); err != nil {
+		t.Fatal(err)
+	}
+	sm, cm := r.server.Mark(), r.client.Mark()
+	cut := time.Now()
+	r.lab.Cut(r.cli, r.loc)
+	bound := o.localKA.bound() + slack
+	l := r.client.WaitLine(t, cm, bound+2*time.Second, `connection aborted.*tunnel=fixed`)
+	within(t, "client noticed the vanished local host", l.At.Sub(cut), bound)
+	t.Log(l.Text)
+	if !contains(l.Text, "keepalive") {
+		t.Errorf("client does not say keepalive found it: %s", l.Text)
+	}
+	d, err, ok := c.ends(cut, bound+time.Second)
+	if !ok {
+		t.Fatalf("public connection still open %s after the local host vanished", d)
+	}
+	within(t, "public connection closed", d, bound+500*time.Millisecond)
+	if errors.Is(err, io.EOF) {
+		t.Errorf("public connection got a clean EOF; want a reset")
+	}
+	r.server.NoLine(t, sm, 0, `msg="session lost"`)
+	r.client.NoLine(t, cm, 0, `msg="session lost"`)
+	r.lab.Heal(r.cli, r.loc)
+	r.works("after the local host came back")
+}
+
+// 10. A local service whose dials hang (SYNs vanish) while hundreds of
+// public connections arrive for it: the client's stream accept loop never
+// waits on a dial, so the session and the other tunnels keep moving, and
+// each hung connection is reset after dial_timeout.
+func TestSlowLocalService(t *testing.T) {
+	t.Parallel()
+	o := defaultOpts()
+	// 198.18.200.0/24 is black-holed in the router: a dial there hangs.
+	o.extra = "[tunnels.slow]\nlocal = \"198.18.200.2:9000\"\nremote_port = 18081\n"
+	r := newRig(t, o)
+	if err := runIn(r.lab, "route", "add", "blackhole", "198.18.200.0/24"); err != nil {
+		t.Fatal(err)
+	}
+	sm, cm := r.server.Mark(), r.client.Mark()
+	good := r.dialPublic(r.fixed)
+	const n = 300 // more than yamux's accept backlog of 256
+	start := time.Now()
+	var wg sync.WaitGroup
+	ended := make(chan time.Duration, n)
+	errs := make(chan error, n)
+	for range n {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			c, err := r.pub.Dial(r.srv.Addr(18081))
+			if err != nil {
+				errs <- err
+				return
+			}
+			nc := &netConn{c}
+			defer nc.Close()
+			d, _, ok := nc.ends(start, o.dialTimeout+10*time.Second)
+			if !ok {
+				errs <- fmt.Errorf("slow tunnel connection still open after %s", d)
+				return
+			}
+			ended <- d
+		}()
+	}
+	// While 300 dials hang, the other tunnel answers.
+	for i := 0; time.Since(start) < o.dialTimeout; i++ {
+		if err := tt.Ping(good, fmt.Sprint("ping ", i), 2*time.Second); err != nil {
+			t.Fatalf("the other tunnel stalled while dials hang: %v", err)
+		}
+		time.Sleep(100 * time.Millisecond)
+	}
+	wg.Wait()
+	close(ended)
+	close(errs)
+	for err := range errs {
+		t.Error(err)
+	}
+	var worst time.Duration
+	count := 0
+	for d := range ended {
+		worst = max(worst, d)
+		count++
+	}
+	t.Logf("%d hung connections reset, the last %s after they arrived (dial_timeout %s)", count, worst.Round(10*time.Millisecond), o.dialTimeout)
+	if worst > o.dialTimeout+5*time.Second {
+		t.Errorf("hung connections took %s to be reset", worst)
+	}
+	r.server.NoLine(t, sm, 0, `msg="session lost"`)
+	r.client.NoLine(t, cm, 0, `msg="session lost"`)
+	if err := tt.Ping(good, "after", 2*time.Second); err != nil {
+		t.Fatal(err)
+	}
+	r.works("after the slow dials")
+}
+
+// runIn runs an ip command in the lab's router.
+func runIn(l *tt.Lab, args ...string) error { return l.Router(args...) }

@@ -1,0 +1,100 @@
+package fault
+
+import (
+	"crypto/rand"
+	"io"
+	"sync"
+	"sync/atomic"
+	"testing"
+	"time"
+)
+
+// bulk keeps n public connections through addr moving data both ways
+// (the echo service returns everything) until stop is closed. It returns
+// the bytes echoed back and the first error of any connection.
+func (r *rig) bulk(addr string, n int, stop <-chan struct{}) (wait func() (int64, error)) {
+	var moved atomic.Int64
+	var firstErr atomic.Pointer[error]
+	fail := func(err error) {
+		select {
+		case <-stop:
+			return // errors after stop are the teardown's
+		default:
+		}
+		firstErr.CompareAndSwap(nil, &err)
+	}
+	var wg sync.WaitGroup
+	for range n {
+		c, err := r.pub.Dial(addr)
+		if err != nil {
+			fail(err)
+			continue
+		}
+		wg.Add(2)
+		go func() {
+			defer wg.Done()
+			buf := make([]byte, 32<<10)
+			_, _ = rand.Read(buf)
+			for {
+				select {
+				case <-stop:
+					// Cut it: draining megabytes queued on a slow link
+					// would take as long as the test.
+					_ = c.Close()
+					return
+				default:
+				}
+				if _, err := c.Write(buf); err != nil {
+					fail(err)
+					return
+				}
+			}
+		}()
+		go func() {
+			defer wg.Done()
+			defer c.Close()
+			buf := make([]byte, 64<<10)
+			for {
+				k, err := c.Read(buf)
+				moved.Add(int64(k))
+				if err == io.EOF {
+					return
+				}
+				if err != nil {
+					fail(err)
+					return
+				}
+			}
+		}()
+	}
+	return func() (int64, error) {
+		wg.Wait()
+		if p := firstErr.Load(); p != nil {
+			return moved.Load(), *p
+		}
+		return moved.Load(), nil
+	}
+}
+
+// 9. A bulk transfer that saturates a slow session must not be taken for a
+// dead peer: the heartbeat's answer waits behind megabytes of queued data.
+func TestHeartbeatUnderLoad(t *testing.T) {
+	t.Parallel()
+	o := defaultOpts()
+	r := newRig(t, o)
+	r.lab.Shape(r.cli, "8mbit")
+	sm, cm := r.server.Mark(), r.client.Mark()
+	stop := make(chan struct{})
+	wait := r.bulk(r.fixed, 8, stop)
+	const hold = time.Minute
+	time.Sleep(hold)
+	close(stop)
+	moved, err := wait()
+	t.Logf("moved %d MiB back through the tunnel in %s (%.1f Mbit/s)", moved>>20, hold, float64(moved)*8/hold.Seconds()/1e6)
+	if err != nil {
+		t.Errorf("a bulk connection failed: %v", err)
+	}
+	r.server.NoLine(t, sm, 0, `msg="session lost"`)
+	r.client.NoLine(t, cm, 0, `msg="session lost"`)
+	r.works("after the load")
+}
