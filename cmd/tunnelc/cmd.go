@@ -35,7 +35,7 @@ func load(path string) (*config.Client, error) {
 }
 
 func newUp() *cobra.Command {
-	var path, logLevel string
+	var path, logLevel, cpuprofile string
 	cmd := &cobra.Command{
 		Use:   "up",
 		Short: "connect to the server and serve the configured tunnels",
@@ -49,6 +49,11 @@ func newUp() *cobra.Command {
 			if err != nil {
 				return err
 			}
+			stopProfile, err := cli.CPUProfile(cpuprofile)
+			if err != nil {
+				return err
+			}
+			defer stopProfile()
 			c, err := client.New(cfg, log)
 			if err != nil {
 				return err
@@ -79,6 +84,8 @@ func newUp() *cobra.Command {
 	}
 	cmd.Flags().StringVarP(&path, "config", "c", "", "config file (required)")
 	cmd.Flags().StringVar(&logLevel, "log-level", "", "override the config's log level (debug, info, warn, error)")
+	cmd.Flags().StringVar(&cpuprofile, "cpuprofile", "", "write a CPU profile to this file")
+	_ = cmd.Flags().MarkHidden("cpuprofile")
 	return cmd
 }
 

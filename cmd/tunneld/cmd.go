@@ -29,10 +29,11 @@ func newRoot() *cobra.Command {
 }
 
 type flags struct {
-	config   string
-	logLevel string
-	listen   string
-	bindAddr string
+	config     string
+	logLevel   string
+	listen     string
+	bindAddr   string
+	cpuprofile string
 }
 
 func (f *flags) load() (*config.Server, error) {
@@ -73,6 +74,11 @@ func newServe() *cobra.Command {
 				cfg.Token = randomToken()
 				printToken(cmd.ErrOrStderr(), cfg)
 			}
+			stopProfile, err := cli.CPUProfile(f.cpuprofile)
+			if err != nil {
+				return err
+			}
+			defer stopProfile()
 			srv, err := server.New(cfg, log)
 			if err != nil {
 				return err
@@ -100,6 +106,8 @@ func newServe() *cobra.Command {
 	cmd.Flags().StringVar(&f.logLevel, "log-level", "", "override the config's log level (debug, info, warn, error)")
 	cmd.Flags().StringVar(&f.listen, "listen", "", "override the config's session address (host:port)")
 	cmd.Flags().StringVar(&f.bindAddr, "bind-addr", "", "override the config's address for public listeners")
+	cmd.Flags().StringVar(&f.cpuprofile, "cpuprofile", "", "write a CPU profile to this file")
+	_ = cmd.Flags().MarkHidden("cpuprofile")
 	return cmd
 }
 

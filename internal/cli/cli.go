@@ -11,6 +11,7 @@ import (
 	"os"
 	"os/signal"
 	"runtime"
+	"runtime/pprof"
 	"syscall"
 
 	"github.com/tunnel-dev/tunnel/internal/config"
@@ -103,4 +104,22 @@ func StatusOnSignal(ctx context.Context, log *slog.Logger, attrs func() []any) (
 		}
 	}()
 	return func() { <-done }
+}
+
+// CPUProfile writes a pprof CPU profile to path until the returned function
+// is called; path "" does nothing. Behind the hidden --cpuprofile flag, for
+// docs/performance.md.
+func CPUProfile(path string) (stop func(), err error) {
+	if path == "" {
+		return func() {}, nil
+	}
+	f, err := os.Create(path)
+	if err != nil {
+		return nil, fmt.Errorf("--cpuprofile: %w", err)
+	}
+	if err := pprof.StartCPUProfile(f); err != nil {
+		f.Close()
+		return nil, fmt.Errorf("--cpuprofile: %w", err)
+	}
+	return func() { pprof.StopCPUProfile(); f.Close() }, nil
 }

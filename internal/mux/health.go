@@ -63,6 +63,11 @@ func newSession(ys *yamux.Session, c net.Conn, o Options) *Session {
 // closed.
 func (s *Session) Done() <-chan struct{} { return s.done }
 
+// DefaultStreamWindow is the receive window of a stream. yamux's 256 KiB
+// caps one stream near 4 Gbit/s on loopback here; 4 MiB roughly doubles
+// that (docs/performance.md). Memory is only committed while a reader lags.
+const DefaultStreamWindow = 4 << 20
+
 func yamuxConfig(o Options) *yamux.Config {
 	cfg := yamux.DefaultConfig()
 	cfg.LogOutput = nil
@@ -73,6 +78,10 @@ func yamuxConfig(o Options) *yamux.Config {
 	// slow link megabytes queue legitimately, so this is only a backstop:
 	// a dead session is closed by the monitor, which unblocks every write.
 	cfg.ConnectionWriteTimeout = max(2*(o.HeartbeatInterval+o.HeartbeatTimeout), 2*time.Minute)
+	cfg.MaxStreamWindowSize = DefaultStreamWindow
+	if o.StreamWindow > 0 {
+		cfg.MaxStreamWindowSize = max(o.StreamWindow, 256<<10) // yamux's minimum
+	}
 	return cfg
 }
 
@@ -82,10 +91,10 @@ func yamuxConfig(o Options) *yamux.Config {
 func (s *Session) monitor() {
 	defer close(s.done)
 	hb := s.o.HeartbeatInterval > 0
-	tick := time.Second
+	tick := 250 * time.Millisecond // TCP_INFO sampling, for Cause
 	if hb {
 		tick = min(s.o.HeartbeatInterval, s.o.HeartbeatTimeout) / 4
-		tick = min(max(tick, 10*time.Millisecond), time.Second)
+		tick = min(max(tick, 10*time.Millisecond), 250*time.Millisecond)
 	}
 	t := time.NewTicker(tick)
 	defer t.Stop()
@@ -203,6 +212,17 @@ func (w *watchConn) Read(p []byte) (int, error) {
 	return n, err
 }
 
+// Write notes a kernel timeout like Read does: with data in flight the
+// sender's write is often the first call to see it.
+func (w *watchConn) Write(p []byte) (int, error) {
+	n, err := w.Conn.Write(p)
+	if err != nil && errors.Is(err, syscall.ETIMEDOUT) {
+		c := w.explainTimeout()
+		w.cause.CompareAndSwap(nil, &c)
+	}
+	return n, err
+}
+
 // sample records the socket's TCP state; it runs on the monitor's tick.
 func (w *watchConn) sample() {
 	rc, err := w.SyscallConn()
@@ -218,7 +238,7 @@ func (w *watchConn) sample() {
 
 func (w *watchConn) explainTimeout() string {
 	quiet := time.Since(time.Unix(0, w.lastRead.Load())).Round(100 * time.Millisecond)
-	if info := w.info.Load(); info != nil && info.Unacked > 0 {
+	if info := w.info.Load(); info != nil && (info.Unacked > 0 || info.Retransmits > 0) && info.Probes == 0 {
 		return fmt.Sprintf("user timeout: sent data unacknowledged, nothing received for %s (user_timeout %s)", quiet, w.ut)
 	}
 	if w.ka > 0 {

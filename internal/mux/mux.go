@@ -41,6 +41,10 @@ type Options struct {
 	// TLS, when set, wraps the socket: a client config on Dial, a server
 	// config on Handshake.
 	TLS *tls.Config
+	// StreamWindow is the most a stream may have received and not yet
+	// read (yamux's MaxStreamWindowSize); 0 means DefaultStreamWindow. It
+	// bounds what a slow reader can make this end buffer per stream.
+	StreamWindow uint32
 	// HandshakeTimeout bounds dialing and the TLS handshake.
 	HandshakeTimeout time.Duration
 	// Logger receives yamux's own log lines.
@@ -207,6 +211,15 @@ func (s Stream) CloseWrite() error { return s.Stream.Close() }
 // Abort resets the stream: pending reads and writes here end at once, and
 // the peer's fail with a reset rather than a clean end.
 func (s Stream) Abort() error { return s.Stream.Reset() }
+
+// WaitReadable blocks until the stream has data, has ended, or failed,
+// without taking any data: yamux's Read with an empty buffer waits like
+// that (TestStreamWaitReadable). Package proxy uses it to hold no buffer
+// while a stream is idle.
+func (s Stream) WaitReadable() error {
+	_, err := s.Read(nil)
+	return err
+}
 
 // Read is yamux's Read, but an EOF caused by a dead session is an error.
 func (s Stream) Read(p []byte) (int, error) {

@@ -23,6 +23,7 @@ func testOptions() Options {
 		HeartbeatInterval: time.Second,
 		HeartbeatTimeout:  time.Second,
 		HandshakeTimeout:  5 * time.Second,
+		StreamWindow:      256 << 10, // small, so TestBlockedStreamsEndOnSessionClose can fill it
 		Logger:            slog.New(slog.DiscardHandler),
 	}
 }
@@ -207,5 +208,51 @@ func TestStreamResetReachesPeer(t *testing.T) {
 	}
 	if n := cli.NumStreams() + srv.NumStreams(); n != 0 {
 		t.Errorf("%d streams left after the reset", n)
+	}
+}
+
+// WaitReadable blocks on an idle stream, returns once data is buffered
+// (leaving it to Read), and returns at once on a closed stream.
+func TestStreamWaitReadable(t *testing.T) {
+	o := testOptions()
+	cli, srv, _, _ := pair(t, o)
+	accepted := make(chan *yamux.Stream, 1)
+	go func() {
+		st, err := srv.AcceptStream()
+		if err == nil {
+			accepted <- st
+		}
+	}()
+	a, err := cli.OpenStream()
+	if err != nil {
+		t.Fatal(err)
+	}
+	a.Write([]byte("s")) // the peer sees the stream with its first frame
+	sa := <-accepted
+	buf := make([]byte, 1)
+	if _, err := io.ReadFull(sa, buf); err != nil {
+		t.Fatal(err)
+	}
+	done := make(chan error, 1)
+	go func() { done <- (Stream{sa}).WaitReadable() }()
+	select {
+	case err := <-done:
+		t.Fatalf("WaitReadable returned on an idle stream: %v", err)
+	case <-time.After(200 * time.Millisecond):
+	}
+	a.Write([]byte("data"))
+	if err := <-done; err != nil {
+		t.Fatal(err)
+	}
+	got := make([]byte, 4)
+	if _, err := io.ReadFull(sa, got); err != nil || string(got) != "data" {
+		t.Fatalf("data after WaitReadable: %q %v", got, err)
+	}
+	a.Close()
+	go func() { done <- (Stream{sa}).WaitReadable() }()
+	select {
+	case <-done:
+	case <-time.After(5 * time.Second):
+		t.Fatal("WaitReadable blocked on a closed stream")
 	}
 }

@@ -17,12 +17,15 @@ import (
 	"sync"
 	"syscall"
 	"time"
+	"unsafe"
+
+	"golang.org/x/sys/unix"
 
 	"github.com/tunnel-dev/tunnel/internal/sockopt"
 )
 
 // BufSize is the copy buffer of one direction.
-const BufSize = 32 << 10
+const BufSize = 256 << 10
 
 var bufPool = sync.Pool{New: func() any { b := make([]byte, BufSize); return &b }}
 
@@ -80,12 +83,31 @@ func Join(a net.Conn, aName string, b net.Conn, bName string) (Stats, error) {
 }
 
 // copyHalf copies src to dst until src ends. EOF half-closes dst.
+//
+// A buffer is held only while data flows: when a read drains src (returns
+// less than a full buffer) the buffer goes back to the pool, and the next
+// wait for data holds none. So an idle connection costs no buffer, and a
+// busy one copies in BufSize chunks (measured: 256 KiB chunks moved twice
+// the bytes per CPU second of 32 KiB ones; docs/performance.md).
 func copyHalf(dst, src net.Conn) (int64, error) {
-	bp := bufPool.Get().(*[]byte)
-	defer bufPool.Put(bp)
-	buf := *bp
+	wait := readWaiter(src)
+	var bp *[]byte
+	defer func() {
+		if bp != nil {
+			bufPool.Put(bp)
+		}
+	}()
 	var n int64
 	for {
+		if bp == nil {
+			if err := wait(); err == io.EOF {
+				return n, closeWrite(dst)
+			} else if err != nil {
+				return n, fmt.Errorf("read: %w", err)
+			}
+			bp = bufPool.Get().(*[]byte)
+		}
+		buf := *bp
 		nr, rerr := src.Read(buf)
 		if nr > 0 {
 			nw, werr := dst.Write(buf[:nr])
@@ -100,6 +122,49 @@ func copyHalf(dst, src net.Conn) (int64, error) {
 		if rerr != nil {
 			return n, fmt.Errorf("read: %w", rerr)
 		}
+		if nr < len(buf) {
+			bufPool.Put(bp)
+			bp = nil
+		}
+	}
+}
+
+// ReadWaiter is a conn that can wait for data without a buffer.
+type ReadWaiter interface{ WaitReadable() error }
+
+// readWaiter returns how to wait until c has data (or an error) to read.
+func readWaiter(c net.Conn) func() error {
+	if w, ok := c.(ReadWaiter); ok {
+		return w.WaitReadable
+	}
+	sc, ok := c.(syscall.Conn)
+	if !ok {
+		return func() error { return nil }
+	}
+	rc, err := sc.SyscallConn()
+	if err != nil {
+		return func() error { return nil }
+	}
+	return func() error {
+		// RawConn.Read parks on the poller while f returns false. It
+		// resets the poller's readiness first, so f must look for data
+		// itself: a peek that would block means "wait". A peek that fails
+		// consumes the socket's error (a reset), so it is returned here.
+		var perr error
+		err := rc.Read(func(fd uintptr) bool {
+			switch errno := peek(fd); errno {
+			case unix.EAGAIN:
+				return false
+			case 0:
+			default:
+				perr = errno
+			}
+			return true
+		})
+		if perr != nil {
+			return perr
+		}
+		return err
 	}
 }
 
@@ -149,4 +214,13 @@ func Cause(err error) string {
 		return "peer unreachable"
 	}
 	return "error"
+}
+
+// peek looks at one byte without taking it and returns the errno: EAGAIN
+// when fd has nothing to read yet, 0 for data or EOF.
+func peek(fd uintptr) unix.Errno {
+	var b [1]byte
+	_, _, errno := unix.Syscall6(unix.SYS_RECVFROM, fd, uintptr(unsafe.Pointer(&b[0])), 1,
+		unix.MSG_PEEK|unix.MSG_DONTWAIT, 0, 0)
+	return errno
 }

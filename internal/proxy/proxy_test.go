@@ -108,3 +108,49 @@ func TestJoinAbortPropagates(t *testing.T) {
 	}
 	t.Logf("join error: %v", r.err)
 }
+
+// Many small exchanges: each one drains the socket, so the copy loop waits
+// for data without a buffer thousands of times. A wait that can miss data
+// arriving just before it parks hangs here.
+func TestJoinManySmallExchanges(t *testing.T) {
+	tt.CheckLeaks(t)
+	left, right, done := join(t)
+	go func() {
+		buf := make([]byte, 64)
+		for {
+			if _, err := io.ReadFull(right, buf); err != nil {
+				right.CloseWrite()
+				return
+			}
+			if _, err := right.Write(buf); err != nil {
+				return
+			}
+		}
+	}()
+	msg, got := make([]byte, 64), make([]byte, 128)
+	for i := range 20000 {
+		msg[0], msg[1] = byte(i), byte(i>>8)
+		// Two writes a few microseconds apart: the second tends to land
+		// while the copy loop is between draining the first and waiting.
+		if _, err := left.Write(msg); err != nil {
+			t.Fatal(err)
+		}
+		for start := time.Now(); time.Since(start) < time.Duration(i%20)*time.Microsecond; {
+		}
+		if _, err := left.Write(msg); err != nil {
+			t.Fatal(err)
+		}
+		left.SetReadDeadline(time.Now().Add(2 * time.Second))
+		if _, err := io.ReadFull(left, got); err != nil {
+			t.Fatalf("exchange %d: %v", i, err)
+		}
+		if !bytes.Equal(got[:64], msg) || !bytes.Equal(got[64:], msg) {
+			t.Fatalf("exchange %d: wrong bytes", i)
+		}
+	}
+	left.CloseWrite()
+	io.Copy(io.Discard, left)
+	if r := <-done; r.err != nil {
+		t.Fatal(r.err)
+	}
+}

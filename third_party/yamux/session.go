@@ -2,7 +2,6 @@ package yamux
 
 import (
 	"bufio"
-	"bytes"
 	"context"
 	"fmt"
 	"io"
@@ -477,55 +476,55 @@ func (s *Session) send() {
 
 func (s *Session) sendLoop() error {
 	defer close(s.sendDoneCh)
-	var bodyBuf bytes.Buffer
+	// Local patch (see PATCHES.md): a frame's header and body go out in one
+	// write, and frames already queued behind it join the same write, up to
+	// sendBatch bytes. Upstream writes header and body separately: two
+	// syscalls per frame, and a wakeup of the writer between every pair.
+	var buf []byte
+	var batch []*sendReady
 	for {
-		bodyBuf.Reset()
-
+		var ready *sendReady
 		select {
-		case ready := <-s.sendCh:
-			// Send a header if ready
-			if ready.Hdr != nil {
-				_, err := s.conn.Write(ready.Hdr)
-				if err != nil {
-					s.logger.Printf("[ERR] yamux: Failed to write header: %v", err)
-					asyncSendErr(ready.Err, err)
-					return err
-				}
-			}
-
-			ready.mu.Lock()
-			if ready.Body != nil {
-				// Copy the body into the buffer to avoid
-				// holding a mutex lock during the write.
-				_, err := bodyBuf.Write(ready.Body)
-				if err != nil {
-					ready.Body = nil
-					ready.mu.Unlock()
-					s.logger.Printf("[ERR] yamux: Failed to copy body into buffer: %v", err)
-					asyncSendErr(ready.Err, err)
-					return err
-				}
-				ready.Body = nil
-			}
-			ready.mu.Unlock()
-
-			if bodyBuf.Len() > 0 {
-				// Send data from a body if given
-				_, err := s.conn.Write(bodyBuf.Bytes())
-				if err != nil {
-					s.logger.Printf("[ERR] yamux: Failed to write body: %v", err)
-					asyncSendErr(ready.Err, err)
-					return err
-				}
-			}
-
-			// No error, successful send
-			asyncSendErr(ready.Err, nil)
+		case ready = <-s.sendCh:
 		case <-s.shutdownCh:
 			return nil
 		}
+		buf, batch = buf[:0], batch[:0]
+	BATCH:
+		for {
+			buf = append(buf, ready.Hdr...)
+			ready.mu.Lock()
+			if ready.Body != nil {
+				buf = append(buf, ready.Body...)
+				ready.Body = nil
+			}
+			ready.mu.Unlock()
+			batch = append(batch, ready)
+			if len(buf) >= sendBatch {
+				break
+			}
+			select {
+			case ready = <-s.sendCh:
+			default:
+				break BATCH
+			}
+		}
+		_, err := s.conn.Write(buf)
+		for _, r := range batch {
+			asyncSendErr(r.Err, err)
+		}
+		if err != nil {
+			s.logger.Printf("[ERR] yamux: Failed to write frames: %v", err)
+			return err
+		}
+		if cap(buf) > 4*sendBatch {
+			buf = nil // a huge frame passed; do not keep its buffer
+		}
 	}
 }
+
+// sendBatch bounds how many bytes of queued frames one write carries.
+const sendBatch = 256 << 10
 
 // recv is a long running goroutine that accepts new data
 func (s *Session) recv() {
