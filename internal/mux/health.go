@@ -223,6 +223,17 @@ func (w *watchConn) Write(p []byte) (int, error) {
 	return n, err
 }
 
+// WriteBuffers writes several buffers with one writev; the patched yamux
+// uses it to send a frame's header and body without copying them together.
+func (w *watchConn) WriteBuffers(b net.Buffers) (int64, error) {
+	n, err := b.WriteTo(w.Conn)
+	if err != nil && errors.Is(err, syscall.ETIMEDOUT) {
+		c := w.explainTimeout()
+		w.cause.CompareAndSwap(nil, &c)
+	}
+	return n, err
+}
+
 // sample records the socket's TCP state; it runs on the monitor's tick.
 func (w *watchConn) sample() {
 	rc, err := w.SyscallConn()

@@ -29,7 +29,7 @@ func testOptions() Options {
 }
 
 // pair returns a connected client and server session over real TCP.
-func pair(t *testing.T, o Options) (cli, srv *Session, cc, sc net.Conn) {
+func pair(t testing.TB, o Options) (cli, srv *Session, cc, sc net.Conn) {
 	t.Helper()
 	ln, err := Listen(context.Background(), "127.0.0.1:0", o)
 	if err != nil {

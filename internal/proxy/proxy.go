@@ -49,32 +49,33 @@ type closeWriter interface{ CloseWrite() error }
 // complete one, and Join returns the first error.
 func Join(a net.Conn, aName string, b net.Conn, bName string) (Stats, error) {
 	var st Stats
-	errc := make(chan error, 2)
-	go func() {
-		n, err := copyHalf(b, a)
-		st.AToB = n
-		if err != nil {
-			err = fmt.Errorf("%s -> %s: %w", aName, bName, err)
-		}
-		errc <- err
-	}()
-	go func() {
-		n, err := copyHalf(a, b)
-		st.BToA = n
-		if err != nil {
-			err = fmt.Errorf("%s -> %s: %w", bName, aName, err)
-		}
-		errc <- err
-	}()
+	var once sync.Once
 	var first error
-	for range 2 {
-		if err := <-errc; err != nil && first == nil {
+	fail := func(err error) {
+		once.Do(func() {
 			first = err
 			// Unblock the other direction and tell both peers.
 			abort(a)
 			abort(b)
-		}
+		})
 	}
+	// One direction runs on the caller's goroutine: an idle connection
+	// then costs one goroutine less per process.
+	done := make(chan struct{})
+	go func() {
+		defer close(done)
+		n, err := copyHalf(a, b)
+		st.BToA = n
+		if err != nil {
+			fail(fmt.Errorf("%s -> %s: %w", bName, aName, err))
+		}
+	}()
+	n, err := copyHalf(b, a)
+	st.AToB = n
+	if err != nil {
+		fail(fmt.Errorf("%s -> %s: %w", aName, bName, err))
+	}
+	<-done
 	if first == nil {
 		a.Close()
 		b.Close()

@@ -66,6 +66,10 @@ type Session struct {
 	// or to send a header out directly.
 	sendCh chan *sendReady
 
+	// writeMu is held by whoever writes to conn: the send loop, or a
+	// caller writing its own frame directly (local patch, see tryDirect).
+	writeMu sync.Mutex
+
 	// recvDoneCh is closed when recv() exits to avoid a race
 	// between stream registration and stream shutdown
 	recvDoneCh chan struct{}
@@ -388,6 +392,9 @@ func (s *Session) waitForSend(hdr header, body []byte) error {
 // potential shutdown. Since there's the expectation that sends can happen
 // in a timely manner, we enforce the connection write timeout here.
 func (s *Session) waitForSendErr(hdr header, body []byte, errCh chan error) error {
+	if done, err := s.tryDirect(hdr, body); done {
+		return err
+	}
 	t := timerPool.Get()
 	timer := t.(*time.Timer)
 	timer.Reset(s.config.ConnectionWriteTimeout)
@@ -439,6 +446,46 @@ func (s *Session) waitForSendErr(hdr header, body []byte, errCh chan error) erro
 		bodyCopy()
 		return ErrConnectionWriteTimeout
 	}
+}
+
+// tryDirect writes one frame on the caller's goroutine when nobody is
+// writing and nothing is queued. Local patch (see PATCHES.md): upstream
+// hands every frame to the send loop and waits for it, two goroutine
+// switches per frame, which dominated small request/response exchanges.
+// Frames of one stream stay in order: each caller waits for its frame to
+// be written before it sends the next, whichever path wrote it.
+func (s *Session) tryDirect(hdr header, body []byte) (bool, error) {
+	if len(s.sendCh) > 0 || !s.writeMu.TryLock() {
+		return false, nil
+	}
+	select {
+	case <-s.shutdownCh:
+		s.writeMu.Unlock()
+		return true, ErrSessionShutdown
+	default:
+	}
+	var err error
+	switch bw, ok := s.conn.(buffersWriter); {
+	case len(body) == 0:
+		_, err = s.conn.Write(hdr)
+	case ok:
+		_, err = bw.WriteBuffers(net.Buffers{hdr, body})
+	default:
+		buf := make([]byte, 0, len(hdr)+len(body))
+		_, err = s.conn.Write(append(append(buf, hdr...), body...))
+	}
+	s.writeMu.Unlock()
+	if err != nil {
+		s.logger.Printf("[ERR] yamux: Failed to write frame: %v", err)
+		s.exitErr(err)
+	}
+	return true, err
+}
+
+// buffersWriter is a conn that can write several buffers in one syscall
+// (writev), such as a wrapper around *net.TCPConn using net.Buffers.
+type buffersWriter interface {
+	WriteBuffers(net.Buffers) (int64, error)
 }
 
 // sendNoWait does a send without waiting. Since there's the expectation that
@@ -509,7 +556,9 @@ func (s *Session) sendLoop() error {
 				break BATCH
 			}
 		}
+		s.writeMu.Lock()
 		_, err := s.conn.Write(buf)
+		s.writeMu.Unlock()
 		for _, r := range batch {
 			asyncSendErr(r.Err, err)
 		}
