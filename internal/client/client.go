@@ -299,15 +299,20 @@ func (ss *session) acceptLoop(ctx context.Context) error {
 			return err
 		}
 		ss.wg.Add(1)
-		go func() {
-			defer ss.wg.Done()
-			ss.handleStream(ctx, st)
-		}()
+		go ss.handleStream(ctx, st)
 	}
 }
 
 // handleStream serves one data stream. It owns st.
+//
+// It calls ss.wg.Done once the connection is over.
 func (ss *session) handleStream(ctx context.Context, st *yamux.Stream) {
+	joined := false
+	defer func() {
+		if !joined {
+			ss.wg.Done()
+		}
+	}()
 	s := mux.Stream{Stream: st}
 	_ = st.SetReadDeadline(time.Now().Add(ss.c.opts.HandshakeTimeout))
 	var h protocol.StreamHeader
@@ -335,12 +340,16 @@ func (ss *session) handleStream(ctx context.Context, st *yamux.Stream) {
 		return
 	}
 	log.Debug("joined", "local", t.Local)
-	stats, err := proxy.Join(s, "stream", local, "local")
-	if err != nil {
-		log.Info("connection aborted", "cause", proxy.Cause(err), "err", err, "in", stats.AToB, "out", stats.BToA)
-		return
-	}
-	log.Debug("connection closed", "in", stats.AToB, "out", stats.BToA)
+	joined = true
+	// In the background: this goroutine, grown by the handshake, ends here.
+	proxy.Go(s, "stream", local, "local", func(stats proxy.Stats, err error) {
+		defer ss.wg.Done()
+		if err != nil {
+			log.Info("connection aborted", "cause", proxy.Cause(err), "err", err, "in", stats.AToB, "out", stats.BToA)
+			return
+		}
+		log.Debug("connection closed", "in", stats.AToB, "out", stats.BToA)
+	})
 }
 
 func (ss *session) refuseStream(s mux.Stream, log *slog.Logger, msg string) {

@@ -370,3 +370,39 @@ func atoi(t *testing.T, s string) int {
 	}
 	return n
 }
+
+// One public client that stops reading fills its own stream's window and no
+// more: 100 other connections of the same session keep moving.
+func TestSlowReaderDoesNotStallOthers(t *testing.T) {
+	_, _, _, pub := setup(t, nil, nil)
+	stuck := tt.Dial(t, pub)
+	// Send far more than every buffer on the way holds; never read the echo.
+	go func() {
+		buf := make([]byte, 256<<10)
+		for {
+			if _, err := stuck.Write(buf); err != nil {
+				return
+			}
+		}
+	}()
+	time.Sleep(time.Second) // let the echo back up into the tunnel
+	var wg sync.WaitGroup
+	errs := make(chan error, 100)
+	for range 100 {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			c := tt.Dial(t, pub)
+			_ = c.SetDeadline(time.Now().Add(30 * time.Second)) // hang detection only
+			if err := tt.RoundTrip(c, 256<<10); err != nil {
+				errs <- err
+			}
+		}()
+	}
+	wg.Wait()
+	close(errs)
+	for err := range errs {
+		t.Error(err)
+	}
+	stuck.Close()
+}

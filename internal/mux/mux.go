@@ -221,6 +221,14 @@ func (s Stream) WaitReadable() error {
 	return err
 }
 
+// NotifyReadable calls f once when the stream has data, has ended or
+// failed (at once if it already has); f must not block. With Readable it
+// lets package proxy park an idle direction without a goroutine.
+func (s Stream) NotifyReadable(f func()) { s.Stream.NotifyReadable(f) }
+
+// Readable reports whether a Read would return without waiting.
+func (s Stream) Readable() bool { return s.Stream.Readable() }
+
 // Read is yamux's Read, but an EOF caused by a dead session is an error.
 func (s Stream) Read(p []byte) (int, error) {
 	n, err := s.Stream.Read(p)

@@ -256,3 +256,69 @@ func TestStreamWaitReadable(t *testing.T) {
 		t.Fatal("WaitReadable blocked on a closed stream")
 	}
 }
+
+// NotifyReadable fires once when data arrives, at once when data is
+// already there, and on the peer's close; Readable agrees.
+func TestStreamNotifyReadable(t *testing.T) {
+	o := testOptions()
+	cli, srv, _, _ := pair(t, o)
+	accepted := make(chan *yamux.Stream, 1)
+	go func() {
+		st, err := srv.AcceptStream()
+		if err == nil {
+			accepted <- st
+		}
+	}()
+	a, err := cli.OpenStream()
+	if err != nil {
+		t.Fatal(err)
+	}
+	a.Write([]byte("1"))
+	sa := Stream{<-accepted}
+	fired := make(chan struct{}, 4)
+	hook := func() { fired <- struct{}{} }
+	// Data already there: at once.
+	sa.NotifyReadable(hook)
+	select {
+	case <-fired:
+	case <-time.After(5 * time.Second):
+		t.Fatal("no call with data already buffered")
+	}
+	if !sa.Readable() {
+		t.Fatal("Readable is false with data buffered")
+	}
+	io.ReadFull(sa, make([]byte, 1))
+	if sa.Readable() {
+		t.Fatal("Readable is true on a drained stream")
+	}
+	// Idle: no call until data arrives, then exactly one.
+	sa.NotifyReadable(hook)
+	select {
+	case <-fired:
+		t.Fatal("called on an idle stream")
+	case <-time.After(100 * time.Millisecond):
+	}
+	a.Write([]byte("2"))
+	a.Write([]byte("3"))
+	select {
+	case <-fired:
+	case <-time.After(5 * time.Second):
+		t.Fatal("no call when data arrived")
+	}
+	time.Sleep(50 * time.Millisecond)
+	if len(fired) != 0 {
+		t.Fatal("called more than once")
+	}
+	io.ReadFull(sa, make([]byte, 2))
+	// The peer's close makes it readable (EOF).
+	sa.NotifyReadable(hook)
+	a.Close()
+	select {
+	case <-fired:
+	case <-time.After(5 * time.Second):
+		t.Fatal("no call on the peer's close")
+	}
+	if _, err := sa.Read(make([]byte, 1)); err != io.EOF {
+		t.Fatalf("read after close: %v", err)
+	}
+}

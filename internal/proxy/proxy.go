@@ -15,6 +15,7 @@ import (
 	"io"
 	"net"
 	"sync"
+	"sync/atomic"
 	"syscall"
 	"time"
 	"unsafe"
@@ -48,39 +49,150 @@ type closeWriter interface{ CloseWrite() error }
 // both sides (RST for TCP) so that nobody takes a truncated stream for a
 // complete one, and Join returns the first error.
 func Join(a net.Conn, aName string, b net.Conn, bName string) (Stats, error) {
-	var st Stats
-	var once sync.Once
-	var first error
-	fail := func(err error) {
-		once.Do(func() {
-			first = err
-			// Unblock the other direction and tell both peers.
-			abort(a)
-			abort(b)
-		})
+	type result struct {
+		st  Stats
+		err error
 	}
-	// One direction runs on the caller's goroutine: an idle connection
-	// then costs one goroutine less per process.
-	done := make(chan struct{})
-	go func() {
-		defer close(done)
-		n, err := copyHalf(a, b)
-		st.BToA = n
-		if err != nil {
-			fail(fmt.Errorf("%s -> %s: %w", bName, aName, err))
+	ch := make(chan result, 1)
+	Go(a, aName, b, bName, func(st Stats, err error) { ch <- result{st, err} })
+	r := <-ch
+	return r.st, r.err
+}
+
+// Go is Join in the background: it returns at once and calls done once,
+// when both directions have ended and a and b are closed. A direction whose
+// source can notify (a stream) parks while idle instead of holding a
+// goroutine; the other runs on a fresh goroutine, so the caller's (often
+// grown by handshake work) can end. An idle connection then costs one small
+// goroutine per daemon.
+func Go(a net.Conn, aName string, b net.Conn, bName string, done func(Stats, error)) {
+	j := &joiner{a: a, b: b}
+	ab := &half{j: j, dst: b, src: a, name: aName + " -> " + bName}
+	ba := &half{j: j, dst: a, src: b, name: bName + " -> " + aName}
+	var left atomic.Int32
+	left.Store(2)
+	finish := func() {
+		if left.Add(-1) != 0 {
+			return
 		}
-	}()
-	n, err := copyHalf(b, a)
-	st.AToB = n
+		if j.first == nil {
+			a.Close()
+			b.Close()
+		}
+		done(Stats{AToB: ab.n, BToA: ba.n}, j.first)
+	}
+	ab.finish, ba.finish = finish, finish
+	ab.start()
+	ba.start()
+}
+
+// ReadNotifier is a conn that can call back when it becomes readable, so a
+// copy can wait for it without a goroutine.
+type ReadNotifier interface {
+	// NotifyReadable calls f once when a Read would not wait (at once if
+	// so already); f must not block.
+	NotifyReadable(f func())
+	// Readable reports whether a Read would not wait.
+	Readable() bool
+}
+
+type joiner struct {
+	a, b  net.Conn
+	once  sync.Once
+	first error
+}
+
+// fail records the first error and aborts both sides, which unblocks the
+// other direction and tells both peers.
+func (j *joiner) fail(err error) {
+	j.once.Do(func() {
+		j.first = err
+		abort(j.a)
+		abort(j.b)
+	})
+}
+
+// half is one direction of a join.
+type half struct {
+	j        *joiner
+	dst, src net.Conn
+	name     string
+	n        int64
+	eof      bool
+	finish   func()
+}
+
+func (h *half) finished() bool { return h.eof }
+
+// start runs the direction in the background: parked on its source's
+// notification when it has one, else on a goroutine of its own.
+func (h *half) start() {
+	if rn, ok := h.src.(ReadNotifier); ok {
+		rn.NotifyReadable(h.wake)
+		return
+	}
+	go h.run()
+}
+
+func (h *half) wake() { go h.resume() }
+
+// resume copies what the source has, then parks again; it runs on a fresh
+// goroutine each time the source becomes readable.
+func (h *half) resume() {
+	rn := h.src.(ReadNotifier)
+	for {
+		if !rn.Readable() {
+			rn.NotifyReadable(h.wake)
+			return
+		}
+		drained, err := h.copyOnce()
+		if err != nil || h.finished() {
+			h.end(err)
+			return
+		}
+		if drained {
+			rn.NotifyReadable(h.wake)
+			return
+		}
+	}
+}
+
+// run copies until the source ends, blocking while it is idle.
+func (h *half) run() {
+	n, err := copyHalf(h.dst, h.src)
+	h.n += n
+	h.end(err)
+}
+
+func (h *half) end(err error) {
 	if err != nil {
-		fail(fmt.Errorf("%s -> %s: %w", aName, bName, err))
+		h.j.fail(fmt.Errorf("%s: %w", h.name, err))
 	}
-	<-done
-	if first == nil {
-		a.Close()
-		b.Close()
+	h.finish()
+}
+
+// copyOnce does one read and its write. drained is true when the read
+// took everything there was (less than a full buffer).
+func (h *half) copyOnce() (drained bool, err error) {
+	bp := bufPool.Get().(*[]byte)
+	defer bufPool.Put(bp)
+	buf := *bp
+	nr, rerr := h.src.Read(buf)
+	if nr > 0 {
+		nw, werr := h.dst.Write(buf[:nr])
+		h.n += int64(nw)
+		if werr != nil {
+			return false, fmt.Errorf("write: %w", werr)
+		}
 	}
-	return st, first
+	if rerr == io.EOF {
+		h.eof = true
+		return false, closeWrite(h.dst)
+	}
+	if rerr != nil {
+		return false, fmt.Errorf("read: %w", rerr)
+	}
+	return nr < len(buf), nil
 }
 
 // copyHalf copies src to dst until src ends. EOF half-closes dst.

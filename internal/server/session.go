@@ -397,15 +397,19 @@ func (ss *session) acceptPublic(pl *publicListener) {
 		}
 		delay = 0
 		ss.wg.Add(1)
-		go func() {
-			defer ss.wg.Done()
-			ss.handlePublic(pl.name, c.(*net.TCPConn), log)
-		}()
+		go ss.handlePublic(pl.name, c.(*net.TCPConn), log)
 	}
 }
 
-// handlePublic carries one public connection over a new stream. It owns pc.
+// handlePublic carries one public connection over a new stream. It owns pc
+// and calls ss.wg.Done once the connection is over.
 func (ss *session) handlePublic(tunnel string, pc *net.TCPConn, log *slog.Logger) {
+	joined := false
+	defer func() {
+		if !joined {
+			ss.wg.Done()
+		}
+	}()
 	id := ss.srv.connSeq.Add(1)
 	log = log.With("conn", id, "peer", pc.RemoteAddr().String())
 	st, err := ss.ys.OpenStream()
@@ -424,17 +428,21 @@ func (ss *session) handlePublic(tunnel string, pc *net.TCPConn, log *slog.Logger
 		return
 	}
 	log.Debug("public connection open")
-	stats, err := proxy.Join(pc, "public", &dialResult{Stream: mux.Stream{Stream: st}}, "stream")
-	if err != nil {
-		var de *dialError
-		if errors.As(err, &de) {
-			log.Warn("public connection reset: client could not reach the local service", "err", de.msg)
+	joined = true
+	// In the background: this goroutine, grown by the handshake, ends here.
+	proxy.Go(pc, "public", &dialResult{Stream: mux.Stream{Stream: st}}, "stream", func(stats proxy.Stats, err error) {
+		defer ss.wg.Done()
+		if err != nil {
+			var de *dialError
+			if errors.As(err, &de) {
+				log.Warn("public connection reset: client could not reach the local service", "err", de.msg)
+				return
+			}
+			log.Info("public connection aborted", "cause", proxy.Cause(err), "err", err, "in", stats.AToB, "out", stats.BToA)
 			return
 		}
-		log.Info("public connection aborted", "cause", proxy.Cause(err), "err", err, "in", stats.AToB, "out", stats.BToA)
-		return
-	}
-	log.Debug("public connection closed", "in", stats.AToB, "out", stats.BToA)
+		log.Debug("public connection closed", "in", stats.AToB, "out", stats.BToA)
+	})
 }
 
 // tlsHint turns the usual TLS handshake failures into what to fix.

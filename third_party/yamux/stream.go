@@ -57,6 +57,11 @@ type Stream struct {
 	// closeTimer is set with stateLock held to honor the StreamCloseTimeout
 	// setting on Session.
 	closeTimer *time.Timer
+
+	// readHook (local patch) is called once when the stream becomes
+	// readable; see NotifyReadable.
+	hookLock sync.Mutex
+	readHook func()
 }
 
 // newStream is used to construct a new stream within
@@ -508,8 +513,54 @@ func (s *Stream) processFlags(flags uint16) error {
 	return nil
 }
 
+// NotifyReadable arranges for f to be called once, when the stream has
+// data to read, has ended or was reset, or its session closed — at once if
+// that is already so. Local patch (see PATCHES.md): it lets a reader wait
+// without a goroutine. f runs on the session's receive loop or under
+// stream locks, so it must not block (start a goroutine).
+func (s *Stream) NotifyReadable(f func()) {
+	s.hookLock.Lock()
+	s.readHook = f
+	s.hookLock.Unlock()
+	// Data or a close that landed before the hook was set has already
+	// fired (nothing); look for it now. If both fire, the hook runs once.
+	if s.readable() {
+		s.fireReadHook()
+	}
+}
+
+// Readable reports whether a Read would return without waiting (local patch).
+func (s *Stream) Readable() bool { return s.readable() }
+
+func (s *Stream) readable() bool {
+	if s.session.IsClosed() {
+		return true
+	}
+	s.stateLock.Lock()
+	st := s.state
+	s.stateLock.Unlock()
+	switch st {
+	case streamRemoteClose, streamClosed, streamReset:
+		return true
+	}
+	s.recvLock.Lock()
+	defer s.recvLock.Unlock()
+	return s.recvBuf != nil && s.recvBuf.Len() > 0
+}
+
+func (s *Stream) fireReadHook() {
+	s.hookLock.Lock()
+	f := s.readHook
+	s.readHook = nil
+	s.hookLock.Unlock()
+	if f != nil {
+		f()
+	}
+}
+
 // notifyWaiting notifies all the waiting channels
 func (s *Stream) notifyWaiting() {
+	defer s.fireReadHook()
 	asyncNotify(s.recvNotifyCh)
 	asyncNotify(s.sendNotifyCh)
 	asyncNotify(s.establishCh)
@@ -569,6 +620,7 @@ func (s *Stream) readData(hdr header, flags uint16, conn io.Reader) error {
 
 	// Unblock any readers
 	asyncNotify(s.recvNotifyCh)
+	s.fireReadHook()
 	return nil
 }
 
