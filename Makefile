@@ -9,7 +9,7 @@ STATICCHECK := honnef.co/go/tools/cmd/staticcheck@v0.8.2
 # Fault tests sleep through keepalive timeouts; run many at once.
 TESTFLAGS   ?= -race -count=1 -parallel 16 -timeout 20m
 
-.PHONY: all build test lint demo bench clean
+.PHONY: all build test lint demo bench bench-go clean
 
 all: build
 
@@ -24,6 +24,16 @@ lint:
 test: lint
 	./scripts/test-deps
 	$(GO) test $(TESTFLAGS) ./...
+
+# Go benchmarks of the hot pieces, then the end-to-end table: the built
+# binaries against direct, splice relay and copying relay on loopback, in one
+# run, with ratios to relay-copy. ROUNDS=3 for medians; BENCH_TESTS to pick.
+bench: build bench-go
+	./scripts/test-deps iperf3
+	SYSTEMS="direct relay relay-copy tunnel" BASELINE=relay-copy ROUNDS=$${ROUNDS:-1} bench/compare.sh
+
+bench-go:
+	$(GO) test -run '^$$' -bench . -benchmem -count 1 ./internal/proxy ./internal/mux ./internal/protocol
 
 demo: build
 	$(GO) run ./examples/demo -bin $(BIN)

@@ -229,6 +229,16 @@ func (s Stream) NotifyReadable(f func()) { s.Stream.NotifyReadable(f) }
 // Readable reports whether a Read would return without waiting.
 func (s Stream) Readable() bool { return s.Stream.Readable() }
 
+// WaitReadableFor waits up to d for data, an end or a failure; false means
+// the stream stayed idle. It uses (and then clears) the read deadline.
+func (s Stream) WaitReadableFor(d time.Duration) bool {
+	_ = s.Stream.SetReadDeadline(time.Now().Add(d))
+	_, err := s.Stream.Read(nil)
+	_ = s.Stream.SetReadDeadline(time.Time{})
+	var te interface{ Timeout() bool }
+	return !errors.As(err, &te) || !te.Timeout()
+}
+
 // Read is yamux's Read, but an EOF caused by a dead session is an error.
 func (s Stream) Read(p []byte) (int, error) {
 	n, err := s.Stream.Read(p)

@@ -14,11 +14,11 @@ import (
 	"fmt"
 	"io"
 	"net"
+	"os"
 	"sync"
 	"sync/atomic"
 	"syscall"
 	"time"
-	"unsafe"
 
 	"golang.org/x/sys/unix"
 
@@ -94,7 +94,17 @@ type ReadNotifier interface {
 	NotifyReadable(f func())
 	// Readable reports whether a Read would not wait.
 	Readable() bool
+	// WaitReadableFor waits up to d until a Read would not wait; false
+	// means it would still wait.
+	WaitReadableFor(d time.Duration) bool
 }
+
+// Linger is how long a drained direction waits on its goroutine for more
+// data before it parks. Busy connections (request, response, request...)
+// keep their goroutine; a connection idle for longer costs none. Parking
+// after every drain instead cost a goroutine start per message: 32-
+// connection request rate 1.03x -> 0.68x of relay-copy (docs/performance.md).
+const Linger = time.Second
 
 type joiner struct {
 	a, b  net.Conn
@@ -127,8 +137,8 @@ func (h *half) finished() bool { return h.eof }
 // start runs the direction in the background: parked on its source's
 // notification when it has one, else on a goroutine of its own.
 func (h *half) start() {
-	if rn, ok := h.src.(ReadNotifier); ok {
-		rn.NotifyReadable(h.wake)
+	if _, ok := h.src.(ReadNotifier); ok {
+		go h.resume()
 		return
 	}
 	go h.run()
@@ -141,17 +151,12 @@ func (h *half) wake() { go h.resume() }
 func (h *half) resume() {
 	rn := h.src.(ReadNotifier)
 	for {
-		if !rn.Readable() {
+		if !rn.Readable() && !rn.WaitReadableFor(Linger) {
 			rn.NotifyReadable(h.wake)
 			return
 		}
-		drained, err := h.copyOnce()
-		if err != nil || h.finished() {
+		if _, err := h.copyOnce(); err != nil || h.finished() {
 			h.end(err)
-			return
-		}
-		if drained {
-			rn.NotifyReadable(h.wake)
 			return
 		}
 	}
@@ -197,37 +202,27 @@ func (h *half) copyOnce() (drained bool, err error) {
 
 // copyHalf copies src to dst until src ends. EOF half-closes dst.
 //
-// A buffer is held only while data flows: when a read drains src (returns
-// less than a full buffer) the buffer goes back to the pool, and the next
-// wait for data holds none. So an idle connection costs no buffer, and a
-// busy one copies in BufSize chunks (measured: 256 KiB chunks moved twice
-// the bytes per CPU second of 32 KiB ones; docs/performance.md).
+// A buffer is held only while data flows: a socket is read from inside the
+// poller's callback with a pooled buffer taken for that one read, so a
+// connection waiting for data holds none; other sources are read after
+// waiting for them (ReadWaiter). Busy connections copy in BufSize chunks
+// (256 KiB chunks moved twice the bytes per CPU second of 32 KiB ones;
+// docs/performance.md).
 func copyHalf(dst, src net.Conn) (int64, error) {
-	wait := readWaiter(src)
-	var bp *[]byte
-	defer func() {
-		if bp != nil {
-			bufPool.Put(bp)
-		}
-	}()
+	read := reader(src)
 	var n int64
 	for {
-		if bp == nil {
-			if err := wait(); err == io.EOF {
-				return n, closeWrite(dst)
-			} else if err != nil {
-				return n, fmt.Errorf("read: %w", err)
-			}
-			bp = bufPool.Get().(*[]byte)
-		}
-		buf := *bp
-		nr, rerr := src.Read(buf)
+		bp, nr, rerr := read()
 		if nr > 0 {
-			nw, werr := dst.Write(buf[:nr])
+			nw, werr := dst.Write((*bp)[:nr])
 			n += int64(nw)
 			if werr != nil {
+				bufPool.Put(bp)
 				return n, fmt.Errorf("write: %w", werr)
 			}
+		}
+		if bp != nil {
+			bufPool.Put(bp)
 		}
 		if rerr == io.EOF {
 			return n, closeWrite(dst)
@@ -235,50 +230,68 @@ func copyHalf(dst, src net.Conn) (int64, error) {
 		if rerr != nil {
 			return n, fmt.Errorf("read: %w", rerr)
 		}
-		if nr < len(buf) {
-			bufPool.Put(bp)
-			bp = nil
-		}
 	}
 }
 
 // ReadWaiter is a conn that can wait for data without a buffer.
 type ReadWaiter interface{ WaitReadable() error }
 
-// readWaiter returns how to wait until c has data (or an error) to read.
-func readWaiter(c net.Conn) func() error {
-	if w, ok := c.(ReadWaiter); ok {
-		return w.WaitReadable
+// reader returns a function that waits for src's next data and reads it
+// into a pooled buffer, which the caller puts back.
+func reader(src net.Conn) func() (*[]byte, int, error) {
+	if sc, ok := src.(syscall.Conn); ok {
+		if rc, err := sc.SyscallConn(); err == nil {
+			return func() (*[]byte, int, error) { return rawRead(rc) }
+		}
 	}
-	sc, ok := c.(syscall.Conn)
-	if !ok {
-		return func() error { return nil }
+	wait := func() error { return nil }
+	if w, ok := src.(ReadWaiter); ok {
+		wait = w.WaitReadable
 	}
-	rc, err := sc.SyscallConn()
-	if err != nil {
-		return func() error { return nil }
+	return func() (*[]byte, int, error) {
+		if err := wait(); err != nil {
+			return nil, 0, err
+		}
+		bp := bufPool.Get().(*[]byte)
+		n, err := src.Read(*bp)
+		return bp, n, err
 	}
-	return func() error {
-		// RawConn.Read parks on the poller while f returns false. It
-		// resets the poller's readiness first, so f must look for data
-		// itself: a peek that would block means "wait". A peek that fails
-		// consumes the socket's error (a reset), so it is returned here.
-		var perr error
-		err := rc.Read(func(fd uintptr) bool {
-			switch errno := peek(fd); errno {
+}
+
+// rawRead reads a socket once data is there. The read runs in the
+// poller's callback: when it would block (EAGAIN) the buffer goes back to
+// the pool and the goroutine parks; when the socket is readable the
+// callback runs again. Same syscalls as net.Conn.Read, no buffer parked.
+func rawRead(rc syscall.RawConn) (*[]byte, int, error) {
+	var bp *[]byte
+	var n int
+	var rerr error
+	err := rc.Read(func(fd uintptr) bool {
+		bp = bufPool.Get().(*[]byte)
+		for {
+			var errno error
+			n, errno = unix.Read(int(fd), *bp)
+			switch errno {
+			case nil:
+			case unix.EINTR:
+				continue
 			case unix.EAGAIN:
+				bufPool.Put(bp)
+				bp = nil
 				return false
-			case 0:
 			default:
-				perr = errno
+				n, rerr = 0, os.NewSyscallError("read", errno)
 			}
 			return true
-		})
-		if perr != nil {
-			return perr
 		}
-		return err
+	})
+	switch {
+	case err != nil:
+		rerr = err
+	case rerr == nil && n == 0:
+		rerr = io.EOF
 	}
+	return bp, n, rerr
 }
 
 func closeWrite(c net.Conn) error {
@@ -327,13 +340,4 @@ func Cause(err error) string {
 		return "peer unreachable"
 	}
 	return "error"
-}
-
-// peek looks at one byte without taking it and returns the errno: EAGAIN
-// when fd has nothing to read yet, 0 for data or EOF.
-func peek(fd uintptr) unix.Errno {
-	var b [1]byte
-	_, _, errno := unix.Syscall6(unix.SYS_RECVFROM, fd, uintptr(unsafe.Pointer(&b[0])), 1,
-		unix.MSG_PEEK|unix.MSG_DONTWAIT, 0, 0)
-	return errno
 }
