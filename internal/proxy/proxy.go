@@ -132,10 +132,8 @@ type half struct {
 	finish   func()
 }
 
-func (h *half) finished() bool { return h.eof }
-
-// start runs the direction in the background: parked on its source's
-// notification when it has one, else on a goroutine of its own.
+// start runs the direction in the background on a goroutine of its own;
+// a direction whose source can notify gives it up after Linger idle.
 func (h *half) start() {
 	if _, ok := h.src.(ReadNotifier); ok {
 		go h.resume()
@@ -146,8 +144,9 @@ func (h *half) start() {
 
 func (h *half) wake() { go h.resume() }
 
-// resume copies what the source has, then parks again; it runs on a fresh
-// goroutine each time the source becomes readable.
+// resume copies while the source has data, waits up to Linger for more,
+// then parks: the goroutine ends and a new one starts when the source
+// becomes readable.
 func (h *half) resume() {
 	rn := h.src.(ReadNotifier)
 	for {
@@ -155,7 +154,7 @@ func (h *half) resume() {
 			rn.NotifyReadable(h.wake)
 			return
 		}
-		if _, err := h.copyOnce(); err != nil || h.finished() {
+		if err := h.copyOnce(); err != nil || h.eof {
 			h.end(err)
 			return
 		}
@@ -176,9 +175,8 @@ func (h *half) end(err error) {
 	h.finish()
 }
 
-// copyOnce does one read and its write. drained is true when the read
-// took everything there was (less than a full buffer).
-func (h *half) copyOnce() (drained bool, err error) {
+// copyOnce does one read and its write; at EOF it half-closes dst.
+func (h *half) copyOnce() error {
 	bp := bufPool.Get().(*[]byte)
 	defer bufPool.Put(bp)
 	buf := *bp
@@ -187,17 +185,17 @@ func (h *half) copyOnce() (drained bool, err error) {
 		nw, werr := h.dst.Write(buf[:nr])
 		h.n += int64(nw)
 		if werr != nil {
-			return false, fmt.Errorf("write: %w", werr)
+			return fmt.Errorf("write: %w", werr)
 		}
 	}
 	if rerr == io.EOF {
 		h.eof = true
-		return false, closeWrite(h.dst)
+		return closeWrite(h.dst)
 	}
 	if rerr != nil {
-		return false, fmt.Errorf("read: %w", rerr)
+		return fmt.Errorf("read: %w", rerr)
 	}
-	return nr < len(buf), nil
+	return nil
 }
 
 // copyHalf copies src to dst until src ends. EOF half-closes dst.
