@@ -205,10 +205,7 @@ func (w *watchConn) Read(p []byte) (int, error) {
 		w.rx.Add(uint64(n))
 		w.lastRead.Store(time.Now().UnixNano())
 	}
-	if err != nil && errors.Is(err, syscall.ETIMEDOUT) {
-		c := w.explainTimeout()
-		w.cause.CompareAndSwap(nil, &c)
-	}
+	w.noteTimeout(err)
 	return n, err
 }
 
@@ -216,10 +213,7 @@ func (w *watchConn) Read(p []byte) (int, error) {
 // sender's write is often the first call to see it.
 func (w *watchConn) Write(p []byte) (int, error) {
 	n, err := w.Conn.Write(p)
-	if err != nil && errors.Is(err, syscall.ETIMEDOUT) {
-		c := w.explainTimeout()
-		w.cause.CompareAndSwap(nil, &c)
-	}
+	w.noteTimeout(err)
 	return n, err
 }
 
@@ -227,10 +221,7 @@ func (w *watchConn) Write(p []byte) (int, error) {
 // uses it to send a frame's header and body without copying them together.
 func (w *watchConn) WriteBuffers(b net.Buffers) (int64, error) {
 	n, err := b.WriteTo(w.Conn)
-	if err != nil && errors.Is(err, syscall.ETIMEDOUT) {
-		c := w.explainTimeout()
-		w.cause.CompareAndSwap(nil, &c)
-	}
+	w.noteTimeout(err)
 	return n, err
 }
 
@@ -245,6 +236,15 @@ func (w *watchConn) sample() {
 			w.info.Store(info)
 		}
 	})
+}
+
+// noteTimeout records why the kernel gave up, the first time a call on the
+// socket fails with ETIMEDOUT.
+func (w *watchConn) noteTimeout(err error) {
+	if err != nil && errors.Is(err, syscall.ETIMEDOUT) {
+		c := w.explainTimeout()
+		w.cause.CompareAndSwap(nil, &c)
+	}
 }
 
 func (w *watchConn) explainTimeout() string {

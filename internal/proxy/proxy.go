@@ -128,7 +128,6 @@ type half struct {
 	dst, src net.Conn
 	name     string
 	n        int64
-	eof      bool
 	finish   func()
 }
 
@@ -154,7 +153,7 @@ func (h *half) resume() {
 			rn.NotifyReadable(h.wake)
 			return
 		}
-		if err := h.copyOnce(); err != nil || h.eof {
+		if done, err := h.copyOnce(); done {
 			h.end(err)
 			return
 		}
@@ -175,27 +174,11 @@ func (h *half) end(err error) {
 	h.finish()
 }
 
-// copyOnce does one read and its write; at EOF it half-closes dst.
-func (h *half) copyOnce() error {
+// copyOnce does one read and its write, as forward.
+func (h *half) copyOnce() (done bool, err error) {
 	bp := bufPool.Get().(*[]byte)
-	defer bufPool.Put(bp)
-	buf := *bp
-	nr, rerr := h.src.Read(buf)
-	if nr > 0 {
-		nw, werr := h.dst.Write(buf[:nr])
-		h.n += int64(nw)
-		if werr != nil {
-			return fmt.Errorf("write: %w", werr)
-		}
-	}
-	if rerr == io.EOF {
-		h.eof = true
-		return closeWrite(h.dst)
-	}
-	if rerr != nil {
-		return fmt.Errorf("read: %w", rerr)
-	}
-	return nil
+	nr, rerr := h.src.Read(*bp)
+	return forward(h.dst, bp, nr, rerr, &h.n)
 }
 
 // copyHalf copies src to dst until src ends. EOF half-closes dst.
@@ -211,24 +194,33 @@ func copyHalf(dst, src net.Conn) (int64, error) {
 	var n int64
 	for {
 		bp, nr, rerr := read()
-		if nr > 0 {
-			nw, werr := dst.Write((*bp)[:nr])
-			n += int64(nw)
-			if werr != nil {
-				bufPool.Put(bp)
-				return n, fmt.Errorf("write: %w", werr)
-			}
-		}
-		if bp != nil {
-			bufPool.Put(bp)
-		}
-		if rerr == io.EOF {
-			return n, closeWrite(dst)
-		}
-		if rerr != nil {
-			return n, fmt.Errorf("read: %w", rerr)
+		if done, err := forward(dst, bp, nr, rerr, &n); done {
+			return n, err
 		}
 	}
+}
+
+// forward writes what one read returned to dst, adding to *n, and puts the
+// buffer back. done is true when the copy is over: at EOF (dst is then
+// half-closed, err nil) or on an error.
+func forward(dst net.Conn, bp *[]byte, nr int, rerr error, n *int64) (done bool, err error) {
+	if bp != nil {
+		defer bufPool.Put(bp)
+	}
+	if nr > 0 {
+		nw, werr := dst.Write((*bp)[:nr])
+		*n += int64(nw)
+		if werr != nil {
+			return true, fmt.Errorf("write: %w", werr)
+		}
+	}
+	switch {
+	case rerr == io.EOF:
+		return true, closeWrite(dst)
+	case rerr != nil:
+		return true, fmt.Errorf("read: %w", rerr)
+	}
+	return false, nil
 }
 
 // ReadWaiter is a conn that can wait for data without a buffer.

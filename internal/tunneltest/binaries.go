@@ -137,27 +137,11 @@ func Start(t testing.TB, cmd *exec.Cmd) *Proc {
 // Output is everything the process wrote so far.
 func (p *Proc) Output() string { return p.out.String() }
 
-// WaitOutput waits until the output matches re and returns the submatches.
+// WaitOutput waits until a line of the output matches re and returns the
+// submatches.
 func (p *Proc) WaitOutput(t testing.TB, timeout time.Duration, re string) []string {
 	t.Helper()
-	rx := regexp.MustCompile(re)
-	deadline := time.Now().Add(timeout)
-	for {
-		if m := rx.FindStringSubmatch(p.Output()); m != nil {
-			return m
-		}
-		select {
-		case <-p.done:
-			if m := rx.FindStringSubmatch(p.Output()); m != nil {
-				return m
-			}
-			t.Fatalf("%s exited (%v) before printing %q", p.Name, p.err, re)
-		case <-time.After(20 * time.Millisecond):
-		}
-		if time.Now().After(deadline) {
-			t.Fatalf("%s did not print %q within %s", p.Name, re, timeout)
-		}
-	}
+	return p.WaitLine(t, 0, timeout, re).Match
 }
 
 // Signal sends sig and waits up to timeout for the exit; it returns the
