@@ -176,19 +176,7 @@ func TestCause(t *testing.T) {
 func TestStreamResetReachesPeer(t *testing.T) {
 	o := testOptions()
 	cli, srv, _, _ := pair(t, o)
-	accepted := make(chan *yamux.Stream, 1)
-	go func() {
-		st, err := srv.AcceptStream()
-		if err == nil {
-			accepted <- st
-		}
-	}()
-	a, err := cli.OpenStream()
-	if err != nil {
-		t.Fatal(err)
-	}
-	a.Write([]byte("partial"))
-	sa := <-accepted
+	a, sa := openPair(t, cli, srv, "partial")
 	buf := make([]byte, 7)
 	if _, err := io.ReadFull(sa, buf); err != nil {
 		t.Fatal(err)
@@ -216,19 +204,7 @@ func TestStreamResetReachesPeer(t *testing.T) {
 func TestStreamWaitReadable(t *testing.T) {
 	o := testOptions()
 	cli, srv, _, _ := pair(t, o)
-	accepted := make(chan *yamux.Stream, 1)
-	go func() {
-		st, err := srv.AcceptStream()
-		if err == nil {
-			accepted <- st
-		}
-	}()
-	a, err := cli.OpenStream()
-	if err != nil {
-		t.Fatal(err)
-	}
-	a.Write([]byte("s")) // the peer sees the stream with its first frame
-	sa := <-accepted
+	a, sa := openPair(t, cli, srv, "s")
 	buf := make([]byte, 1)
 	if _, err := io.ReadFull(sa, buf); err != nil {
 		t.Fatal(err)
@@ -262,19 +238,8 @@ func TestStreamWaitReadable(t *testing.T) {
 func TestStreamNotifyReadable(t *testing.T) {
 	o := testOptions()
 	cli, srv, _, _ := pair(t, o)
-	accepted := make(chan *yamux.Stream, 1)
-	go func() {
-		st, err := srv.AcceptStream()
-		if err == nil {
-			accepted <- st
-		}
-	}()
-	a, err := cli.OpenStream()
-	if err != nil {
-		t.Fatal(err)
-	}
-	a.Write([]byte("1"))
-	sa := Stream{<-accepted}
+	a, raw := openPair(t, cli, srv, "1")
+	sa := Stream{raw}
 	fired := make(chan struct{}, 4)
 	hook := func() { fired <- struct{}{} }
 	// Data already there: at once.
@@ -320,5 +285,31 @@ func TestStreamNotifyReadable(t *testing.T) {
 	}
 	if _, err := sa.Read(make([]byte, 1)); err != io.EOF {
 		t.Fatalf("read after close: %v", err)
+	}
+}
+
+// openPair opens a stream on cli, writes first on it (the peer sees a
+// stream with its first frame) and returns it with srv's accepted end.
+func openPair(t *testing.T, cli, srv *Session, first string) (*yamux.Stream, *yamux.Stream) {
+	t.Helper()
+	accepted := make(chan *yamux.Stream, 1)
+	go func() {
+		if st, err := srv.AcceptStream(); err == nil {
+			accepted <- st
+		}
+	}()
+	a, err := cli.OpenStream()
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := a.Write([]byte(first)); err != nil {
+		t.Fatal(err)
+	}
+	select {
+	case sa := <-accepted:
+		return a, sa
+	case <-time.After(5 * time.Second):
+		t.Fatal("stream not accepted")
+		return nil, nil
 	}
 }
