@@ -223,6 +223,13 @@ func (r *rig) works(what string) {
 	}
 }
 
+// sessionKept fails if either daemon logged a lost session after the marks.
+func (r *rig) sessionKept(serverMark, clientMark int) {
+	r.t.Helper()
+	r.server.NoLine(r.t, serverMark, 0, `msg="session lost"`)
+	r.client.NoLine(r.t, clientMark, 0, `msg="session lost"`)
+}
+
 // within fails unless d is at most bound.
 func within(t *testing.T, what string, d, bound time.Duration) {
 	t.Helper()

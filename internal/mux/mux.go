@@ -212,15 +212,6 @@ func (s Stream) CloseWrite() error { return s.Stream.Close() }
 // the peer's fail with a reset rather than a clean end.
 func (s Stream) Abort() error { return s.Stream.Reset() }
 
-// WaitReadable blocks until the stream has data, has ended, or failed,
-// without taking any data: yamux's Read with an empty buffer waits like
-// that (TestStreamWaitReadable). Package proxy uses it to hold no buffer
-// while a stream is idle.
-func (s Stream) WaitReadable() error {
-	_, err := s.Read(nil)
-	return err
-}
-
 // NotifyReadable calls f once when the stream has data, has ended or
 // failed (at once if it already has); f must not block. With Readable it
 // lets package proxy park an idle direction without a goroutine.

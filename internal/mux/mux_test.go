@@ -199,9 +199,10 @@ func TestStreamResetReachesPeer(t *testing.T) {
 	}
 }
 
-// WaitReadable blocks on an idle stream, returns once data is buffered
-// (leaving it to Read), and returns at once on a closed stream.
-func TestStreamWaitReadable(t *testing.T) {
+// WaitReadableFor blocks on an idle stream until its time is up (false),
+// returns once data is buffered (true, leaving it to Read), and returns at
+// once on a closed stream.
+func TestStreamWaitReadableFor(t *testing.T) {
 	o := testOptions()
 	cli, srv, _, _ := pair(t, o)
 	a, sa := openPair(t, cli, srv, "s")
@@ -209,27 +210,34 @@ func TestStreamWaitReadable(t *testing.T) {
 	if _, err := io.ReadFull(sa, buf); err != nil {
 		t.Fatal(err)
 	}
-	done := make(chan error, 1)
-	go func() { done <- (Stream{sa}).WaitReadable() }()
+	start := time.Now()
+	if (Stream{sa}).WaitReadableFor(200 * time.Millisecond) {
+		t.Fatal("WaitReadableFor reported data on an idle stream")
+	}
+	if d := time.Since(start); d < 200*time.Millisecond {
+		t.Fatalf("WaitReadableFor returned after %s on an idle stream", d)
+	}
+	done := make(chan bool, 1)
+	go func() { done <- (Stream{sa}).WaitReadableFor(time.Minute) }()
 	select {
-	case err := <-done:
-		t.Fatalf("WaitReadable returned on an idle stream: %v", err)
+	case <-done:
+		t.Fatal("WaitReadableFor returned on an idle stream")
 	case <-time.After(200 * time.Millisecond):
 	}
 	a.Write([]byte("data"))
-	if err := <-done; err != nil {
-		t.Fatal(err)
+	if !<-done {
+		t.Fatal("WaitReadableFor timed out although data arrived")
 	}
 	got := make([]byte, 4)
 	if _, err := io.ReadFull(sa, got); err != nil || string(got) != "data" {
-		t.Fatalf("data after WaitReadable: %q %v", got, err)
+		t.Fatalf("data after WaitReadableFor: %q %v", got, err)
 	}
 	a.Close()
-	go func() { done <- (Stream{sa}).WaitReadable() }()
+	go func() { done <- (Stream{sa}).WaitReadableFor(time.Minute) }()
 	select {
 	case <-done:
 	case <-time.After(5 * time.Second):
-		t.Fatal("WaitReadable blocked on a closed stream")
+		t.Fatal("WaitReadableFor blocked on a closed stream")
 	}
 }
 

@@ -185,8 +185,8 @@ func (h *half) copyOnce() (done bool, err error) {
 //
 // A buffer is held only while data flows: a socket is read from inside the
 // poller's callback with a pooled buffer taken for that one read, so a
-// connection waiting for data holds none; other sources are read after
-// waiting for them (ReadWaiter). Busy connections copy in BufSize chunks
+// connection waiting for data holds none (streams park instead, see
+// half.resume). Busy connections copy in BufSize chunks
 // (256 KiB chunks moved twice the bytes per CPU second of 32 KiB ones;
 // docs/performance.md).
 func copyHalf(dst, src net.Conn) (int64, error) {
@@ -223,9 +223,6 @@ func forward(dst net.Conn, bp *[]byte, nr int, rerr error, n *int64) (done bool,
 	return false, nil
 }
 
-// ReadWaiter is a conn that can wait for data without a buffer.
-type ReadWaiter interface{ WaitReadable() error }
-
 // reader returns a function that waits for src's next data and reads it
 // into a pooled buffer, which the caller puts back.
 func reader(src net.Conn) func() (*[]byte, int, error) {
@@ -234,14 +231,7 @@ func reader(src net.Conn) func() (*[]byte, int, error) {
 			return func() (*[]byte, int, error) { return rawRead(rc) }
 		}
 	}
-	wait := func() error { return nil }
-	if w, ok := src.(ReadWaiter); ok {
-		wait = w.WaitReadable
-	}
 	return func() (*[]byte, int, error) {
-		if err := wait(); err != nil {
-			return nil, 0, err
-		}
 		bp := bufPool.Get().(*[]byte)
 		n, err := src.Read(*bp)
 		return bp, n, err

@@ -245,13 +245,3 @@ func (p *Proc) waitLine(mark int, timeout time.Duration, re string) (Line, bool)
 		}
 	}
 }
-
-// Exited reports whether the process has ended.
-func (p *Proc) Exited() bool {
-	select {
-	case <-p.done:
-		return true
-	default:
-		return false
-	}
-}

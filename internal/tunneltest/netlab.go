@@ -128,9 +128,6 @@ func (l *Lab) Host(name string) *Host {
 	return nil
 }
 
-// RouterIP is the router's address on h's link.
-func (h *Host) RouterIP() string { return strings.TrimSuffix(h.IP, ".2") + ".1" }
-
 // Addr is h's address with a port.
 func (h *Host) Addr(port int) string { return net.JoinHostPort(h.IP, strconv.Itoa(port)) }
 
