@@ -2,6 +2,7 @@ package mux
 
 import (
 	"context"
+	"encoding/binary"
 	"errors"
 	"io"
 	"log/slog"
@@ -319,5 +320,72 @@ func openPair(t *testing.T, cli, srv *Session, first string) (*yamux.Stream, *ya
 	case <-time.After(5 * time.Second):
 		t.Fatal("stream not accepted")
 		return nil, nil
+	}
+}
+
+// A stream opened with its first bytes announces itself with them: the SYN
+// rides on the data frame, so the peer never holds a stream whose first
+// bytes are still queued behind other streams' data. Read off the wire.
+func TestOpenStreamWithSendsSYNOnData(t *testing.T) {
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer ln.Close()
+	raw, err := net.Dial("tcp", ln.Addr().String())
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer raw.Close()
+	sc, err := ln.Accept()
+	if err != nil {
+		t.Fatal(err)
+	}
+	o := testOptions()
+	o.StreamWindow = DefaultStreamWindow
+	srv, err := Server(sc, o)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer srv.Close()
+
+	const first = "stream header"
+	st, err := srv.OpenStreamWith([]byte(first))
+	if err != nil {
+		t.Fatal(err)
+	}
+	_ = raw.SetReadDeadline(time.Now().Add(5 * time.Second))
+	// yamux frame header: version, type, flags, stream id, length.
+	next := func() (typ byte, flags uint16, id, length uint32) {
+		t.Helper()
+		for {
+			var h [12]byte
+			if _, err := io.ReadFull(raw, h[:]); err != nil {
+				t.Fatal(err)
+			}
+			typ, flags = h[1], binary.BigEndian.Uint16(h[2:4])
+			id, length = binary.BigEndian.Uint32(h[4:8]), binary.BigEndian.Uint32(h[8:12])
+			if typ == 2 { // ping: the heartbeat, not the stream
+				continue
+			}
+			return
+		}
+	}
+	const typeData, typeWindowUpdate, flagSYN = 0, 1, 1
+	typ, flags, id, length := next()
+	if typ != typeData || flags != flagSYN || id != st.StreamID() || length != uint32(len(first)) {
+		t.Fatalf("first frame: type %d flags %#x stream %d length %d; want data, SYN, stream %d, length %d", typ, flags, id, length, st.StreamID(), len(first))
+	}
+	body := make([]byte, length)
+	if _, err := io.ReadFull(raw, body); err != nil {
+		t.Fatal(err)
+	}
+	if string(body) != first {
+		t.Fatalf("first frame carries %q, want %q", body, first)
+	}
+	// Then the window the stream was opened with, as OpenStream announces it.
+	typ, flags, id, length = next()
+	if typ != typeWindowUpdate || flags != 0 || id != st.StreamID() || length != DefaultStreamWindow-256<<10 {
+		t.Fatalf("second frame: type %d flags %#x stream %d delta %d; want a window update of %d", typ, flags, id, length, DefaultStreamWindow-256<<10)
 	}
 }

@@ -29,20 +29,29 @@ var ErrFrameTooLarge = errors.New("frame too large")
 // WriteFrame encodes v as one frame in a single Write, so a frame is never
 // interleaved with other writes on a shared writer that is guarded per call.
 func WriteFrame(w io.Writer, v any) error {
-	body, err := json.Marshal(v)
+	buf, err := AppendFrame(nil, v)
 	if err != nil {
-		return fmt.Errorf("encode frame: %w", err)
+		return err
 	}
-	if len(body) > MaxFrame {
-		return fmt.Errorf("encode frame: %d bytes: %w", len(body), ErrFrameTooLarge)
-	}
-	buf := make([]byte, 4+len(body))
-	binary.BigEndian.PutUint32(buf, uint32(len(body)))
-	copy(buf[4:], body)
 	if _, err := w.Write(buf); err != nil {
 		return fmt.Errorf("write frame: %w", err)
 	}
 	return nil
+}
+
+// AppendFrame appends v, framed, to buf: for a sender that must hand over a
+// frame's bytes rather than write them (a stream's first bytes ride on its
+// opening frame).
+func AppendFrame(buf []byte, v any) ([]byte, error) {
+	body, err := json.Marshal(v)
+	if err != nil {
+		return nil, fmt.Errorf("encode frame: %w", err)
+	}
+	if len(body) > MaxFrame {
+		return nil, fmt.Errorf("encode frame: %d bytes: %w", len(body), ErrFrameTooLarge)
+	}
+	buf = binary.BigEndian.AppendUint32(buf, uint32(len(body)))
+	return append(buf, body...), nil
 }
 
 // ReadFrame reads one frame from r and decodes it into v. Unknown JSON

@@ -412,19 +412,20 @@ func (ss *session) handlePublic(tunnel string, pc *net.TCPConn, log *slog.Logger
 	}()
 	id := ss.srv.connSeq.Add(1)
 	log = log.With("conn", id, "peer", pc.RemoteAddr().String())
-	st, err := ss.ys.OpenStream()
+	hdr, err := protocol.AppendFrame(nil, protocol.StreamHeader{Tunnel: tunnel, RemoteAddr: pc.RemoteAddr().String(), Conn: id})
+	if err != nil {
+		_ = sockopt.Abort(pc)
+		log.Error("public connection dropped: stream header", "err", err)
+		return
+	}
+	// The header rides on the stream's opening frame: the client bounds
+	// its wait for the header from the stream's arrival, and on a session
+	// congested by bulk streams a header sent after the SYN can queue
+	// behind seconds of their data (TestHeartbeatUnderLoad).
+	st, err := ss.ys.OpenStreamWith(hdr)
 	if err != nil {
 		_ = sockopt.Abort(pc)
 		log.Warn("public connection dropped: cannot open stream", "err", err)
-		return
-	}
-	_ = st.SetWriteDeadline(time.Now().Add(ss.srv.opts.HandshakeTimeout))
-	err = protocol.WriteFrame(st, protocol.StreamHeader{Tunnel: tunnel, RemoteAddr: pc.RemoteAddr().String(), Conn: id})
-	_ = st.SetWriteDeadline(time.Time{})
-	if err != nil {
-		_ = sockopt.Abort(pc)
-		mux.Stream{Stream: st}.Abort()
-		log.Warn("public connection dropped: stream header", "err", err)
 		return
 	}
 	log.Debug("public connection open")

@@ -162,6 +162,22 @@ func (s *Session) Open() (net.Conn, error) {
 
 // OpenStream is used to create a new stream
 func (s *Session) OpenStream() (*Stream, error) {
+	return s.openStream(nil)
+}
+
+// OpenStreamWith opens a stream whose SYN rides on a data frame carrying
+// first, so the peer's AcceptStream returns with first already in the
+// stream: a peer that bounds the wait for a stream's first bytes then
+// measures from their arrival, not from a SYN that crossed a congested
+// session seconds earlier (tunnel patch, see PATCHES.md).
+func (s *Session) OpenStreamWith(first []byte) (*Stream, error) {
+	if len(first) == 0 {
+		return s.openStream(nil)
+	}
+	return s.openStream(first)
+}
+
+func (s *Session) openStream(first []byte) (*Stream, error) {
 	if s.IsClosed() {
 		return nil, ErrSessionShutdown
 	}
@@ -197,8 +213,17 @@ GET_ID:
 		go s.setOpenTimeout(stream)
 	}
 
-	// Send the window update to create
-	if err := stream.sendWindowUpdate(); err != nil {
+	// Send the window update to create; with first, the data frame
+	// creates the stream (sendFlags puts the SYN on it) and the window
+	// update follows.
+	var err error
+	if first != nil {
+		_, err = stream.Write(first)
+	}
+	if err == nil {
+		err = stream.sendWindowUpdate()
+	}
+	if err != nil {
 		select {
 		case <-s.synCh:
 		default:
