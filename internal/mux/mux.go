@@ -217,6 +217,13 @@ func (s Stream) Abort() error { return s.Stream.Reset() }
 // lets package proxy park an idle direction without a goroutine.
 func (s Stream) NotifyReadable(f func()) { s.Stream.NotifyReadable(f) }
 
+// NotifyReadableOrDeliver is NotifyReadable, and until f is called the
+// session hands arriving data straight to deliver, which must not block
+// (see yamux's Stream.NotifyReadableOrDeliver).
+func (s Stream) NotifyReadableOrDeliver(f func(), deliver func([]byte) (int, error)) {
+	s.Stream.NotifyReadableOrDeliver(f, deliver)
+}
+
 // Readable reports whether a Read would return without waiting.
 func (s Stream) Readable() bool { return s.Stream.Readable() }
 

@@ -79,7 +79,7 @@ func Go(a net.Conn, aName string, b net.Conn, bName string, done func(Stats, err
 			a.Close()
 			b.Close()
 		}
-		done(Stats{AToB: ab.n, BToA: ba.n}, j.first)
+		done(Stats{AToB: ab.n.Load(), BToA: ba.n.Load()}, j.first)
 	}
 	ab.finish, ba.finish = finish, finish
 	ab.start()
@@ -97,6 +97,13 @@ type ReadNotifier interface {
 	// WaitReadableFor waits up to d until a Read would not wait; false
 	// means it would still wait.
 	WaitReadableFor(d time.Duration) bool
+}
+
+// Deliverer is a ReadNotifier that, while parked, can hand arriving data
+// straight to a writer that never blocks, calling f only when that writer
+// could not take it all or the source ended.
+type Deliverer interface {
+	NotifyReadableOrDeliver(f func(), deliver func([]byte) (int, error))
 }
 
 // Linger is how long a drained direction waits on its goroutine for more
@@ -127,14 +134,20 @@ type half struct {
 	j        *joiner
 	dst, src net.Conn
 	name     string
-	n        int64
+	n        atomic.Int64
 	finish   func()
+	// deliver, when the source is a Deliverer and dst a socket, writes
+	// what arrives for a parked direction without waking it.
+	deliver func([]byte) (int, error)
 }
 
 // start runs the direction in the background on a goroutine of its own;
 // a direction whose source can notify gives it up after Linger idle.
 func (h *half) start() {
 	if _, ok := h.src.(ReadNotifier); ok {
+		if _, ok := h.src.(Deliverer); ok {
+			h.deliver = tryWriter(h.dst, &h.n)
+		}
 		go h.resume()
 		return
 	}
@@ -143,15 +156,22 @@ func (h *half) start() {
 
 func (h *half) wake() { go h.resume() }
 
-// resume copies while the source has data, waits up to Linger for more,
-// then parks: the goroutine ends and a new one starts when the source
-// becomes readable.
+// resume copies while the source has data, then parks: the goroutine
+// ends and a new one starts when the source becomes readable. A source
+// that delivers parks at once, since data then reaches dst without a
+// wakeup; any other waits up to Linger for more first.
 func (h *half) resume() {
 	rn := h.src.(ReadNotifier)
 	for {
-		if !rn.Readable() && !rn.WaitReadableFor(Linger) {
-			rn.NotifyReadable(h.wake)
-			return
+		if !rn.Readable() {
+			if h.deliver != nil {
+				h.src.(Deliverer).NotifyReadableOrDeliver(h.wake, h.deliver)
+				return
+			}
+			if !rn.WaitReadableFor(Linger) {
+				rn.NotifyReadable(h.wake)
+				return
+			}
 		}
 		if done, err := h.copyOnce(); done {
 			h.end(err)
@@ -163,7 +183,7 @@ func (h *half) resume() {
 // run copies until the source ends, blocking while it is idle.
 func (h *half) run() {
 	n, err := copyHalf(h.dst, h.src)
-	h.n += n
+	h.n.Add(n)
 	h.end(err)
 }
 
@@ -178,7 +198,10 @@ func (h *half) end(err error) {
 func (h *half) copyOnce() (done bool, err error) {
 	bp := bufPool.Get().(*[]byte)
 	nr, rerr := h.src.Read(*bp)
-	return forward(h.dst, bp, nr, rerr, &h.n)
+	var n int64
+	done, err = forward(h.dst, bp, nr, rerr, &n)
+	h.n.Add(n)
+	return done, err
 }
 
 // copyHalf copies src to dst until src ends. EOF half-closes dst.
@@ -272,6 +295,45 @@ func rawRead(rc syscall.RawConn) (*[]byte, int, error) {
 		rerr = io.EOF
 	}
 	return bp, n, rerr
+}
+
+// tryWriter returns a writer for a Deliverer: it writes to dst's socket
+// what fits at once and never waits, adding what it wrote to n. nil when
+// dst is not a socket.
+func tryWriter(dst net.Conn, n *atomic.Int64) func([]byte) (int, error) {
+	sc, ok := dst.(syscall.Conn)
+	if !ok {
+		return nil
+	}
+	rc, err := sc.SyscallConn()
+	if err != nil {
+		return nil
+	}
+	return func(p []byte) (int, error) {
+		var nw int
+		var werr error
+		err := rc.Write(func(fd uintptr) bool {
+			for nw < len(p) {
+				k, errno := unix.Write(int(fd), p[nw:])
+				if errno == unix.EINTR {
+					continue
+				}
+				if errno != nil {
+					if errno != unix.EAGAIN {
+						werr = os.NewSyscallError("write", errno)
+					}
+					break
+				}
+				nw += k
+			}
+			return true // never wait: what did not fit goes to the reader
+		})
+		n.Add(int64(nw))
+		if werr == nil {
+			werr = err
+		}
+		return nw, werr
+	}
 }
 
 func closeWrite(c net.Conn) error {

@@ -37,3 +37,14 @@ func (d *dialResult) Read(p []byte) (int, error) {
 	}
 	return d.Stream.Read(p)
 }
+
+// NotifyReadableOrDeliver delivers only once the dial result is read: the
+// byte that says whether the client reached its service is not for the
+// public peer.
+func (d *dialResult) NotifyReadableOrDeliver(f func(), deliver func([]byte) (int, error)) {
+	if !d.checked {
+		d.Stream.NotifyReadable(f)
+		return
+	}
+	d.Stream.NotifyReadableOrDeliver(f, deliver)
+}

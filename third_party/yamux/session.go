@@ -42,6 +42,10 @@ type Session struct {
 	// bufRead is a buffered reader
 	bufRead *bufio.Reader
 
+	// sinkBuf (local patch) carries a frame from bufRead to a stream's
+	// sink; only the receive loop uses it.
+	sinkBuf []byte
+
 	// pings is used to track inflight pings
 	pings    map[uint32]chan struct{}
 	pingID   uint32
@@ -820,3 +824,17 @@ func (s *Session) establishStream(id uint32) {
 	}
 	s.streamLock.Unlock()
 }
+
+// sinkBuffer returns the receive loop's buffer for delivering frames to a
+// stream's sink (local patch), allocated on first use: sessions whose
+// streams never park with a sink do not pay for it.
+func (s *Session) sinkBuffer() []byte {
+	if s.sinkBuf == nil {
+		s.sinkBuf = make([]byte, sinkBufferSize)
+	}
+	return s.sinkBuf
+}
+
+// sinkBufferSize matches the tunnel's copy buffer: a bulk frame is written
+// to its socket in one syscall.
+const sinkBufferSize = 256 << 10

@@ -62,6 +62,13 @@ type Stream struct {
 	// readable; see NotifyReadable.
 	hookLock sync.Mutex
 	readHook func()
+
+	// sink (local patch), guarded by recvLock, takes arriving data while
+	// the stream is parked with nothing buffered; see NotifyReadableOrDeliver.
+	sink func([]byte) (int, error)
+	// windowUpdating is set while a window update for sunk data is on
+	// its way, so bulk data does not start one goroutine per frame.
+	windowUpdating atomic.Bool
 }
 
 // newStream is used to construct a new stream within
@@ -529,6 +536,20 @@ func (s *Stream) NotifyReadable(f func()) {
 	}
 }
 
+// NotifyReadableOrDeliver is NotifyReadable, and until f is called every
+// data frame that arrives while nothing is buffered goes to deliver
+// instead of the buffer (local patch). deliver is called on the session's
+// receive loop and must not block: it takes what it can at once and
+// returns how much. What it does not take (a full socket, an error) is
+// buffered, and f is called, so the reader carries on in order from there.
+// A parked reader then costs no goroutine wakeup per message.
+func (s *Stream) NotifyReadableOrDeliver(f func(), deliver func([]byte) (int, error)) {
+	s.recvLock.Lock()
+	s.sink = deliver
+	s.recvLock.Unlock()
+	s.NotifyReadable(f)
+}
+
 // Readable reports whether a Read would return without waiting (local patch).
 func (s *Stream) Readable() bool { return s.readable() }
 
@@ -549,6 +570,9 @@ func (s *Stream) readable() bool {
 }
 
 func (s *Stream) fireReadHook() {
+	s.recvLock.Lock()
+	s.sink = nil
+	s.recvLock.Unlock()
 	s.hookLock.Lock()
 	f := s.readHook
 	s.readHook = nil
@@ -602,6 +626,12 @@ func (s *Stream) readData(hdr header, flags uint16, conn io.Reader) error {
 		return ErrRecvWindowExceeded
 	}
 
+	if sink := s.sink; sink != nil && (s.recvBuf == nil || s.recvBuf.Len() == 0) {
+		s.recvWindow -= length
+		s.recvLock.Unlock()
+		return s.deliver(sink, conn, int(length))
+	}
+
 	if s.recvBuf == nil {
 		// Allocate the receive buffer just-in-time to fit the full data frame.
 		// This way we can read in the whole packet without further allocations.
@@ -622,6 +652,75 @@ func (s *Stream) readData(hdr header, flags uint16, conn io.Reader) error {
 	asyncNotify(s.recvNotifyCh)
 	s.fireReadHook()
 	return nil
+}
+
+// deliver hands a data frame of length bytes, already counted against the
+// receive window, to sink (local patch). Whatever sink does not take is
+// buffered with the rest of the frame, the sink is dropped and the reader
+// woken. Runs on the receive loop, so frames of this stream cannot overtake
+// each other.
+func (s *Stream) deliver(sink func([]byte) (int, error), conn io.Reader, length int) error {
+	buf := s.session.sinkBuffer()
+	for length > 0 {
+		chunk := buf
+		if length < len(chunk) {
+			chunk = chunk[:length]
+		}
+		if _, err := io.ReadFull(conn, chunk); err != nil {
+			s.session.logger.Printf("[ERR] yamux: Failed to read stream data: %v", err)
+			return err
+		}
+		length -= len(chunk)
+		n, werr := sink(chunk)
+		if n == len(chunk) && werr == nil {
+			continue
+		}
+		s.recvLock.Lock()
+		s.sink = nil
+		if s.recvBuf == nil {
+			s.recvBuf = bytes.NewBuffer(make([]byte, 0, len(chunk)-n+length))
+		}
+		s.recvBuf.Write(chunk[n:])
+		_, err := io.CopyN(s.recvBuf, conn, int64(length))
+		s.recvLock.Unlock()
+		if err != nil {
+			s.session.logger.Printf("[ERR] yamux: Failed to read stream data: %v", err)
+			return err
+		}
+		asyncNotify(s.recvNotifyCh)
+		s.fireReadHook()
+		return nil
+	}
+	// Delivered data is consumed: the window reopens as if a reader had
+	// taken it. The update is sent off the receive loop, which must never
+	// wait on the send path. One sender at a time; it looks again after
+	// sending, since data delivered meanwhile was not in its delta and the
+	// peer may be waiting for exactly that.
+	if s.windowDue() && s.windowUpdating.CompareAndSwap(false, true) {
+		go func() {
+			for {
+				_ = s.sendWindowUpdate()
+				s.windowUpdating.Store(false)
+				if !s.windowDue() || !s.windowUpdating.CompareAndSwap(false, true) {
+					return
+				}
+			}
+		}()
+	}
+	return nil
+}
+
+// windowDue reports whether enough of the receive window is consumed that
+// sendWindowUpdate would send (local patch).
+func (s *Stream) windowDue() bool {
+	s.recvLock.Lock()
+	defer s.recvLock.Unlock()
+	max := s.session.config.MaxStreamWindowSize
+	var buffered uint32
+	if s.recvBuf != nil {
+		buffered = uint32(s.recvBuf.Len())
+	}
+	return max-buffered-s.recvWindow >= max/2
 }
 
 // SetDeadline sets the read and write deadlines
