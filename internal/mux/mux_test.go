@@ -5,11 +5,14 @@ import (
 	"context"
 	"encoding/binary"
 	"errors"
+	"fmt"
 	"hash/crc32"
 	"io"
 	"log/slog"
 	mrand "math/rand/v2"
 	"net"
+	"os"
+	"runtime"
 	"sync"
 	"syscall"
 	"testing"
@@ -487,5 +490,74 @@ func TestStreamDeliver(t *testing.T) {
 				t.Fatal("nothing went through deliver")
 			}
 		})
+	}
+}
+
+// Many short streams, each one byte and a close, read by parked readers as
+// package proxy reads them: the wake-up on the close races the reader's
+// window update. A lock-order inversion between the two once stalled the
+// receive loop for good (found by TestSlowLocalService, 300 refused dials).
+func TestStreamDeliverShortStreams(t *testing.T) {
+	o := testOptions()
+	cli, srv, _, _ := pair(t, o)
+	const n = 5000
+	ended := make(chan error, n)
+	go func() {
+		for range n {
+			raw, err := srv.AcceptStream()
+			if err != nil {
+				return
+			}
+			sa := Stream{raw}
+			var wake func()
+			wake = func() {
+				go func() {
+					buf := make([]byte, 1) // a Read, and its window update, per byte
+					for sa.Readable() {
+						if _, err := sa.Read(buf); err != nil {
+							if err == io.EOF {
+								err = nil
+							}
+							sa.Close()
+							ended <- err
+							return
+						}
+					}
+					sa.NotifyReadableOrDeliver(wake, func(p []byte) (int, error) { return len(p), nil })
+				}()
+			}
+			wake()
+		}
+	}()
+	go func() {
+		for range n {
+			a, err := cli.OpenStreamWith([]byte("x"))
+			for i := 0; err == nil && i < 8; i++ {
+				_, err = a.Write([]byte("y"))
+			}
+			if err == nil {
+				a.Close()
+			}
+			if err != nil {
+				ended <- err
+				return
+			}
+		}
+	}()
+	timeout := time.After(30 * time.Second)
+	for i := range n {
+		select {
+		case err := <-ended:
+			if err != nil {
+				t.Fatal(err)
+			}
+		case <-timeout:
+			// A deadlock: Close in the cleanup would hang on the same
+			// locks, so report with every stack and end the run here.
+			stacks := make([]byte, 4<<20)
+			stacks = stacks[:runtime.Stack(stacks, true)]
+			fmt.Fprintf(os.Stderr, "--- FAIL: %s: %d of %d streams ended; the receive loop is stuck\n%s", t.Name(), i, n, stacks)
+			os.Exit(1)
+		}
 	}
 }

@@ -106,7 +106,8 @@ type Deliverer interface {
 	NotifyReadableOrDeliver(f func(), deliver func([]byte) (int, error))
 }
 
-// Linger is how long a drained direction waits on its goroutine for more
+// Linger is how long a drained direction that cannot be delivered to (its
+// source is no Deliverer, or dst no socket) waits on its goroutine for more
 // data before it parks. Busy connections (request, response, request...)
 // keep their goroutine; a connection idle for longer costs none. Parking
 // after every drain instead cost a goroutine start per message: 32-

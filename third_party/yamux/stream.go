@@ -63,8 +63,11 @@ type Stream struct {
 	hookLock sync.Mutex
 	readHook func()
 
-	// sink (local patch), guarded by recvLock, takes arriving data while
-	// the stream is parked with nothing buffered; see NotifyReadableOrDeliver.
+	// sink (local patch), guarded by hookLock like readHook, takes arriving
+	// data while the stream is parked with nothing buffered; see
+	// NotifyReadableOrDeliver. hookLock is a leaf: fireReadHook runs under
+	// stateLock (processFlags), and sendWindowUpdate takes stateLock under
+	// recvLock, so taking recvLock there would deadlock.
 	sink func([]byte) (int, error)
 	// windowUpdating is set while a window update for sunk data is on
 	// its way, so bulk data does not start one goroutine per frame.
@@ -303,6 +306,12 @@ func (s *Stream) sendWindowUpdate() error {
 	s.controlHdrLock.Lock()
 	defer s.controlHdrLock.Unlock()
 
+	// Determine the flags if any. Local patch: before recvLock, not under
+	// it: Read takes recvLock under stateLock, and with window updates
+	// sent from another goroutine (see deliver) the two orders deadlock.
+	// Flags are only set when the update is sent regardless of delta.
+	flags := s.sendFlags()
+
 	// Determine the delta update
 	max := s.session.config.MaxStreamWindowSize
 	var bufLen uint32
@@ -311,9 +320,6 @@ func (s *Stream) sendWindowUpdate() error {
 		bufLen = uint32(s.recvBuf.Len())
 	}
 	delta := (max - bufLen) - s.recvWindow
-
-	// Determine the flags if any
-	flags := s.sendFlags()
 
 	// Check if we can omit the update
 	if delta < (max/2) && flags == 0 {
@@ -544,10 +550,13 @@ func (s *Stream) NotifyReadable(f func()) {
 // buffered, and f is called, so the reader carries on in order from there.
 // A parked reader then costs no goroutine wakeup per message.
 func (s *Stream) NotifyReadableOrDeliver(f func(), deliver func([]byte) (int, error)) {
-	s.recvLock.Lock()
+	s.hookLock.Lock()
 	s.sink = deliver
-	s.recvLock.Unlock()
-	s.NotifyReadable(f)
+	s.readHook = f
+	s.hookLock.Unlock()
+	if s.readable() {
+		s.fireReadHook()
+	}
 }
 
 // Readable reports whether a Read would return without waiting (local patch).
@@ -570,10 +579,8 @@ func (s *Stream) readable() bool {
 }
 
 func (s *Stream) fireReadHook() {
-	s.recvLock.Lock()
-	s.sink = nil
-	s.recvLock.Unlock()
 	s.hookLock.Lock()
+	s.sink = nil
 	f := s.readHook
 	s.readHook = nil
 	s.hookLock.Unlock()
@@ -626,7 +633,10 @@ func (s *Stream) readData(hdr header, flags uint16, conn io.Reader) error {
 		return ErrRecvWindowExceeded
 	}
 
-	if sink := s.sink; sink != nil && (s.recvBuf == nil || s.recvBuf.Len() == 0) {
+	s.hookLock.Lock()
+	sink := s.sink
+	s.hookLock.Unlock()
+	if sink != nil && (s.recvBuf == nil || s.recvBuf.Len() == 0) {
 		s.recvWindow -= length
 		s.recvLock.Unlock()
 		return s.deliver(sink, conn, int(length))
@@ -676,7 +686,9 @@ func (s *Stream) deliver(sink func([]byte) (int, error), conn io.Reader, length 
 			continue
 		}
 		s.recvLock.Lock()
+		s.hookLock.Lock()
 		s.sink = nil
+		s.hookLock.Unlock()
 		if s.recvBuf == nil {
 			s.recvBuf = bytes.NewBuffer(make([]byte, 0, len(chunk)-n+length))
 		}
