@@ -143,7 +143,8 @@ type half struct {
 }
 
 // start runs the direction in the background on a goroutine of its own;
-// a direction whose source can notify gives it up after Linger idle.
+// a direction whose source can notify gives it up once drained (see
+// resume).
 func (h *half) start() {
 	if _, ok := h.src.(ReadNotifier); ok {
 		if _, ok := h.src.(Deliverer); ok {
