@@ -65,9 +65,9 @@ type Stream struct {
 
 	// sink (local patch), guarded by hookLock like readHook, takes arriving
 	// data while the stream is parked with nothing buffered; see
-	// NotifyReadableOrDeliver. hookLock is a leaf: fireReadHook runs under
-	// stateLock (processFlags), and sendWindowUpdate takes stateLock under
-	// recvLock, so taking recvLock there would deadlock.
+	// NotifyReadableOrDeliver. Lock order: stateLock, recvLock, hookLock;
+	// hookLock is a leaf, so fireReadHook, which runs under stateLock
+	// (processFlags), takes nothing else (see PATCHES.md).
 	sink func([]byte) (int, error)
 	// windowUpdating is set while a window update for sunk data is on
 	// its way, so bulk data does not start one goroutine per frame.
@@ -314,12 +314,8 @@ func (s *Stream) sendWindowUpdate() error {
 
 	// Determine the delta update
 	max := s.session.config.MaxStreamWindowSize
-	var bufLen uint32
 	s.recvLock.Lock()
-	if s.recvBuf != nil {
-		bufLen = uint32(s.recvBuf.Len())
-	}
-	delta := (max - bufLen) - s.recvWindow
+	delta := s.windowDelta()
 
 	// Check if we can omit the update
 	if delta < (max/2) && flags == 0 {
@@ -722,17 +718,22 @@ func (s *Stream) deliver(sink func([]byte) (int, error), conn io.Reader, length 
 	return nil
 }
 
+// windowDelta is how far the receive window can reopen: what was consumed
+// since the last update. The caller holds recvLock.
+func (s *Stream) windowDelta() uint32 {
+	var bufLen uint32
+	if s.recvBuf != nil {
+		bufLen = uint32(s.recvBuf.Len())
+	}
+	return (s.session.config.MaxStreamWindowSize - bufLen) - s.recvWindow
+}
+
 // windowDue reports whether enough of the receive window is consumed that
 // sendWindowUpdate would send (local patch).
 func (s *Stream) windowDue() bool {
 	s.recvLock.Lock()
 	defer s.recvLock.Unlock()
-	max := s.session.config.MaxStreamWindowSize
-	var buffered uint32
-	if s.recvBuf != nil {
-		buffered = uint32(s.recvBuf.Len())
-	}
-	return max-buffered-s.recvWindow >= max/2
+	return s.windowDelta() >= s.session.config.MaxStreamWindowSize/2
 }
 
 // SetDeadline sets the read and write deadlines
