@@ -175,9 +175,6 @@ func (s *Session) OpenStream() (*Stream, error) {
 // measures from their arrival, not from a SYN that crossed a congested
 // session seconds earlier (tunnel patch, see PATCHES.md).
 func (s *Session) OpenStreamWith(first []byte) (*Stream, error) {
-	if len(first) == 0 {
-		return s.openStream(nil)
-	}
 	return s.openStream(first)
 }
 
@@ -221,7 +218,7 @@ GET_ID:
 	// creates the stream (sendFlags puts the SYN on it) and the window
 	// update follows.
 	var err error
-	if first != nil {
+	if len(first) > 0 {
 		_, err = stream.Write(first)
 	}
 	if err == nil {
