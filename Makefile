@@ -33,7 +33,7 @@ bench: build bench-go
 	SYSTEMS="direct relay relay-copy tunnel" BASELINE=relay-copy ROUNDS=$${ROUNDS:-1} bench/compare.sh
 
 bench-go:
-	$(GO) test -run '^$$' -bench . -benchmem -count 1 ./internal/proxy ./internal/mux ./internal/protocol
+	$(GO) test -run '^$$' -bench . -benchmem -count 1 ./internal/proxy ./internal/mux ./internal/protocol ./internal/rawio
 
 demo: build
 	$(GO) run ./examples/demo -bin $(BIN)

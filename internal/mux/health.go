@@ -12,6 +12,7 @@ import (
 	"time"
 
 	"github.com/hashicorp/yamux"
+	"github.com/tunnel-dev/tunnel/internal/rawio"
 	"golang.org/x/sys/unix"
 )
 
@@ -170,10 +171,13 @@ type watchConn struct {
 	cause    atomic.Pointer[string]
 	ka       time.Duration // keepalive idle + interval*count, for the message
 	ut       time.Duration
+	raw      rawio.Socket // with rawOK: the socket, read and written without runtime hand-offs
+	rawOK    bool
 }
 
 func watch(c net.Conn, o Options) *watchConn {
 	w := &watchConn{Conn: c, ut: o.UserTimeout}
+	w.raw, w.rawOK = rawio.New(c)
 	if o.KeepAlive.Enabled() {
 		w.ka = o.KeepAlive.Bound()
 	}
@@ -200,7 +204,14 @@ func findWatch(c net.Conn) *watchConn {
 }
 
 func (w *watchConn) Read(p []byte) (int, error) {
-	n, err := w.Conn.Read(p)
+	var n int
+	var err error
+	if w.rawOK {
+		n, err = w.raw.Read(p)
+		err = w.opError("read", err)
+	} else {
+		n, err = w.Conn.Read(p)
+	}
 	if n > 0 {
 		w.rx.Add(uint64(n))
 		w.lastRead.Store(time.Now().UnixNano())
@@ -212,7 +223,14 @@ func (w *watchConn) Read(p []byte) (int, error) {
 // Write notes a kernel timeout like Read does: with data in flight the
 // sender's write is often the first call to see it.
 func (w *watchConn) Write(p []byte) (int, error) {
-	n, err := w.Conn.Write(p)
+	var n int
+	var err error
+	if w.rawOK {
+		n, err = w.raw.Write(p)
+		err = w.opError("write", err)
+	} else {
+		n, err = w.Conn.Write(p)
+	}
 	w.noteTimeout(err)
 	return n, err
 }
@@ -220,9 +238,26 @@ func (w *watchConn) Write(p []byte) (int, error) {
 // WriteBuffers writes several buffers with one writev; the patched yamux
 // uses it to send a frame's header and body without copying them together.
 func (w *watchConn) WriteBuffers(b net.Buffers) (int64, error) {
-	n, err := b.WriteTo(w.Conn)
+	var n int64
+	var err error
+	if w.rawOK {
+		n, err = w.raw.WriteBuffers(b)
+		err = w.opError("write", err)
+	} else {
+		n, err = b.WriteTo(w.Conn)
+	}
 	w.noteTimeout(err)
 	return n, err
+}
+
+// opError dresses a system call's error as package net would, so that
+// logs read the same whichever path did the call.
+func (w *watchConn) opError(op string, err error) error {
+	var se *os.SyscallError
+	if !errors.As(err, &se) {
+		return err
+	}
+	return &net.OpError{Op: op, Net: "tcp", Source: w.LocalAddr(), Addr: w.RemoteAddr(), Err: err}
 }
 
 // sample records the socket's TCP state; it runs on the monitor's tick.

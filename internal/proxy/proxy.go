@@ -20,6 +20,7 @@ import (
 	"syscall"
 	"time"
 
+	"github.com/tunnel-dev/tunnel/internal/rawio"
 	"golang.org/x/sys/unix"
 
 	"github.com/tunnel-dev/tunnel/internal/sockopt"
@@ -140,12 +141,15 @@ type half struct {
 	// deliver, when the source is a Deliverer and dst a socket, writes
 	// what arrives for a parked direction without waking it.
 	deliver func([]byte) (int, error)
+	// write writes all of a buffer to dst (see writer).
+	write func([]byte) (int, error)
 }
 
 // start runs the direction in the background on a goroutine of its own;
 // a direction whose source can notify gives it up once drained (see
 // resume).
 func (h *half) start() {
+	h.write = writer(h.dst)
 	if _, ok := h.src.(ReadNotifier); ok {
 		if _, ok := h.src.(Deliverer); ok {
 			h.deliver = tryWriter(h.dst, &h.n)
@@ -184,7 +188,7 @@ func (h *half) resume() {
 
 // run copies until the source ends, blocking while it is idle.
 func (h *half) run() {
-	n, err := copyHalf(h.dst, h.src)
+	n, err := copyHalf(h.dst, h.src, h.write)
 	h.n.Add(n)
 	h.end(err)
 }
@@ -201,7 +205,7 @@ func (h *half) copyOnce() (done bool, err error) {
 	bp := bufPool.Get().(*[]byte)
 	nr, rerr := h.src.Read(*bp)
 	var n int64
-	done, err = forward(h.dst, bp, nr, rerr, &n)
+	done, err = forward(h.dst, h.write, bp, nr, rerr, &n)
 	h.n.Add(n)
 	return done, err
 }
@@ -214,12 +218,12 @@ func (h *half) copyOnce() (done bool, err error) {
 // half.resume). Busy connections copy in BufSize chunks
 // (256 KiB chunks moved twice the bytes per CPU second of 32 KiB ones;
 // docs/performance.md).
-func copyHalf(dst, src net.Conn) (int64, error) {
+func copyHalf(dst, src net.Conn, write func([]byte) (int, error)) (int64, error) {
 	read := reader(src)
 	var n int64
 	for {
 		bp, nr, rerr := read()
-		if done, err := forward(dst, bp, nr, rerr, &n); done {
+		if done, err := forward(dst, write, bp, nr, rerr, &n); done {
 			return n, err
 		}
 	}
@@ -228,12 +232,12 @@ func copyHalf(dst, src net.Conn) (int64, error) {
 // forward writes what one read returned to dst, adding to *n, and puts the
 // buffer back. done is true when the copy is over: at EOF (dst is then
 // half-closed, err nil) or on an error.
-func forward(dst net.Conn, bp *[]byte, nr int, rerr error, n *int64) (done bool, err error) {
+func forward(dst net.Conn, write func([]byte) (int, error), bp *[]byte, nr int, rerr error, n *int64) (done bool, err error) {
 	if bp != nil {
 		defer bufPool.Put(bp)
 	}
 	if nr > 0 {
-		nw, werr := dst.Write((*bp)[:nr])
+		nw, werr := write((*bp)[:nr])
 		*n += int64(nw)
 		if werr != nil {
 			return true, fmt.Errorf("write: %w", werr)
@@ -263,6 +267,15 @@ func reader(src net.Conn) func() (*[]byte, int, error) {
 	}
 }
 
+// writer returns dst.Write, or for a socket the same done with raw system
+// calls (package rawio says why).
+func writer(dst net.Conn) func([]byte) (int, error) {
+	if s, ok := rawio.New(dst); ok {
+		return s.Write
+	}
+	return dst.Write
+}
+
 // rawRead reads a socket once data is there. The read runs in the
 // poller's callback: when it would block (EAGAIN) the buffer goes back to
 // the pool and the goroutine parks; when the socket is readable the
@@ -275,7 +288,7 @@ func rawRead(rc syscall.RawConn) (*[]byte, int, error) {
 		bp = bufPool.Get().(*[]byte)
 		for {
 			var errno error
-			n, errno = unix.Read(int(fd), *bp)
+			n, errno = rawio.Read(int(fd), *bp)
 			switch errno {
 			case nil:
 			case unix.EINTR:
@@ -316,7 +329,7 @@ func tryWriter(dst net.Conn, n *atomic.Int64) func([]byte) (int, error) {
 		var werr error
 		err := rc.Write(func(fd uintptr) bool {
 			for nw < len(p) {
-				k, errno := unix.Write(int(fd), p[nw:])
+				k, errno := rawio.Write(int(fd), p[nw:])
 				if errno == unix.EINTR {
 					continue
 				}

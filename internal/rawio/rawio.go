@@ -1,0 +1,215 @@
+// Package rawio reads and writes sockets with raw system calls, for the
+// data path's hot sockets.
+//
+// Go's own socket calls go through syscall.Syscall, which tells the
+// scheduler the thread may block: when a call runs past sysmon's tick
+// (20 µs to 10 ms), sysmon hands the thread's P to another thread, waking
+// one. A write on loopback runs the receiver's TCP stack inline and often
+// takes that long, so on a busy tunnel the runtime wakes and parks threads
+// all the time: perf showed context switches and sysmon's own wake-ups at
+// about a fifth of the daemons' CPU under 32-connection echo load (see
+// docs/performance.md). Sockets from package net are non-blocking, so a
+// read or write returns at once with data or EAGAIN and never needs the
+// hand-off; RawSyscall skips it.
+//
+// Waiting stays with the runtime's poller: Socket parks on EAGAIN through
+// syscall.RawConn, so deadlines and Close behave as on a net.Conn.
+//
+// Nothing here may be used on a blocking file descriptor.
+package rawio
+
+import (
+	"io"
+	"net"
+	"os"
+	"syscall"
+	"unsafe"
+
+	"golang.org/x/sys/unix"
+)
+
+// Read is read(2) on a non-blocking descriptor.
+func Read(fd int, p []byte) (int, error) {
+	if len(p) == 0 {
+		return 0, nil
+	}
+	n, _, e := unix.RawSyscall(unix.SYS_READ, uintptr(fd), uintptr(unsafe.Pointer(&p[0])), uintptr(len(p)))
+	if e != 0 {
+		return 0, e
+	}
+	return int(n), nil
+}
+
+// Write is write(2) on a non-blocking descriptor.
+func Write(fd int, p []byte) (int, error) {
+	if len(p) == 0 {
+		return 0, nil
+	}
+	n, _, e := unix.RawSyscall(unix.SYS_WRITE, uintptr(fd), uintptr(unsafe.Pointer(&p[0])), uintptr(len(p)))
+	if e != 0 {
+		return 0, e
+	}
+	return int(n), nil
+}
+
+// maxIov bounds one writev; Linux's limit (UIO_MAXIOV) is 1024.
+const maxIov = 64
+
+// Writev is writev(2) on a non-blocking descriptor, of at most maxIov of
+// bufs' non-empty buffers.
+func Writev(fd int, bufs [][]byte) (int, error) {
+	var iov [maxIov]unix.Iovec
+	k := 0
+	for _, b := range bufs {
+		if len(b) == 0 {
+			continue
+		}
+		if k == maxIov {
+			break
+		}
+		iov[k].Base = &b[0]
+		iov[k].SetLen(len(b))
+		k++
+	}
+	if k == 0 {
+		return 0, nil
+	}
+	n, _, e := unix.RawSyscall(unix.SYS_WRITEV, uintptr(fd), uintptr(unsafe.Pointer(&iov[0])), uintptr(k))
+	if e != 0 {
+		return 0, e
+	}
+	return int(n), nil
+}
+
+// Socket does blocking-style reads and writes on a socket from package
+// net with raw calls, waiting in the runtime's poller when the socket is
+// not ready.
+type Socket struct {
+	rc syscall.RawConn
+}
+
+// New returns c's Socket, or false when c is not a socket.
+func New(c net.Conn) (Socket, bool) {
+	sc, ok := c.(syscall.Conn)
+	if !ok {
+		return Socket{}, false
+	}
+	rc, err := sc.SyscallConn()
+	if err != nil {
+		return Socket{}, false
+	}
+	return Socket{rc: rc}, true
+}
+
+// Read reads what is there, waiting for data when there is none. Like
+// net.Conn, it returns io.EOF itself at end of stream.
+func (s Socket) Read(p []byte) (int, error) {
+	if len(p) == 0 {
+		return 0, nil
+	}
+	var n int
+	var rerr error
+	err := s.rc.Read(func(fd uintptr) bool {
+		for {
+			k, e := Read(int(fd), p)
+			switch e {
+			case nil:
+				n = k
+			case unix.EINTR:
+				continue
+			case unix.EAGAIN:
+				return false
+			default:
+				rerr = os.NewSyscallError("read", e)
+			}
+			return true
+		}
+	})
+	switch {
+	case err != nil:
+		return 0, err
+	case rerr != nil:
+		return 0, rerr
+	case n == 0:
+		return 0, io.EOF
+	}
+	return n, nil
+}
+
+// Write writes all of p, waiting for room when the socket buffer is full.
+func (s Socket) Write(p []byte) (int, error) {
+	var n int
+	var werr error
+	err := s.rc.Write(func(fd uintptr) bool {
+		for n < len(p) {
+			k, e := Write(int(fd), p[n:])
+			switch e {
+			case nil:
+			case unix.EINTR:
+				continue
+			case unix.EAGAIN:
+				return false
+			default:
+				werr = os.NewSyscallError("write", e)
+				return true
+			}
+			if k == 0 {
+				werr = io.ErrShortWrite // write wrote nothing and said nothing
+				return true
+			}
+			n += k
+		}
+		return true
+	})
+	if werr == nil {
+		werr = err
+	}
+	return n, werr
+}
+
+// WriteBuffers writes all of bufs with as few writev calls as they fit,
+// waiting for room when the socket buffer is full. It consumes bufs the
+// way net.Buffers.WriteTo does.
+func (s Socket) WriteBuffers(bufs [][]byte) (int64, error) {
+	var total int64
+	var werr error
+	err := s.rc.Write(func(fd uintptr) bool {
+		for len(bufs) > 0 {
+			k, e := Writev(int(fd), bufs)
+			switch e {
+			case nil:
+			case unix.EINTR:
+				continue
+			case unix.EAGAIN:
+				return false
+			default:
+				werr = os.NewSyscallError("writev", e)
+				return true
+			}
+			total += int64(k)
+			bufs = consume(bufs, k)
+			if k == 0 && len(bufs) > 0 {
+				werr = io.ErrShortWrite // writev wrote nothing and said nothing
+				return true
+			}
+		}
+		return true
+	})
+	if werr == nil {
+		werr = err
+	}
+	return total, werr
+}
+
+// consume drops the first n bytes from bufs.
+func consume(bufs [][]byte, n int) [][]byte {
+	for len(bufs) > 0 {
+		if len(bufs[0]) > n {
+			bufs[0] = bufs[0][n:]
+			return bufs
+		}
+		n -= len(bufs[0])
+		bufs = bufs[1:]
+	}
+	return bufs
+}
