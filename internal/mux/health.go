@@ -171,7 +171,7 @@ type watchConn struct {
 	cause    atomic.Pointer[string]
 	ka       time.Duration // keepalive idle + interval*count, for the message
 	ut       time.Duration
-	raw      rawio.Socket // with rawOK: the socket, read and written without runtime hand-offs
+	raw      *rawio.Socket // with rawOK: the socket, read and written without runtime hand-offs
 	rawOK    bool
 }
 
@@ -253,9 +253,8 @@ func (w *watchConn) WriteBuffers(b net.Buffers) (int64, error) {
 // opError dresses a system call's error as package net would, so that
 // logs read the same whichever path did the call.
 func (w *watchConn) opError(op string, err error) error {
-	var se *os.SyscallError
-	if !errors.As(err, &se) {
-		return err
+	if _, ok := err.(*os.SyscallError); !ok {
+		return err // nil, io.EOF, or already a *net.OpError from the poller
 	}
 	return &net.OpError{Op: op, Net: "tcp", Source: w.LocalAddr(), Addr: w.RemoteAddr(), Err: err}
 }

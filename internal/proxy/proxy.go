@@ -257,7 +257,9 @@ func forward(dst net.Conn, write func([]byte) (int, error), bp *[]byte, nr int, 
 func reader(src net.Conn) func() (*[]byte, int, error) {
 	if sc, ok := src.(syscall.Conn); ok {
 		if rc, err := sc.SyscallConn(); err == nil {
-			return func() (*[]byte, int, error) { return rawRead(rc) }
+			r := &sockReader{rc: rc}
+			r.fn = r.once
+			return r.read
 		}
 	}
 	return func() (*[]byte, int, error) {
@@ -276,33 +278,25 @@ func writer(dst net.Conn) func([]byte) (int, error) {
 	return dst.Write
 }
 
-// rawRead reads a socket once data is there. The read runs in the
+// sockReader reads a socket once data is there. The read runs in the
 // poller's callback: when it would block (EAGAIN) the buffer goes back to
 // the pool and the goroutine parks; when the socket is readable the
 // callback runs again. Same syscalls as net.Conn.Read, no buffer parked.
-func rawRead(rc syscall.RawConn) (*[]byte, int, error) {
-	var bp *[]byte
-	var n int
-	var rerr error
-	err := rc.Read(func(fd uintptr) bool {
-		bp = bufPool.Get().(*[]byte)
-		for {
-			var errno error
-			n, errno = rawio.Read(int(fd), *bp)
-			switch errno {
-			case nil:
-			case unix.EINTR:
-				continue
-			case unix.EAGAIN:
-				bufPool.Put(bp)
-				bp = nil
-				return false
-			default:
-				n, rerr = 0, os.NewSyscallError("read", errno)
-			}
-			return true
-		}
-	})
+// The callback and its state live as long as the direction, so a read
+// allocates nothing; one goroutine reads at a time.
+type sockReader struct {
+	rc  syscall.RawConn
+	fn  func(fd uintptr) bool
+	bp  *[]byte
+	n   int
+	err error
+}
+
+func (r *sockReader) read() (*[]byte, int, error) {
+	r.bp, r.n, r.err = nil, 0, nil
+	err := r.rc.Read(r.fn)
+	bp, n, rerr := r.bp, r.n, r.err
+	r.bp, r.err = nil, nil
 	switch {
 	case err != nil:
 		rerr = err
@@ -312,9 +306,30 @@ func rawRead(rc syscall.RawConn) (*[]byte, int, error) {
 	return bp, n, rerr
 }
 
+func (r *sockReader) once(fd uintptr) bool {
+	r.bp = bufPool.Get().(*[]byte)
+	for {
+		n, errno := rawio.Read(int(fd), *r.bp)
+		switch errno {
+		case nil:
+			r.n = n
+		case unix.EINTR:
+			continue
+		case unix.EAGAIN:
+			bufPool.Put(r.bp)
+			r.bp = nil
+			return false
+		default:
+			r.err = os.NewSyscallError("read", errno)
+		}
+		return true
+	}
+}
+
 // tryWriter returns a writer for a Deliverer: it writes to dst's socket
 // what fits at once and never waits, adding what it wrote to n. nil when
-// dst is not a socket.
+// dst is not a socket. Deliveries come one at a time (from the session's
+// receive loop, while the direction is parked).
 func tryWriter(dst net.Conn, n *atomic.Int64) func([]byte) (int, error) {
 	sc, ok := dst.(syscall.Conn)
 	if !ok {
@@ -324,31 +339,47 @@ func tryWriter(dst net.Conn, n *atomic.Int64) func([]byte) (int, error) {
 	if err != nil {
 		return nil
 	}
-	return func(p []byte) (int, error) {
-		var nw int
-		var werr error
-		err := rc.Write(func(fd uintptr) bool {
-			for nw < len(p) {
-				k, errno := rawio.Write(int(fd), p[nw:])
-				if errno == unix.EINTR {
-					continue
-				}
-				if errno != nil {
-					if errno != unix.EAGAIN {
-						werr = os.NewSyscallError("write", errno)
-					}
-					break
-				}
-				nw += k
-			}
-			return true // never wait: what did not fit goes to the reader
-		})
-		n.Add(int64(nw))
-		if werr == nil {
-			werr = err
-		}
-		return nw, werr
+	w := &sockTryWriter{rc: rc, total: n}
+	w.fn = w.once
+	return w.write
+}
+
+type sockTryWriter struct {
+	rc    syscall.RawConn
+	fn    func(fd uintptr) bool
+	total *atomic.Int64
+	p     []byte
+	n     int
+	err   error
+}
+
+func (w *sockTryWriter) write(p []byte) (int, error) {
+	w.p, w.n, w.err = p, 0, nil
+	err := w.rc.Write(w.fn)
+	nw, werr := w.n, w.err
+	w.p, w.err = nil, nil
+	w.total.Add(int64(nw))
+	if werr == nil {
+		werr = err
 	}
+	return nw, werr
+}
+
+func (w *sockTryWriter) once(fd uintptr) bool {
+	for w.n < len(w.p) {
+		k, errno := rawio.Write(int(fd), w.p[w.n:])
+		if errno == unix.EINTR {
+			continue
+		}
+		if errno != nil {
+			if errno != unix.EAGAIN {
+				w.err = os.NewSyscallError("write", errno)
+			}
+			break
+		}
+		w.n += k
+	}
+	return true // never wait: what did not fit goes to the reader
 }
 
 func closeWrite(c net.Conn) error {

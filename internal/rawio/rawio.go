@@ -22,6 +22,7 @@ import (
 	"io"
 	"net"
 	"os"
+	"sync"
 	"syscall"
 	"unsafe"
 
@@ -83,48 +84,56 @@ func Writev(fd int, bufs [][]byte) (int, error) {
 
 // Socket does blocking-style reads and writes on a socket from package
 // net with raw calls, waiting in the runtime's poller when the socket is
-// not ready.
+// not ready. Reads are serialized with reads and writes with writes, as on
+// a net.Conn; each kind keeps its call's state in the Socket so that a
+// call allocates nothing.
 type Socket struct {
 	rc syscall.RawConn
+	r  op
+	w  op
+}
+
+// op is the state of the read or the write in progress, for the callback
+// that RawConn runs (built once, in New: a closure per call would escape
+// and cost allocations on every message).
+type op struct {
+	mu   sync.Mutex
+	fn   func(fd uintptr) bool
+	p    []byte   // a read's buffer, or a Write's data
+	bufs [][]byte // a WriteBuffers' data, when p is nil
+	n    int64
+	err  error
 }
 
 // New returns c's Socket, or false when c is not a socket.
-func New(c net.Conn) (Socket, bool) {
+func New(c net.Conn) (*Socket, bool) {
 	sc, ok := c.(syscall.Conn)
 	if !ok {
-		return Socket{}, false
+		return nil, false
 	}
 	rc, err := sc.SyscallConn()
 	if err != nil {
-		return Socket{}, false
+		return nil, false
 	}
-	return Socket{rc: rc}, true
+	s := &Socket{rc: rc}
+	s.r.fn = s.r.read
+	s.w.fn = s.w.write
+	return s, true
 }
 
 // Read reads what is there, waiting for data when there is none. Like
 // net.Conn, it returns io.EOF itself at end of stream.
-func (s Socket) Read(p []byte) (int, error) {
+func (s *Socket) Read(p []byte) (int, error) {
 	if len(p) == 0 {
 		return 0, nil
 	}
-	var n int
-	var rerr error
-	err := s.rc.Read(func(fd uintptr) bool {
-		for {
-			k, e := Read(int(fd), p)
-			switch e {
-			case nil:
-				n = k
-			case unix.EINTR:
-				continue
-			case unix.EAGAIN:
-				return false
-			default:
-				rerr = os.NewSyscallError("read", e)
-			}
-			return true
-		}
-	})
+	o := &s.r
+	o.mu.Lock()
+	defer o.mu.Unlock()
+	o.p, o.n, o.err = p, 0, nil
+	err := s.rc.Read(o.fn)
+	n, rerr := int(o.n), o.err
+	o.p, o.err = nil, nil
 	switch {
 	case err != nil:
 		return 0, err
@@ -136,69 +145,87 @@ func (s Socket) Read(p []byte) (int, error) {
 	return n, nil
 }
 
-// Write writes all of p, waiting for room when the socket buffer is full.
-func (s Socket) Write(p []byte) (int, error) {
-	var n int
-	var werr error
-	err := s.rc.Write(func(fd uintptr) bool {
-		for n < len(p) {
-			k, e := Write(int(fd), p[n:])
-			switch e {
-			case nil:
-			case unix.EINTR:
-				continue
-			case unix.EAGAIN:
-				return false
-			default:
-				werr = os.NewSyscallError("write", e)
-				return true
-			}
-			if k == 0 {
-				werr = io.ErrShortWrite // write wrote nothing and said nothing
-				return true
-			}
-			n += k
+func (o *op) read(fd uintptr) bool {
+	for {
+		k, e := Read(int(fd), o.p)
+		switch e {
+		case nil:
+			o.n = int64(k)
+		case unix.EINTR:
+			continue
+		case unix.EAGAIN:
+			return false
+		default:
+			o.err = os.NewSyscallError("read", e)
 		}
 		return true
-	})
+	}
+}
+
+// Write writes all of p, waiting for room when the socket buffer is full.
+func (s *Socket) Write(p []byte) (int, error) {
+	if len(p) == 0 {
+		return 0, nil
+	}
+	n, err := s.writeAll(p, nil)
+	return int(n), err
+}
+
+// WriteBuffers writes all of bufs with as few writev calls as they fit,
+// waiting for room when the socket buffer is full. It consumes bufs the
+// way net.Buffers.WriteTo does.
+func (s *Socket) WriteBuffers(bufs [][]byte) (int64, error) {
+	return s.writeAll(nil, bufs)
+}
+
+func (s *Socket) writeAll(p []byte, bufs [][]byte) (int64, error) {
+	o := &s.w
+	o.mu.Lock()
+	defer o.mu.Unlock()
+	o.p, o.bufs, o.n, o.err = p, bufs, 0, nil
+	err := s.rc.Write(o.fn)
+	n, werr := o.n, o.err
+	o.p, o.bufs, o.err = nil, nil, nil
 	if werr == nil {
 		werr = err
 	}
 	return n, werr
 }
 
-// WriteBuffers writes all of bufs with as few writev calls as they fit,
-// waiting for room when the socket buffer is full. It consumes bufs the
-// way net.Buffers.WriteTo does.
-func (s Socket) WriteBuffers(bufs [][]byte) (int64, error) {
-	var total int64
-	var werr error
-	err := s.rc.Write(func(fd uintptr) bool {
-		for len(bufs) > 0 {
-			k, e := Writev(int(fd), bufs)
-			switch e {
-			case nil:
-			case unix.EINTR:
-				continue
-			case unix.EAGAIN:
-				return false
-			default:
-				werr = os.NewSyscallError("writev", e)
-				return true
-			}
-			total += int64(k)
-			bufs = consume(bufs, k)
-			if k == 0 && len(bufs) > 0 {
-				werr = io.ErrShortWrite // writev wrote nothing and said nothing
-				return true
-			}
+func (o *op) write(fd uintptr) bool {
+	for len(o.p) > 0 || len(o.bufs) > 0 {
+		var k int
+		var e error
+		if o.p != nil {
+			k, e = Write(int(fd), o.p)
+		} else {
+			k, e = Writev(int(fd), o.bufs)
 		}
-		return true
-	})
-	if werr == nil {
-		werr = err
+		switch e {
+		case nil:
+		case unix.EINTR:
+			continue
+		case unix.EAGAIN:
+			return false
+		default:
+			o.err = os.NewSyscallError("write", e)
+			return true
+		}
+		o.n += int64(k)
+		if o.p != nil {
+			o.p = o.p[k:]
+			if len(o.p) == 0 {
+				return true
+			}
+		} else {
+			o.bufs = consume(o.bufs, k)
+		}
+		if k == 0 && (len(o.p) > 0 || len(o.bufs) > 0) {
+			o.err = io.ErrShortWrite // the call wrote nothing and said nothing
+			return true
+		}
 	}
-	return total, werr
+	return true
 }
 
 // consume drops the first n bytes from bufs.

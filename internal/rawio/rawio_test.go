@@ -47,7 +47,7 @@ func pair(t testing.TB) (a, b *net.TCPConn) {
 	return a, b
 }
 
-func socket(t testing.TB, c net.Conn) Socket {
+func socket(t testing.TB, c net.Conn) *Socket {
 	t.Helper()
 	s, ok := New(c)
 	if !ok {
@@ -76,7 +76,7 @@ func TestSocketReadWriteBothWays(t *testing.T) {
 		sum [32]byte
 		err error
 	}
-	readAll := func(s Socket, n int, out chan<- res) {
+	readAll := func(s *Socket, n int, out chan<- res) {
 		h := sha256.New()
 		buf := make([]byte, 7000) // odd size: reads end mid-write
 		got := 0
@@ -239,7 +239,7 @@ func TestConsume(t *testing.T) {
 
 // 64-byte ping-pong between two goroutines over loopback, with package
 // net's calls and with this package's. Alone on the machine the two are
-// equal (13.2 vs 13.6 µs per round trip here): each call is short and a
+// equal (13.5 vs 13.3 µs per round trip here, no allocations either way): each call is short and a
 // core is always free, so sysmon never hands a P over. The win shows when
 // every core is busy, in make bench's 32-connection echo.
 func BenchmarkPingPongNet(b *testing.B) { benchPingPong(b, false) }
