@@ -239,9 +239,10 @@ func TestConsume(t *testing.T) {
 
 // 64-byte ping-pong between two goroutines over loopback, with package
 // net's calls and with this package's. Alone on the machine the two are
-// equal (13.5 vs 13.3 µs per round trip here, no allocations either way): each call is short and a
-// core is always free, so sysmon never hands a P over. The win shows when
-// every core is busy, in make bench's 32-connection echo.
+// equal (13.5 vs 13.3 µs per round trip here, no allocations either way):
+// each call is short and a core is always free, so sysmon never hands a P
+// over. The win shows when every core is busy, in make bench's
+// 32-connection echo.
 func BenchmarkPingPongNet(b *testing.B) { benchPingPong(b, false) }
 func BenchmarkPingPongRaw(b *testing.B) { benchPingPong(b, true) }
 
