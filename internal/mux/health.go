@@ -171,13 +171,22 @@ type watchConn struct {
 	cause    atomic.Pointer[string]
 	ka       time.Duration // keepalive idle + interval*count, for the message
 	ut       time.Duration
-	raw      *rawio.Socket // with rawOK: the socket, read and written without runtime hand-offs
-	rawOK    bool
+	// rw does the I/O: the socket through package rawio (no runtime
+	// hand-off per call), or the conn itself when it is no socket.
+	rw interface {
+		Read([]byte) (int, error)
+		Write([]byte) (int, error)
+		WriteBuffers([][]byte) (int64, error)
+	}
 }
 
 func watch(c net.Conn, o Options) *watchConn {
 	w := &watchConn{Conn: c, ut: o.UserTimeout}
-	w.raw, w.rawOK = rawio.New(c)
+	if s, ok := rawio.New(c); ok {
+		w.rw = s
+	} else {
+		w.rw = netIO{c}
+	}
 	if o.KeepAlive.Enabled() {
 		w.ka = o.KeepAlive.Bound()
 	}
@@ -204,14 +213,7 @@ func findWatch(c net.Conn) *watchConn {
 }
 
 func (w *watchConn) Read(p []byte) (int, error) {
-	var n int
-	var err error
-	if w.rawOK {
-		n, err = w.raw.Read(p)
-		err = w.opError("read", err)
-	} else {
-		n, err = w.Conn.Read(p)
-	}
+	n, err := w.rw.Read(p)
 	if n > 0 {
 		w.rx.Add(uint64(n))
 		w.lastRead.Store(time.Now().UnixNano())
@@ -223,14 +225,7 @@ func (w *watchConn) Read(p []byte) (int, error) {
 // Write notes a kernel timeout like Read does: with data in flight the
 // sender's write is often the first call to see it.
 func (w *watchConn) Write(p []byte) (int, error) {
-	var n int
-	var err error
-	if w.rawOK {
-		n, err = w.raw.Write(p)
-		err = w.opError("write", err)
-	} else {
-		n, err = w.Conn.Write(p)
-	}
+	n, err := w.rw.Write(p)
 	w.noteTimeout(err)
 	return n, err
 }
@@ -238,25 +233,17 @@ func (w *watchConn) Write(p []byte) (int, error) {
 // WriteBuffers writes several buffers with one writev; the patched yamux
 // uses it to send a frame's header and body without copying them together.
 func (w *watchConn) WriteBuffers(b net.Buffers) (int64, error) {
-	var n int64
-	var err error
-	if w.rawOK {
-		n, err = w.raw.WriteBuffers(b)
-		err = w.opError("write", err)
-	} else {
-		n, err = b.WriteTo(w.Conn)
-	}
+	n, err := w.rw.WriteBuffers(b)
 	w.noteTimeout(err)
 	return n, err
 }
 
-// opError dresses a system call's error as package net would, so that
-// logs read the same whichever path did the call.
-func (w *watchConn) opError(op string, err error) error {
-	if _, ok := err.(*os.SyscallError); !ok {
-		return err // nil, io.EOF, or already a *net.OpError from the poller
-	}
-	return &net.OpError{Op: op, Net: "tcp", Source: w.LocalAddr(), Addr: w.RemoteAddr(), Err: err}
+// netIO is the socket I/O of a conn that is not a socket (tests' pipes).
+type netIO struct{ net.Conn }
+
+func (c netIO) WriteBuffers(b [][]byte) (int64, error) {
+	bufs := net.Buffers(b)
+	return bufs.WriteTo(c.Conn)
 }
 
 // sample records the socket's TCP state; it runs on the monitor's tick.

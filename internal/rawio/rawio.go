@@ -30,23 +30,16 @@ import (
 )
 
 // Read is read(2) on a non-blocking descriptor.
-func Read(fd int, p []byte) (int, error) {
-	if len(p) == 0 {
-		return 0, nil
-	}
-	n, _, e := unix.RawSyscall(unix.SYS_READ, uintptr(fd), uintptr(unsafe.Pointer(&p[0])), uintptr(len(p)))
-	if e != 0 {
-		return 0, e
-	}
-	return int(n), nil
-}
+func Read(fd int, p []byte) (int, error) { return rw(unix.SYS_READ, fd, p) }
 
 // Write is write(2) on a non-blocking descriptor.
-func Write(fd int, p []byte) (int, error) {
+func Write(fd int, p []byte) (int, error) { return rw(unix.SYS_WRITE, fd, p) }
+
+func rw(trap uintptr, fd int, p []byte) (int, error) {
 	if len(p) == 0 {
 		return 0, nil
 	}
-	n, _, e := unix.RawSyscall(unix.SYS_WRITE, uintptr(fd), uintptr(unsafe.Pointer(&p[0])), uintptr(len(p)))
+	n, _, e := unix.RawSyscall(trap, uintptr(fd), uintptr(unsafe.Pointer(&p[0])), uintptr(len(p)))
 	if e != 0 {
 		return 0, e
 	}
@@ -88,9 +81,10 @@ func Writev(fd int, bufs [][]byte) (int, error) {
 // a net.Conn; each kind keeps its call's state in the Socket so that a
 // call allocates nothing.
 type Socket struct {
-	rc syscall.RawConn
-	r  op
-	w  op
+	rc            syscall.RawConn
+	r             op
+	w             op
+	local, remote net.Addr // for errors shaped as package net's
 }
 
 // op is the state of the read or the write in progress, for the callback
@@ -115,7 +109,7 @@ func New(c net.Conn) (*Socket, bool) {
 	if err != nil {
 		return nil, false
 	}
-	s := &Socket{rc: rc}
+	s := &Socket{rc: rc, local: c.LocalAddr(), remote: c.RemoteAddr()}
 	s.r.fn = s.r.read
 	s.w.fn = s.w.write
 	return s, true
@@ -138,11 +132,23 @@ func (s *Socket) Read(p []byte) (int, error) {
 	case err != nil:
 		return 0, err
 	case rerr != nil:
-		return 0, rerr
+		return 0, s.opError("read", rerr)
 	case n == 0:
 		return 0, io.EOF
 	}
 	return n, nil
+}
+
+// opError dresses a system call's error as package net would (*net.OpError
+// around *os.SyscallError), so that callers and logs cannot tell the two
+// paths apart. The poller's own errors (deadline, closed) come already
+// dressed by RawConn.
+func (s *Socket) opError(op string, err error) error {
+	network := "tcp"
+	if s.local != nil {
+		network = s.local.Network()
+	}
+	return &net.OpError{Op: op, Net: network, Source: s.local, Addr: s.remote, Err: err}
 }
 
 func (o *op) read(fd uintptr) bool {
@@ -186,10 +192,10 @@ func (s *Socket) writeAll(p []byte, bufs [][]byte) (int64, error) {
 	err := s.rc.Write(o.fn)
 	n, werr := o.n, o.err
 	o.p, o.bufs, o.err = nil, nil, nil
-	if werr == nil {
-		werr = err
+	if werr != nil {
+		return n, s.opError("write", werr)
 	}
-	return n, werr
+	return n, err
 }
 
 func (o *op) write(fd uintptr) bool {
