@@ -27,10 +27,12 @@ test: lint
 
 # Go benchmarks of the hot pieces, then the end-to-end table: the built
 # binaries against direct, splice relay and copying relay on loopback, in one
-# run, with ratios to relay-copy. ROUNDS=3 for medians; BENCH_TESTS to pick.
+# run, with ratios to relay-copy. ROUNDS=3 for medians; BENCH_TESTS to pick;
+# SYSTEMS to add tunnel-tls (the same with a TLS session).
+SYSTEMS ?= direct relay relay-copy tunnel
 bench: build bench-go
 	./scripts/test-deps iperf3
-	SYSTEMS="direct relay relay-copy tunnel" BASELINE=relay-copy ROUNDS=$${ROUNDS:-1} bench/compare.sh
+	SYSTEMS="$(SYSTEMS)" BASELINE=relay-copy ROUNDS=$${ROUNDS:-1} bench/compare.sh
 
 bench-go:
 	$(GO) test -run '^$$' -bench . -benchmem -count 1 ./internal/proxy ./internal/mux ./internal/protocol ./internal/rawio

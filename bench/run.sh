@@ -220,13 +220,13 @@ need_bin() { [[ -n ${2:-} && -x $2 ]] || die "$1 not found at '${2:-}': $3"; }
 # preflight : check the system name and its binaries before starting anything.
 preflight() {
 	declare -F "sys_start_$SYSTEM" >/dev/null ||
-		die "unknown system '$SYSTEM' (direct relay relay-copy frp frp-nomux frp-notls chisel tunnel)"
+		die "unknown system '$SYSTEM' (direct relay relay-copy frp frp-nomux frp-notls chisel tunnel tunnel-tls)"
 	case $SYSTEM in
 	frp*)
 		need_bin frps "$FRPS" "set FRPS or ANCHOR_BIN"
 		need_bin frpc "$FRPC" "set FRPC or ANCHOR_BIN" ;;
 	chisel) need_bin chisel "$CHISEL" "set CHISEL or ANCHOR_BIN" ;;
-	tunnel)
+	tunnel | tunnel-tls)
 		need_bin tunneld "${TUNNEL_BIN_DIR:+$TUNNEL_BIN_DIR/tunneld}" "set TUNNEL_BIN_DIR to the folder holding tunneld and tunnelc"
 		need_bin tunnelc "${TUNNEL_BIN_DIR:+$TUNNEL_BIN_DIR/tunnelc}" "set TUNNEL_BIN_DIR to the folder holding tunneld and tunnelc" ;;
 	esac
@@ -334,11 +334,24 @@ sys_start_tunnel() {
 	PUB_IPERF=$BENCH_PUB_IPERF_PORT
 	tunnel_conf "$tpl/tunneld.toml" >"$RUNDIR/tunneld.toml"
 	tunnel_conf "$tpl/tunnel.toml" >"$RUNDIR/tunnel.toml"
+	if [[ -n ${TUNNEL_TLS:-} ]]; then
+		# Appended tables: the templates end with tables of their own.
+		printf '\n[tls]\ncert_file = "%s"\nkey_file = "%s"\n' "$RUNDIR/cert.pem" "$RUNDIR/key.pem" >>"$RUNDIR/tunneld.toml"
+		printf '\n[tls]\nenabled = true\nca_file = "%s"\n' "$RUNDIR/cert.pem" >>"$RUNDIR/tunnel.toml"
+	fi
 	spawn tunneld "$d/tunneld" serve -c "$RUNDIR/tunneld.toml"
 	SERVER_PID=$LAST_PID; SYS_PIDS+=("$LAST_PID")
 	sleep 0.3
 	spawn tunnelc "$d/tunnelc" up -c "$RUNDIR/tunnel.toml"
 	CLIENT_PID=$LAST_PID; SYS_PIDS+=("$LAST_PID")
+}
+
+# tunnel-tls — the same with a TLS session, to compare with frp's TLS
+# figures: a throwaway self-signed certificate for $HOST from `loadgen
+# cert`, which the client trusts as its only CA.
+sys_start_tunnel-tls() {
+	"$LOADGEN" cert -host "$HOST" -dir "$RUNDIR" || die "tunnel-tls: cannot make a certificate"
+	TUNNEL_TLS=1 sys_start_tunnel
 }
 
 sys_start() {
