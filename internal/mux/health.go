@@ -173,11 +173,14 @@ type watchConn struct {
 	ut       time.Duration
 	// rw does the I/O: the socket through package rawio (no runtime
 	// hand-off per call), or the conn itself when it is no socket.
-	rw interface {
-		Read([]byte) (int, error)
-		Write([]byte) (int, error)
-		WriteBuffers([][]byte) (int64, error)
-	}
+	rw ioer
+}
+
+// ioer is a socket's I/O.
+type ioer interface {
+	Read([]byte) (int, error)
+	Write([]byte) (int, error)
+	WriteBuffers([][]byte) (int64, error)
 }
 
 func watch(c net.Conn, o Options) *watchConn {
@@ -205,6 +208,9 @@ func (w *watchConn) SyscallConn() (syscall.RawConn, error) {
 
 // findWatch digs the watchConn out from under TLS.
 func findWatch(c net.Conn) *watchConn {
+	if tc, ok := c.(*tlsConn); ok {
+		return tc.c.watchConn
+	}
 	if tc, ok := c.(*tls.Conn); ok {
 		c = tc.NetConn()
 	}

@@ -69,12 +69,13 @@ func Dial(ctx context.Context, addr string, o Options) (net.Conn, error) {
 	if o.TLS == nil {
 		return w, nil
 	}
-	tc := tls.Client(w, o.TLS)
+	ck := &corker{watchConn: w}
+	tc := tls.Client(ck, o.TLS)
 	if err := tc.HandshakeContext(ctx); err != nil {
 		c.Close()
 		return nil, fmt.Errorf("dial %s: tls handshake: %w", addr, err)
 	}
-	return tc, nil
+	return newTLSConn(tc, ck), nil
 }
 
 // Listen opens the session listener. Accepted conns carry the session's
@@ -107,6 +108,16 @@ func (l *listener) Accept() (net.Conn, error) {
 	return watch(c, l.o), nil
 }
 
+func handshake(tc *tls.Conn, c net.Conn, o Options) (net.Conn, error) {
+	ctx, cancel := context.WithTimeout(context.Background(), o.HandshakeTimeout)
+	defer cancel()
+	if err := tc.HandshakeContext(ctx); err != nil {
+		c.Close()
+		return nil, fmt.Errorf("tls handshake: %w", err)
+	}
+	return tc, nil
+}
+
 type tempError struct{ error }
 
 func (tempError) Temporary() bool { return true }
@@ -118,14 +129,17 @@ func Handshake(c net.Conn, o Options) (net.Conn, error) {
 	if o.TLS == nil {
 		return c, nil
 	}
-	tc := tls.Server(c, o.TLS)
-	ctx, cancel := context.WithTimeout(context.Background(), o.HandshakeTimeout)
-	defer cancel()
-	if err := tc.HandshakeContext(ctx); err != nil {
-		c.Close()
-		return nil, fmt.Errorf("tls handshake: %w", err)
+	w, ok := c.(*watchConn)
+	if !ok {
+		tc := tls.Server(c, o.TLS)
+		return handshake(tc, c, o)
 	}
-	return tc, nil
+	ck := &corker{watchConn: w}
+	tc := tls.Server(ck, o.TLS)
+	if _, err := handshake(tc, c, o); err != nil {
+		return nil, err
+	}
+	return newTLSConn(tc, ck), nil
 }
 
 // yamuxLogger turns yamux's "[ERR] yamux: ..." lines into slog events.

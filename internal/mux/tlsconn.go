@@ -1,0 +1,111 @@
+package mux
+
+import (
+	"crypto/tls"
+	"net"
+	"sync"
+)
+
+// tlsConn is a session's TLS conn whose writes reach the socket in one
+// system call each. crypto/tls hands every record (at most 16 KiB) to the
+// conn under it with its own Write, so one 256 KiB yamux frame cost 17
+// socket writes, and on loopback each write runs the receiver's TCP stack
+// too. tlsConn corks the conn under TLS for the length of a write: the
+// records gather in a buffer and leave together.
+type tlsConn struct {
+	*tls.Conn
+	c *corker
+
+	mu      sync.Mutex // guards scratch: WriteBuffers may be called concurrently
+	scratch []byte
+}
+
+func newTLSConn(tc *tls.Conn, c *corker) *tlsConn { return &tlsConn{Conn: tc, c: c} }
+
+func (t *tlsConn) Write(p []byte) (int, error) {
+	t.c.cork()
+	n, err := t.Conn.Write(p)
+	if ferr := t.c.flush(); err == nil {
+		err = ferr
+	}
+	return n, err
+}
+
+// smallFrame is the size up to which WriteBuffers joins a frame's header
+// and body into one record; larger bodies go as records of their own
+// after a small header record, which costs less than copying them.
+const smallFrame = 16 << 10
+
+// WriteBuffers writes a yamux frame (header, body) as the records of one
+// corked write.
+func (t *tlsConn) WriteBuffers(b net.Buffers) (int64, error) {
+	total := 0
+	for _, p := range b {
+		total += len(p)
+	}
+	if total <= smallFrame {
+		t.mu.Lock()
+		defer t.mu.Unlock()
+		t.scratch = t.scratch[:0]
+		for _, p := range b {
+			t.scratch = append(t.scratch, p...)
+		}
+		n, err := t.Write(t.scratch)
+		return int64(n), err
+	}
+	t.c.cork()
+	var n int64
+	var err error
+	for _, p := range b {
+		k, werr := t.Conn.Write(p)
+		n += int64(k)
+		if werr != nil {
+			err = werr
+			break
+		}
+	}
+	if ferr := t.c.flush(); err == nil {
+		err = ferr
+	}
+	return n, err
+}
+
+// corker sits between crypto/tls and the session's watchConn and, while
+// corked, keeps what TLS writes instead of writing it. Every write to the
+// socket goes through its lock, so records written by TLS itself (alerts,
+// key updates from the read side) keep their order with the corked ones.
+type corker struct {
+	*watchConn
+	mu     sync.Mutex
+	corked bool
+	pend   []byte
+}
+
+func (c *corker) Write(p []byte) (int, error) {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	if c.corked {
+		c.pend = append(c.pend, p...)
+		return len(p), nil
+	}
+	return c.watchConn.Write(p)
+}
+
+func (c *corker) cork() {
+	c.mu.Lock()
+	c.corked = true
+	c.mu.Unlock()
+}
+
+// flush uncorks and writes what gathered, in one write.
+func (c *corker) flush() error {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	c.corked = false
+	if len(c.pend) == 0 {
+		return nil
+	}
+	_, err := c.watchConn.Write(c.pend)
+	c.pend = c.pend[:0]
+	return err
+}

@@ -1,0 +1,145 @@
+package mux
+
+import (
+	"context"
+	"crypto/ecdsa"
+	"crypto/elliptic"
+	"crypto/rand"
+	"crypto/sha256"
+	"crypto/tls"
+	"crypto/x509"
+	"io"
+	"math/big"
+	"net"
+	"sync/atomic"
+	"testing"
+	"time"
+)
+
+// tlsConfigs returns a server config with a fresh self-signed certificate
+// for 127.0.0.1 and a client config that trusts only it.
+func tlsConfigs(t *testing.T) (srv, cli *tls.Config) {
+	t.Helper()
+	key, err := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
+	if err != nil {
+		t.Fatal(err)
+	}
+	tmpl := &x509.Certificate{
+		SerialNumber:          big.NewInt(1),
+		NotBefore:             time.Now().Add(-time.Hour),
+		NotAfter:              time.Now().Add(time.Hour),
+		IPAddresses:           []net.IP{net.IPv4(127, 0, 0, 1)},
+		KeyUsage:              x509.KeyUsageDigitalSignature | x509.KeyUsageCertSign,
+		BasicConstraintsValid: true,
+		IsCA:                  true,
+	}
+	der, err := x509.CreateCertificate(rand.Reader, tmpl, tmpl, &key.PublicKey, key)
+	if err != nil {
+		t.Fatal(err)
+	}
+	cert, err := x509.ParseCertificate(der)
+	if err != nil {
+		t.Fatal(err)
+	}
+	pool := x509.NewCertPool()
+	pool.AddCert(cert)
+	srv = &tls.Config{Certificates: []tls.Certificate{{Certificate: [][]byte{der}, PrivateKey: key}}}
+	cli = &tls.Config{RootCAs: pool, ServerName: "127.0.0.1"}
+	return srv, cli
+}
+
+// countingIO counts the socket writes under a watchConn.
+type countingIO struct {
+	ioer
+	writes atomic.Int64
+}
+
+func (c *countingIO) Write(p []byte) (int, error) {
+	c.writes.Add(1)
+	return c.ioer.Write(p)
+}
+
+// Every frame written to a TLS session leaves in one socket write, however
+// many records TLS cuts it into; the bytes arrive intact.
+func TestTLSFrameOneWrite(t *testing.T) {
+	srvTLS, cliTLS := tlsConfigs(t)
+	o := testOptions()
+	ln, err := Listen(context.Background(), "127.0.0.1:0", o)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer ln.Close()
+	type got struct {
+		sum [32]byte
+		n   int64
+		err error
+	}
+	sizes := []int{0, 64, 16 << 10, 256 << 10, 1 << 20}
+	want := sha256.New()
+	var total int64
+	frames := make([]net.Buffers, len(sizes))
+	for i, n := range sizes {
+		hdr := make([]byte, 12)
+		body := make([]byte, n)
+		rand.Read(hdr)
+		rand.Read(body)
+		frames[i] = net.Buffers{hdr, body}
+		want.Write(hdr)
+		want.Write(body)
+		total += int64(12 + n)
+	}
+	res := make(chan got, 1)
+	go func() {
+		c, err := ln.Accept()
+		if err != nil {
+			res <- got{err: err}
+			return
+		}
+		so := o
+		so.TLS = srvTLS
+		tc, err := Handshake(c, so)
+		if err != nil {
+			res <- got{err: err}
+			return
+		}
+		defer tc.Close()
+		h := sha256.New()
+		n, err := io.CopyN(h, tc, total)
+		var r got
+		copy(r.sum[:], h.Sum(nil))
+		r.n, r.err = n, err
+		res <- r
+	}()
+	co := o
+	co.TLS = cliTLS
+	c, err := Dial(context.Background(), ln.Addr().String(), co)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer c.Close()
+	tc, ok := c.(*tlsConn)
+	if !ok {
+		t.Fatalf("Dial with TLS returned %T, want *tlsConn", c)
+	}
+	w := findWatch(tc)
+	cio := &countingIO{ioer: w.rw}
+	w.rw = cio
+	for i, f := range frames {
+		before := cio.writes.Load()
+		if _, err := tc.WriteBuffers(f); err != nil {
+			t.Fatal(err)
+		}
+		if k := cio.writes.Load() - before; k != 1 {
+			t.Errorf("frame of %d bytes: %d socket writes, want 1", 12+sizes[i], k)
+		}
+	}
+	r := <-res
+	if r.err != nil || r.n != total {
+		t.Fatalf("server read %d of %d bytes: %v", r.n, total, r.err)
+	}
+	var sum [32]byte
+	copy(sum[:], want.Sum(nil))
+	if r.sum != sum {
+		t.Fatal("bytes through TLS differ from what was written")
+	}
+}
