@@ -31,6 +31,18 @@ func (t *tlsConn) Write(p []byte) (int, error) {
 	return n, err
 }
 
+// Close closes the socket, then TLS. tls.Conn.Close would first send
+// close_notify under a 5 s write deadline, and a corked write's flush can
+// be blocked on the socket with TLS's own write already returned, so TLS
+// would not know to skip it: closing a session whose path died (which is
+// when sessions get closed) would stall for 5 s. The peer reads EOF at a
+// record boundary either way, and yamux says goodbye in its own frames.
+func (t *tlsConn) Close() error {
+	err := t.c.watchConn.Close()
+	_ = t.Conn.Close() // its close_notify fails at once on the closed socket
+	return err
+}
+
 // smallFrame is the size up to which WriteBuffers joins a frame's header
 // and body into one record; larger bodies go as records of their own
 // after a small header record, which costs less than copying them.
@@ -81,14 +93,26 @@ type corker struct {
 	pend   []byte
 }
 
+// maxPend bounds what a cork gathers: a larger write goes out in pieces
+// of about this size (yamux writes at most 256 KiB at a time, so this
+// only guards against other callers).
+const maxPend = 1 << 20
+
 func (c *corker) Write(p []byte) (int, error) {
 	c.mu.Lock()
 	defer c.mu.Unlock()
-	if c.corked {
-		c.pend = append(c.pend, p...)
-		return len(p), nil
+	if !c.corked {
+		return c.watchConn.Write(p)
 	}
-	return c.watchConn.Write(p)
+	if len(c.pend) > 0 && len(c.pend)+len(p) > maxPend {
+		_, err := c.watchConn.Write(c.pend)
+		c.pend = c.pend[:0]
+		if err != nil {
+			return 0, err
+		}
+	}
+	c.pend = append(c.pend, p...)
+	return len(p), nil
 }
 
 func (c *corker) cork() {

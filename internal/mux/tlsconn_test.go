@@ -74,7 +74,7 @@ func TestTLSFrameOneWrite(t *testing.T) {
 		n   int64
 		err error
 	}
-	sizes := []int{0, 64, 16 << 10, 256 << 10, 1 << 20}
+	sizes := []int{0, 64, 16 << 10, 256 << 10, 512 << 10} // yamux frames are at most 256 KiB
 	want := sha256.New()
 	var total int64
 	frames := make([]net.Buffers, len(sizes))
@@ -88,6 +88,11 @@ func TestTLSFrameOneWrite(t *testing.T) {
 		want.Write(body)
 		total += int64(12 + n)
 	}
+	// A write larger than a cork holds goes out in pieces, intact.
+	big := make([]byte, 3<<20+5)
+	rand.Read(big)
+	want.Write(big)
+	total += int64(len(big))
 	res := make(chan got, 1)
 	go func() {
 		c, err := ln.Accept()
@@ -133,6 +138,9 @@ func TestTLSFrameOneWrite(t *testing.T) {
 			t.Errorf("frame of %d bytes: %d socket writes, want 1", 12+sizes[i], k)
 		}
 	}
+	if _, err := tc.Write(big); err != nil {
+		t.Fatal(err)
+	}
 	r := <-res
 	if r.err != nil || r.n != total {
 		t.Fatalf("server read %d of %d bytes: %v", r.n, total, r.err)
@@ -142,4 +150,74 @@ func TestTLSFrameOneWrite(t *testing.T) {
 	if r.sum != sum {
 		t.Fatal("bytes through TLS differ from what was written")
 	}
+}
+
+// Closing a TLS session while a write is stuck on a full socket (a peer
+// that stopped reading, as on a dead path) returns at once and ends the
+// write; it does not wait out TLS's 5 s close_notify deadline.
+func TestTLSCloseWithWriteStuck(t *testing.T) {
+	srvTLS, cliTLS := tlsConfigs(t)
+	o := testOptions()
+	ln, err := Listen(context.Background(), "127.0.0.1:0", o)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer ln.Close()
+	accepted := make(chan net.Conn, 1)
+	go func() {
+		c, err := ln.Accept()
+		if err != nil {
+			close(accepted)
+			return
+		}
+		so := o
+		so.TLS = srvTLS
+		tc, err := Handshake(c, so)
+		if err != nil {
+			close(accepted)
+			return
+		}
+		accepted <- tc // and never read from it
+	}()
+	co := o
+	co.TLS = cliTLS
+	c, err := Dial(context.Background(), ln.Addr().String(), co)
+	if err != nil {
+		t.Fatal(err)
+	}
+	sc, ok := <-accepted
+	if !ok {
+		t.Fatal("server handshake failed")
+	}
+	defer sc.Close()
+	werr := make(chan error, 1)
+	go func() {
+		// Frame-sized writes until the socket buffers are full: the last
+		// one waits in its flush, TLS's own write already returned.
+		buf := make([]byte, 256<<10)
+		for {
+			if _, err := c.Write(buf); err != nil {
+				werr <- err
+				return
+			}
+		}
+	}()
+	time.Sleep(300 * time.Millisecond) // let the write fill the buffers and wait
+	start := time.Now()
+	closed := make(chan struct{})
+	go func() { c.Close(); close(closed) }()
+	select {
+	case <-closed:
+	case <-time.After(3 * time.Second):
+		t.Fatal("Close still waiting after 3s with a write stuck")
+	}
+	select {
+	case err := <-werr:
+		if err == nil {
+			t.Fatal("stuck write returned no error after Close")
+		}
+	case <-time.After(3 * time.Second):
+		t.Fatal("stuck write did not end within 3s of Close")
+	}
+	t.Logf("Close took %s", time.Since(start).Round(time.Millisecond))
 }
