@@ -28,6 +28,13 @@ type Stream struct {
 	recvWindow uint32
 	sendWindow uint32
 
+	// Local patch, for diagnosis: totals under recvLock of the window
+	// granted by updates, of data received, and how the last frames went,
+	// named in the "receive window exceeded" error so that one occurrence
+	// tells a receiver-side accounting slip from a sender that overran.
+	granted, received uint64
+	sunk, buffered     uint64 // frames delivered to a sink, frames buffered
+
 	id      uint32
 	session *Session
 
@@ -325,6 +332,7 @@ func (s *Stream) sendWindowUpdate() error {
 
 	// Update our window
 	s.recvWindow += delta
+	s.granted += uint64(delta)
 	s.recvLock.Unlock()
 
 	// Send the header
@@ -624,16 +632,28 @@ func (s *Stream) readData(hdr header, flags uint16, conn io.Reader) error {
 	s.recvLock.Lock()
 
 	if length > s.recvWindow {
-		s.session.logger.Printf("[ERR] yamux: receive window exceeded (stream: %d, remain: %d, recv: %d)", s.id, s.recvWindow, length)
+		var bufLen int
+		if s.recvBuf != nil {
+			bufLen = s.recvBuf.Len()
+		}
+		s.hookLock.Lock()
+		parked := s.sink != nil
+		s.hookLock.Unlock()
+		s.session.logger.Printf("[ERR] yamux: receive window exceeded (stream: %d, remain: %d, recv: %d; "+
+			"initial %d + granted %d - received %d = %d, buffered now %d, frames sunk %d buffered %d, sink set %v, update pending %v)",
+			s.id, s.recvWindow, length, initialStreamWindow, s.granted, s.received,
+			int64(initialStreamWindow)+int64(s.granted)-int64(s.received), bufLen, s.sunk, s.buffered, parked, s.windowUpdating.Load())
 		s.recvLock.Unlock()
 		return ErrRecvWindowExceeded
 	}
+	s.received += uint64(length)
 
 	s.hookLock.Lock()
 	sink := s.sink
 	s.hookLock.Unlock()
 	if sink != nil && (s.recvBuf == nil || s.recvBuf.Len() == 0) {
 		s.recvWindow -= length
+		s.sunk++
 		s.recvLock.Unlock()
 		return s.deliver(sink, conn, int(length))
 	}
@@ -652,6 +672,7 @@ func (s *Stream) readData(hdr header, flags uint16, conn io.Reader) error {
 
 	// Decrement the receive window
 	s.recvWindow -= uint32(copiedLength)
+	s.buffered++
 	s.recvLock.Unlock()
 
 	// Unblock any readers
