@@ -561,3 +561,102 @@ func TestStreamDeliverShortStreams(t *testing.T) {
 		}
 	}
 }
+
+// A peer that overruns one stream's receive window loses that stream — it
+// is reset — and nothing else: the session and its other streams go on.
+// The frames are written by hand, as a misbehaving peer would.
+func TestWindowOverrunResetsOnlyThatStream(t *testing.T) {
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer ln.Close()
+	raw, err := net.Dial("tcp", ln.Addr().String())
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer raw.Close()
+	sc, err := ln.Accept()
+	if err != nil {
+		t.Fatal(err)
+	}
+	srv, err := Server(sc, testOptions())
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer srv.Close()
+
+	const typeData, typeWindowUpdate, flagSYN, flagRST = 0, 1, 1, 8
+	frame := func(typ byte, flags uint16, id uint32, body []byte) []byte {
+		h := make([]byte, 12, 12+len(body))
+		h[1] = typ
+		binary.BigEndian.PutUint16(h[2:4], flags)
+		binary.BigEndian.PutUint32(h[4:8], id)
+		binary.BigEndian.PutUint32(h[8:12], uint32(len(body)))
+		return append(h, body...)
+	}
+	// Stream 1 opens and then sends more than the 256 KiB initial window;
+	// stream 3 opens after it and sends a little.
+	var out []byte
+	out = append(out, frame(typeData, flagSYN, 1, []byte("a"))...)
+	out = append(out, frame(typeData, 0, 1, make([]byte, 300<<10))...)
+	out = append(out, frame(typeData, 0, 1, []byte("more, dropped too"))...)
+	out = append(out, frame(typeData, flagSYN, 3, []byte("still here"))...)
+	go func() { _, _ = raw.Write(out) }()
+
+	accept := func() *yamux.Stream {
+		t.Helper()
+		st, err := srv.AcceptStream()
+		if err != nil {
+			t.Fatalf("accept: %v (the session ended)", err)
+		}
+		return st
+	}
+	s1, s3 := accept(), accept()
+	if s1.StreamID() != 1 || s3.StreamID() != 3 {
+		t.Fatalf("accepted streams %d and %d, want 1 and 3", s1.StreamID(), s3.StreamID())
+	}
+	_ = s3.SetReadDeadline(time.Now().Add(5 * time.Second))
+	buf := make([]byte, 64)
+	n, err := s3.Read(buf)
+	if err != nil || string(buf[:n]) != "still here" {
+		t.Fatalf("stream 3 read %q, %v; want its data", buf[:n], err)
+	}
+	// The overrun stream is reset: a RST goes to the peer, and its reader
+	// sees the reset rather than any of the overrun bytes.
+	_ = raw.SetReadDeadline(time.Now().Add(5 * time.Second))
+	for {
+		var h [12]byte
+		if _, err := io.ReadFull(raw, h[:]); err != nil {
+			t.Fatalf("no RST for stream 1 on the wire: %v", err)
+		}
+		typ, flags := h[1], binary.BigEndian.Uint16(h[2:4])
+		id, length := binary.BigEndian.Uint32(h[4:8]), binary.BigEndian.Uint32(h[8:12])
+		if typ == typeData {
+			if _, err := io.CopyN(io.Discard, raw, int64(length)); err != nil {
+				t.Fatal(err)
+			}
+		}
+		if id == 1 && typ == typeWindowUpdate && flags&flagRST != 0 {
+			break
+		}
+	}
+	_ = s1.SetReadDeadline(time.Now().Add(5 * time.Second))
+	var got []byte
+	for {
+		n, err := s1.Read(buf)
+		got = append(got, buf[:n]...)
+		if err != nil {
+			if !errors.Is(err, yamux.ErrConnectionReset) {
+				t.Fatalf("stream 1 ended with %v, want a reset", err)
+			}
+			break
+		}
+	}
+	if len(got) > 1 {
+		t.Fatalf("stream 1 read %d bytes; only the 1 before the overrun may arrive", len(got))
+	}
+	if srv.IsClosed() {
+		t.Fatal("the session ended")
+	}
+}

@@ -33,7 +33,8 @@ type Stream struct {
 	// named in the "receive window exceeded" error so that one occurrence
 	// tells a receiver-side accounting slip from a sender that overran.
 	granted, received uint64
-	sunk, buffered     uint64 // frames delivered to a sink, frames buffered
+	sunk, buffered    uint64 // frames delivered to a sink, frames buffered
+	overrun           bool   // the peer overran the window: drop its frames (see readData)
 
 	id      uint32
 	session *Session
@@ -631,20 +632,37 @@ func (s *Stream) readData(hdr header, flags uint16, conn io.Reader) error {
 	// Copy into buffer
 	s.recvLock.Lock()
 
-	if length > s.recvWindow {
-		var bufLen int
-		if s.recvBuf != nil {
-			bufLen = s.recvBuf.Len()
+	if s.overrun || length > s.recvWindow {
+		// Local patch: a peer that overruns one stream's window loses that
+		// stream, not the session. The frame's length is honoured (its body
+		// is read and dropped), so framing stays intact and every other
+		// stream goes on; upstream ends the session, and with it every
+		// connection it carries.
+		first := !s.overrun
+		if first {
+			var bufLen int
+			if s.recvBuf != nil {
+				bufLen = s.recvBuf.Len()
+			}
+			s.hookLock.Lock()
+			parked := s.sink != nil
+			s.hookLock.Unlock()
+			s.session.logger.Printf("[ERR] yamux: receive window exceeded, resetting the stream (stream: %d, remain: %d, recv: %d; "+
+				"initial %d + granted %d - received %d = %d, buffered now %d, frames sunk %d buffered %d, sink set %v, update pending %v)",
+				s.id, s.recvWindow, length, initialStreamWindow, s.granted, s.received,
+				int64(initialStreamWindow)+int64(s.granted)-int64(s.received), bufLen, s.sunk, s.buffered, parked, s.windowUpdating.Load())
 		}
-		s.hookLock.Lock()
-		parked := s.sink != nil
-		s.hookLock.Unlock()
-		s.session.logger.Printf("[ERR] yamux: receive window exceeded (stream: %d, remain: %d, recv: %d; "+
-			"initial %d + granted %d - received %d = %d, buffered now %d, frames sunk %d buffered %d, sink set %v, update pending %v)",
-			s.id, s.recvWindow, length, initialStreamWindow, s.granted, s.received,
-			int64(initialStreamWindow)+int64(s.granted)-int64(s.received), bufLen, s.sunk, s.buffered, parked, s.windowUpdating.Load())
+		s.overrun = true
 		s.recvLock.Unlock()
-		return ErrRecvWindowExceeded
+		if _, err := io.Copy(io.Discard, conn); err != nil {
+			return err
+		}
+		if first {
+			// Not on the receive loop: Reset takes sendLock, which a writer
+			// waiting for window (from this very loop) may hold.
+			go s.Reset()
+		}
+		return nil
 	}
 	s.received += uint64(length)
 
