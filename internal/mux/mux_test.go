@@ -332,7 +332,10 @@ func openPair(t *testing.T, cli, srv *Session, first string) (*yamux.Stream, *ya
 // A stream opened with its first bytes announces itself with them: the SYN
 // rides on the data frame, so the peer never holds a stream whose first
 // bytes are still queued behind other streams' data. Read off the wire.
-func TestOpenStreamWithSendsSYNOnData(t *testing.T) {
+// rawPeer returns a server session with options o and the raw TCP conn of
+// its peer, for tests that read or write frames by hand.
+func rawPeer(t *testing.T, o Options) (net.Conn, *Session) {
+	t.Helper()
 	ln, err := net.Listen("tcp", "127.0.0.1:0")
 	if err != nil {
 		t.Fatal(err)
@@ -342,18 +345,23 @@ func TestOpenStreamWithSendsSYNOnData(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	defer raw.Close()
+	t.Cleanup(func() { raw.Close() })
 	sc, err := ln.Accept()
 	if err != nil {
 		t.Fatal(err)
 	}
-	o := testOptions()
-	o.StreamWindow = DefaultStreamWindow
 	srv, err := Server(sc, o)
 	if err != nil {
 		t.Fatal(err)
 	}
-	defer srv.Close()
+	t.Cleanup(func() { srv.Close() })
+	return raw, srv
+}
+
+func TestOpenStreamWithSendsSYNOnData(t *testing.T) {
+	o := testOptions()
+	o.StreamWindow = DefaultStreamWindow
+	raw, srv := rawPeer(t, o)
 
 	const first = "stream header"
 	st, err := srv.OpenStreamWith([]byte(first))
@@ -566,25 +574,9 @@ func TestStreamDeliverShortStreams(t *testing.T) {
 // is reset — and nothing else: the session and its other streams go on.
 // The frames are written by hand, as a misbehaving peer would.
 func TestWindowOverrunResetsOnlyThatStream(t *testing.T) {
-	ln, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer ln.Close()
-	raw, err := net.Dial("tcp", ln.Addr().String())
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer raw.Close()
-	sc, err := ln.Accept()
-	if err != nil {
-		t.Fatal(err)
-	}
-	srv, err := Server(sc, testOptions())
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer srv.Close()
+	// testOptions' 256 KiB stream window: accepting cannot widen it, so
+	// the overrun does not depend on when the test accepts.
+	raw, srv := rawPeer(t, testOptions())
 
 	const typeData, typeWindowUpdate, flagSYN, flagRST = 0, 1, 1, 8
 	frame := func(typ byte, flags uint16, id uint32, body []byte) []byte {

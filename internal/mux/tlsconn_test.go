@@ -1,6 +1,7 @@
 package mux
 
 import (
+	"bytes"
 	"context"
 	"crypto/ecdsa"
 	"crypto/elliptic"
@@ -59,9 +60,10 @@ func (c *countingIO) Write(p []byte) (int, error) {
 	return c.ioer.Write(p)
 }
 
-// Every frame written to a TLS session leaves in one socket write, however
-// many records TLS cuts it into; the bytes arrive intact.
-func TestTLSFrameOneWrite(t *testing.T) {
+// tlsPair returns both ends of a TLS session conn over loopback TCP, made
+// by Dial and Listen+Handshake: the client's is a *tlsConn.
+func tlsPair(t *testing.T) (*tlsConn, net.Conn) {
+	t.Helper()
 	srvTLS, cliTLS := tlsConfigs(t)
 	o := testOptions()
 	ln, err := Listen(context.Background(), "127.0.0.1:0", o)
@@ -69,11 +71,42 @@ func TestTLSFrameOneWrite(t *testing.T) {
 		t.Fatal(err)
 	}
 	defer ln.Close()
-	type got struct {
-		sum [32]byte
-		n   int64
-		err error
+	accepted := make(chan net.Conn, 1)
+	go func() {
+		defer close(accepted)
+		c, err := ln.Accept()
+		if err != nil {
+			return
+		}
+		so := o
+		so.TLS = srvTLS
+		if tc, err := Handshake(c, so); err == nil {
+			accepted <- tc
+		}
+	}()
+	co := o
+	co.TLS = cliTLS
+	c, err := Dial(context.Background(), ln.Addr().String(), co)
+	if err != nil {
+		t.Fatal(err)
 	}
+	t.Cleanup(func() { c.Close() })
+	sc, ok := <-accepted
+	if !ok {
+		t.Fatal("server handshake failed")
+	}
+	t.Cleanup(func() { sc.Close() })
+	tc, ok := c.(*tlsConn)
+	if !ok {
+		t.Fatalf("Dial with TLS returned %T, want *tlsConn", c)
+	}
+	return tc, sc
+}
+
+// Every frame written to a TLS session leaves in one socket write, however
+// many records TLS cuts it into; the bytes arrive intact.
+func TestTLSFrameOneWrite(t *testing.T) {
+	tc, sc := tlsPair(t)
 	sizes := []int{0, 64, 16 << 10, 256 << 10, 512 << 10} // yamux frames are at most 256 KiB
 	want := sha256.New()
 	var total int64
@@ -93,39 +126,18 @@ func TestTLSFrameOneWrite(t *testing.T) {
 	rand.Read(big)
 	want.Write(big)
 	total += int64(len(big))
+
+	type got struct {
+		sum []byte
+		n   int64
+		err error
+	}
 	res := make(chan got, 1)
 	go func() {
-		c, err := ln.Accept()
-		if err != nil {
-			res <- got{err: err}
-			return
-		}
-		so := o
-		so.TLS = srvTLS
-		tc, err := Handshake(c, so)
-		if err != nil {
-			res <- got{err: err}
-			return
-		}
-		defer tc.Close()
 		h := sha256.New()
-		n, err := io.CopyN(h, tc, total)
-		var r got
-		copy(r.sum[:], h.Sum(nil))
-		r.n, r.err = n, err
-		res <- r
+		n, err := io.CopyN(h, sc, total)
+		res <- got{h.Sum(nil), n, err}
 	}()
-	co := o
-	co.TLS = cliTLS
-	c, err := Dial(context.Background(), ln.Addr().String(), co)
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer c.Close()
-	tc, ok := c.(*tlsConn)
-	if !ok {
-		t.Fatalf("Dial with TLS returned %T, want *tlsConn", c)
-	}
 	w := findWatch(tc)
 	cio := &countingIO{ioer: w.rw}
 	w.rw = cio
@@ -145,9 +157,7 @@ func TestTLSFrameOneWrite(t *testing.T) {
 	if r.err != nil || r.n != total {
 		t.Fatalf("server read %d of %d bytes: %v", r.n, total, r.err)
 	}
-	var sum [32]byte
-	copy(sum[:], want.Sum(nil))
-	if r.sum != sum {
+	if !bytes.Equal(r.sum, want.Sum(nil)) {
 		t.Fatal("bytes through TLS differ from what was written")
 	}
 }
@@ -156,40 +166,7 @@ func TestTLSFrameOneWrite(t *testing.T) {
 // that stopped reading, as on a dead path) returns at once and ends the
 // write; it does not wait out TLS's 5 s close_notify deadline.
 func TestTLSCloseWithWriteStuck(t *testing.T) {
-	srvTLS, cliTLS := tlsConfigs(t)
-	o := testOptions()
-	ln, err := Listen(context.Background(), "127.0.0.1:0", o)
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer ln.Close()
-	accepted := make(chan net.Conn, 1)
-	go func() {
-		c, err := ln.Accept()
-		if err != nil {
-			close(accepted)
-			return
-		}
-		so := o
-		so.TLS = srvTLS
-		tc, err := Handshake(c, so)
-		if err != nil {
-			close(accepted)
-			return
-		}
-		accepted <- tc // and never read from it
-	}()
-	co := o
-	co.TLS = cliTLS
-	c, err := Dial(context.Background(), ln.Addr().String(), co)
-	if err != nil {
-		t.Fatal(err)
-	}
-	sc, ok := <-accepted
-	if !ok {
-		t.Fatal("server handshake failed")
-	}
-	defer sc.Close()
+	c, _ := tlsPair(t) // the server end is never read
 	werr := make(chan error, 1)
 	go func() {
 		// Frame-sized writes until the socket buffers are full: the last
