@@ -139,20 +139,25 @@ type half struct {
 	n        atomic.Int64
 	finish   func()
 	// deliver, when the source is a Deliverer and dst a socket, writes
-	// what arrives for a parked direction without waking it.
+	// what arrives for a parked direction without waking it (tryWrite).
 	deliver func([]byte) (int, error)
-	// write writes all of a buffer to dst (see writer).
+	// write writes all of a buffer to dst: through package rawio when dst
+	// is a socket (the package says why), else dst.Write.
 	write func([]byte) (int, error)
+	sock  *rawio.Socket // dst's socket, nil when dst is no socket
 }
 
 // start runs the direction in the background on a goroutine of its own;
 // a direction whose source can notify gives it up once drained (see
 // resume).
 func (h *half) start() {
-	h.write = writer(h.dst)
+	h.write = h.dst.Write
+	if s, ok := rawio.New(h.dst); ok {
+		h.sock, h.write = s, s.Write
+	}
 	if _, ok := h.src.(ReadNotifier); ok {
-		if _, ok := h.src.(Deliverer); ok {
-			h.deliver = tryWriter(h.dst, &h.n)
+		if _, ok := h.src.(Deliverer); ok && h.sock != nil {
+			h.deliver = h.tryWrite
 		}
 		go h.resume()
 		return
@@ -161,6 +166,16 @@ func (h *half) start() {
 }
 
 func (h *half) wake() { go h.resume() }
+
+// tryWrite is the deliver function: it writes to dst's socket what fits at
+// once and never waits; what does not fit goes to the reader. Deliveries
+// come one at a time, from the session's receive loop while the direction
+// is parked, so they never overlap h.write.
+func (h *half) tryWrite(p []byte) (int, error) {
+	n, err := h.sock.TryWrite(p)
+	h.n.Add(int64(n))
+	return n, err
+}
 
 // resume copies while the source has data, then parks: the goroutine
 // ends and a new one starts when the source becomes readable. A source
@@ -269,15 +284,6 @@ func reader(src net.Conn) func() (*[]byte, int, error) {
 	}
 }
 
-// writer returns dst.Write, or for a socket the same done with raw system
-// calls (package rawio says why).
-func writer(dst net.Conn) func([]byte) (int, error) {
-	if s, ok := rawio.New(dst); ok {
-		return s.Write
-	}
-	return dst.Write
-}
-
 // sockReader reads a socket once data is there. The read runs in the
 // poller's callback: when it would block (EAGAIN) the buffer goes back to
 // the pool and the goroutine parks; when the socket is readable the
@@ -324,62 +330,6 @@ func (r *sockReader) once(fd uintptr) bool {
 		}
 		return true
 	}
-}
-
-// tryWriter returns a writer for a Deliverer: it writes to dst's socket
-// what fits at once and never waits, adding what it wrote to n. nil when
-// dst is not a socket. Deliveries come one at a time (from the session's
-// receive loop, while the direction is parked).
-func tryWriter(dst net.Conn, n *atomic.Int64) func([]byte) (int, error) {
-	sc, ok := dst.(syscall.Conn)
-	if !ok {
-		return nil
-	}
-	rc, err := sc.SyscallConn()
-	if err != nil {
-		return nil
-	}
-	w := &sockTryWriter{rc: rc, total: n}
-	w.fn = w.once
-	return w.write
-}
-
-type sockTryWriter struct {
-	rc    syscall.RawConn
-	fn    func(fd uintptr) bool
-	total *atomic.Int64
-	p     []byte
-	n     int
-	err   error
-}
-
-func (w *sockTryWriter) write(p []byte) (int, error) {
-	w.p, w.n, w.err = p, 0, nil
-	err := w.rc.Write(w.fn)
-	nw, werr := w.n, w.err
-	w.p, w.err = nil, nil
-	w.total.Add(int64(nw))
-	if werr == nil {
-		werr = err
-	}
-	return nw, werr
-}
-
-func (w *sockTryWriter) once(fd uintptr) bool {
-	for w.n < len(w.p) {
-		k, errno := rawio.Write(int(fd), w.p[w.n:])
-		if errno == unix.EINTR {
-			continue
-		}
-		if errno != nil {
-			if errno != unix.EAGAIN {
-				w.err = os.NewSyscallError("write", errno)
-			}
-			break
-		}
-		w.n += k
-	}
-	return true // never wait: what did not fit goes to the reader
 }
 
 func closeWrite(c net.Conn) error {

@@ -97,6 +97,8 @@ type op struct {
 	bufs [][]byte // a WriteBuffers' data, when p is nil
 	n    int64
 	err  error
+	// noWait makes a write return at a full socket buffer (TryWrite).
+	noWait bool
 }
 
 // New returns c's Socket, or false when c is not a socket.
@@ -173,7 +175,18 @@ func (s *Socket) Write(p []byte) (int, error) {
 	if len(p) == 0 {
 		return 0, nil
 	}
-	n, err := s.writeAll(p, nil)
+	n, err := s.write(p, nil, false)
+	return int(n), err
+}
+
+// TryWrite writes what of p fits in the socket buffer now and never waits:
+// it returns how much it wrote (possibly 0), with an error only when the
+// socket failed.
+func (s *Socket) TryWrite(p []byte) (int, error) {
+	if len(p) == 0 {
+		return 0, nil
+	}
+	n, err := s.write(p, nil, true)
 	return int(n), err
 }
 
@@ -181,14 +194,14 @@ func (s *Socket) Write(p []byte) (int, error) {
 // waiting for room when the socket buffer is full. It consumes bufs the
 // way net.Buffers.WriteTo does.
 func (s *Socket) WriteBuffers(bufs [][]byte) (int64, error) {
-	return s.writeAll(nil, bufs)
+	return s.write(nil, bufs, false)
 }
 
-func (s *Socket) writeAll(p []byte, bufs [][]byte) (int64, error) {
+func (s *Socket) write(p []byte, bufs [][]byte, noWait bool) (int64, error) {
 	o := &s.w
 	o.mu.Lock()
 	defer o.mu.Unlock()
-	o.p, o.bufs, o.n, o.err = p, bufs, 0, nil
+	o.p, o.bufs, o.n, o.err, o.noWait = p, bufs, 0, nil, noWait
 	err := s.rc.Write(o.fn)
 	n, werr := o.n, o.err
 	o.p, o.bufs, o.err = nil, nil, nil
@@ -212,7 +225,7 @@ func (o *op) write(fd uintptr) bool {
 		case unix.EINTR:
 			continue
 		case unix.EAGAIN:
-			return false
+			return o.noWait // a TryWrite ends here; the others wait for room
 		default:
 			o.err = os.NewSyscallError("write", e)
 			return true

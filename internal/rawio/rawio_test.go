@@ -178,6 +178,28 @@ func TestSocketDeadlines(t *testing.T) {
 	}
 }
 
+// TryWrite takes what fits and returns at once when the socket is full;
+// what it took arrives intact.
+func TestSocketTryWrite(t *testing.T) {
+	a, b := pair(t)
+	sa := socket(t, a)
+	data := randBytes(t, 16<<20) // far more than both socket buffers
+	n, err := sa.TryWrite(data)
+	if err != nil || n <= 0 || n >= len(data) {
+		t.Fatalf("TryWrite into an unread socket: %d of %d, %v; want some, not all, no error", n, len(data), err)
+	}
+	if k, err := sa.TryWrite(data[n:]); err != nil || k != 0 {
+		t.Fatalf("TryWrite into a full socket: %d, %v; want 0, nil", k, err)
+	}
+	got := make([]byte, n)
+	if _, err := io.ReadFull(b, got); err != nil {
+		t.Fatal(err)
+	}
+	if !bytes.Equal(got, data[:n]) {
+		t.Fatal("bytes differ from what TryWrite took")
+	}
+}
+
 // Close while a read waits ends the read with net.ErrClosed.
 func TestSocketCloseWakesRead(t *testing.T) {
 	_, b := pair(t)
