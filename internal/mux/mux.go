@@ -108,14 +108,16 @@ func (l *listener) Accept() (net.Conn, error) {
 	return watch(c, l.o), nil
 }
 
-func handshake(tc *tls.Conn, c net.Conn, o Options) (net.Conn, error) {
+// handshake runs tc's handshake under HandshakeTimeout; on error it
+// closes c, the conn under tc.
+func handshake(tc *tls.Conn, c net.Conn, o Options) error {
 	ctx, cancel := context.WithTimeout(context.Background(), o.HandshakeTimeout)
 	defer cancel()
 	if err := tc.HandshakeContext(ctx); err != nil {
 		c.Close()
-		return nil, fmt.Errorf("tls handshake: %w", err)
+		return fmt.Errorf("tls handshake: %w", err)
 	}
-	return tc, nil
+	return nil
 }
 
 type tempError struct{ error }
@@ -130,13 +132,16 @@ func Handshake(c net.Conn, o Options) (net.Conn, error) {
 		return c, nil
 	}
 	w, ok := c.(*watchConn)
-	if !ok {
+	if !ok { // not from Listen: plain TLS, no cork
 		tc := tls.Server(c, o.TLS)
-		return handshake(tc, c, o)
+		if err := handshake(tc, c, o); err != nil {
+			return nil, err
+		}
+		return tc, nil
 	}
 	ck := &corker{watchConn: w}
 	tc := tls.Server(ck, o.TLS)
-	if _, err := handshake(tc, c, o); err != nil {
+	if err := handshake(tc, c, o); err != nil {
 		return nil, err
 	}
 	return newTLSConn(tc, ck), nil

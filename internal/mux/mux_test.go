@@ -35,27 +35,45 @@ func testOptions() Options {
 	}
 }
 
-// pair returns a connected client and server session over real TCP.
-func pair(t testing.TB, o Options) (cli, srv *Session, cc, sc net.Conn) {
+// connPair returns the two ends of a session conn over loopback TCP: the
+// client's from Dial with co, the server's from Listen and Handshake with
+// so. Both are closed when the test ends.
+func connPair(t testing.TB, so, co Options) (cc, sc net.Conn) {
 	t.Helper()
-	ln, err := Listen(context.Background(), "127.0.0.1:0", o)
+	ln, err := Listen(context.Background(), "127.0.0.1:0", so)
 	if err != nil {
 		t.Fatal(err)
 	}
 	defer ln.Close()
 	accepted := make(chan net.Conn, 1)
 	go func() {
+		defer close(accepted)
 		c, err := ln.Accept()
 		if err != nil {
-			t.Error(err)
+			return
 		}
-		accepted <- c
+		if hc, err := Handshake(c, so); err == nil {
+			accepted <- hc
+		}
 	}()
-	cc, err = Dial(context.Background(), ln.Addr().String(), o)
+	cc, err = Dial(context.Background(), ln.Addr().String(), co)
 	if err != nil {
 		t.Fatal(err)
 	}
-	sc = <-accepted
+	t.Cleanup(func() { cc.Close() })
+	sc, ok := <-accepted
+	if !ok {
+		t.Fatal("server side: accept or handshake failed")
+	}
+	t.Cleanup(func() { sc.Close() })
+	return cc, sc
+}
+
+// pair returns a connected client and server session over real TCP.
+func pair(t testing.TB, o Options) (cli, srv *Session, cc, sc net.Conn) {
+	t.Helper()
+	cc, sc = connPair(t, o, o)
+	var err error
 	if cli, err = Client(cc, o); err != nil {
 		t.Fatal(err)
 	}

@@ -2,7 +2,6 @@ package mux
 
 import (
 	"bytes"
-	"context"
 	"crypto/ecdsa"
 	"crypto/elliptic"
 	"crypto/rand"
@@ -65,37 +64,9 @@ func (c *countingIO) Write(p []byte) (int, error) {
 func tlsPair(t *testing.T) (*tlsConn, net.Conn) {
 	t.Helper()
 	srvTLS, cliTLS := tlsConfigs(t)
-	o := testOptions()
-	ln, err := Listen(context.Background(), "127.0.0.1:0", o)
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer ln.Close()
-	accepted := make(chan net.Conn, 1)
-	go func() {
-		defer close(accepted)
-		c, err := ln.Accept()
-		if err != nil {
-			return
-		}
-		so := o
-		so.TLS = srvTLS
-		if tc, err := Handshake(c, so); err == nil {
-			accepted <- tc
-		}
-	}()
-	co := o
-	co.TLS = cliTLS
-	c, err := Dial(context.Background(), ln.Addr().String(), co)
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { c.Close() })
-	sc, ok := <-accepted
-	if !ok {
-		t.Fatal("server handshake failed")
-	}
-	t.Cleanup(func() { sc.Close() })
+	so, co := testOptions(), testOptions()
+	so.TLS, co.TLS = srvTLS, cliTLS
+	c, sc := connPair(t, so, co)
 	tc, ok := c.(*tlsConn)
 	if !ok {
 		t.Fatalf("Dial with TLS returned %T, want *tlsConn", c)
