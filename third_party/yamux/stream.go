@@ -36,6 +36,13 @@ type Stream struct {
 	sunk, buffered    uint64 // frames delivered to a sink, frames buffered
 	overrun           bool   // the peer overran the window: drop its frames (see readData)
 
+	// delivering (local patch, under recvLock) is the part of a frame that
+	// left the window on arrival but is neither buffered nor taken by the
+	// sink yet (see deliver). It is not consumed: a window update must not
+	// reopen it, or a sink that then takes none of it buffers it on top of
+	// a window already reopened in full.
+	delivering uint32
+
 	id      uint32
 	session *Session
 
@@ -671,6 +678,7 @@ func (s *Stream) readData(hdr header, flags uint16, conn io.Reader) error {
 	s.hookLock.Unlock()
 	if sink != nil && (s.recvBuf == nil || s.recvBuf.Len() == 0) {
 		s.recvWindow -= length
+		s.delivering = length
 		s.sunk++
 		s.recvLock.Unlock()
 		return s.deliver(sink, conn, int(length))
@@ -729,6 +737,7 @@ func (s *Stream) deliver(sink func([]byte) (int, error), conn io.Reader, length 
 		}
 		s.recvBuf.Write(chunk[n:])
 		_, err := io.CopyN(s.recvBuf, conn, int64(length))
+		s.delivering = 0
 		s.recvLock.Unlock()
 		if err != nil {
 			s.session.logger.Printf("[ERR] yamux: Failed to read stream data: %v", err)
@@ -743,7 +752,11 @@ func (s *Stream) deliver(sink func([]byte) (int, error), conn io.Reader, length 
 	// wait on the send path. One sender at a time; it looks again after
 	// sending, since data delivered meanwhile was not in its delta and the
 	// peer may be waiting for exactly that.
-	if s.windowDue() && s.windowUpdating.CompareAndSwap(false, true) {
+	s.recvLock.Lock()
+	s.delivering = 0
+	due := s.windowDelta() >= s.session.config.MaxStreamWindowSize/2
+	s.recvLock.Unlock()
+	if due && s.windowUpdating.CompareAndSwap(false, true) {
 		go func() {
 			for {
 				_ = s.sendWindowUpdate()
@@ -758,13 +771,21 @@ func (s *Stream) deliver(sink func([]byte) (int, error), conn io.Reader, length 
 }
 
 // windowDelta is how far the receive window can reopen: what was consumed
-// since the last update. The caller holds recvLock.
+// since the last update. Data buffered or on its way to a sink is not
+// consumed. The caller holds recvLock.
 func (s *Stream) windowDelta() uint32 {
 	var bufLen uint32
 	if s.recvBuf != nil {
 		bufLen = uint32(s.recvBuf.Len())
 	}
-	return (s.session.config.MaxStreamWindowSize - bufLen) - s.recvWindow
+	held := uint64(s.recvWindow) + uint64(bufLen) + uint64(s.delivering)
+	if held >= uint64(s.session.config.MaxStreamWindowSize) {
+		// Nothing to reopen. Never wrap: a "negative" delta is a window
+		// update of nearly 4 GiB, after which a sender that had used its
+		// window believes it has 4 GiB more and overruns the stream.
+		return 0
+	}
+	return s.session.config.MaxStreamWindowSize - uint32(held)
 }
 
 // windowDue reports whether enough of the receive window is consumed that
