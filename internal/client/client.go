@@ -205,8 +205,19 @@ func (c *Client) runSession(ctx context.Context) error {
 	c.mu.Unlock()
 	ss.log.Info("session up", "server", c.cfg.Server, "tunnels", len(public))
 
-	stop := context.AfterFunc(ctx, func() { ss.sayGoodbye("client shutting down"); ys.Close() })
-	defer stop()
+	// On shutdown the server closes the session when it reads the goodbye
+	// (see protocol.Goodbye); closeLater only bounds the wait.
+	var closeLater atomic.Pointer[time.Timer]
+	stop := context.AfterFunc(ctx, func() {
+		ss.sayGoodbye("client shutting down")
+		closeLater.Store(time.AfterFunc(protocol.GoodbyeWait, func() { ys.Close() }))
+	})
+	defer func() {
+		stop()
+		if t := closeLater.Load(); t != nil {
+			t.Stop()
+		}
+	}()
 	ss.wg.Add(1)
 	go func() {
 		defer ss.wg.Done()

@@ -2,6 +2,7 @@ package e2e
 
 import (
 	"fmt"
+	"io"
 	"os"
 	"os/exec"
 	"path/filepath"
@@ -164,6 +165,21 @@ func TestBinariesEndToEnd(t *testing.T) {
 		t.Errorf("open connection after the refused client: %v", err)
 	}
 
+	// Bulk both ways through the session while the client stops: the frames
+	// in flight then meet closed sockets, and a planned shutdown must still
+	// read as one (a goodbye), not as yamux write errors at warn level.
+	bulk := tt.Dial(t, fixed)
+	go func() {
+		buf := make([]byte, 256<<10)
+		for {
+			if _, err := bulk.Write(buf); err != nil {
+				return
+			}
+		}
+	}()
+	go func() { _, _ = io.Copy(io.Discard, bulk) }()
+	time.Sleep(300 * time.Millisecond)
+
 	// SIGTERM: both exit 0 within a few seconds and say so.
 	start := time.Now()
 	if code := cl.Signal(t, syscall.SIGTERM, 5*time.Second); code != 0 {
@@ -180,6 +196,13 @@ func TestBinariesEndToEnd(t *testing.T) {
 	}
 	if !strings.Contains(srv.Output(), `reason="client said goodbye: client shutting down"`) {
 		t.Errorf("tunneld did not see the client's goodbye")
+	}
+	for name, out := range map[string]string{"tunneld": srv.Output(), "tunnelc": cl.Output()} {
+		for _, line := range strings.Split(out, "\n") {
+			if strings.Contains(line, "level=WARN msg=yamux") || strings.Contains(line, "level=ERROR msg=yamux") {
+				t.Errorf("%s logged a yamux warning during a planned shutdown: %s", name, line)
+			}
+		}
 	}
 }
 

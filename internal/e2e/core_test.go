@@ -344,6 +344,9 @@ func TestShutdownLeavesNothing(t *testing.T) {
 	tt.Eventually(t, 5*time.Second, "two local connections", func() bool { return echo.Active() == 2 })
 	start := time.Now()
 	srv.Stop(t)
+	// With bulk in flight the client still hears why (the server leaves the
+	// close to it after the goodbye; see protocol.Goodbye).
+	cl.Logs.WaitFor(t, 5*time.Second, "session closed by server", "server shutting down")
 	if err := cl.Stop(t); err != nil {
 		t.Fatal(err)
 	}

@@ -160,12 +160,35 @@ func (y yamuxLogger) log(msg string) {
 	}
 	lvl := slog.LevelDebug
 	switch {
+	case sessionIOError(msg):
+		// The socket error that ends the session: its owner logs the
+		// outcome once, with this error as the cause, or as a goodbye
+		// when the peer said one (then these lines are only the bulk
+		// still in flight hitting a closed socket).
+		lvl = slog.LevelDebug
 	case strings.HasPrefix(msg, "[ERR]"):
-		lvl = slog.LevelWarn // the session's owner logs the outcome at error level
+		lvl = slog.LevelWarn // protocol trouble, e.g. a window overrun
 	case strings.HasPrefix(msg, "[WARN]"):
 		lvl = slog.LevelDebug // e.g. "frame for missing stream": benign races of a close
 	}
 	y.l.Log(context.Background(), lvl, "yamux", "detail", strings.TrimSpace(msg))
+}
+
+// sessionIOError reports whether a yamux log line is the session's socket
+// failing under it.
+func sessionIOError(msg string) bool {
+	for _, p := range []string{
+		"[ERR] yamux: Failed to write frame",
+		"[ERR] yamux: Failed to read header",
+		"[ERR] yamux: Failed to read stream data",
+		"[ERR] yamux: Failed to discard data",
+		"[ERR] yamux: keepalive failed",
+	} {
+		if strings.HasPrefix(msg, p) {
+			return true
+		}
+	}
+	return false
 }
 
 // ErrHeartbeat means the peer stopped answering the session heartbeat: the

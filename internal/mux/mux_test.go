@@ -670,3 +670,42 @@ func TestWindowOverrunResetsOnlyThatStream(t *testing.T) {
 		t.Fatal("the session ended")
 	}
 }
+
+// yamux's own lines: the socket failure that ends a session is the
+// owner's to report (once, with its cause), so it stays out of the logs
+// at warn; protocol trouble does not.
+func TestYamuxLoggerLevels(t *testing.T) {
+	cases := []struct {
+		line string
+		want slog.Level
+	}{
+		{"[ERR] yamux: Failed to write frames: write tcp 127.0.0.1:1->127.0.0.1:2: write: broken pipe", slog.LevelDebug},
+		{"[ERR] yamux: Failed to write frame: write tcp 127.0.0.1:1->127.0.0.1:2: write: connection reset by peer", slog.LevelDebug},
+		{"[ERR] yamux: Failed to read header: read tcp: i/o timeout", slog.LevelDebug},
+		{"[ERR] yamux: Failed to read stream data: unexpected EOF", slog.LevelDebug},
+		{"[ERR] yamux: Failed to discard data: read tcp: use of closed network connection", slog.LevelDebug},
+		{"[ERR] yamux: keepalive failed: i/o deadline reached", slog.LevelDebug},
+		{"[ERR] yamux: receive window exceeded, resetting the stream (stream: 5, remain: 1, recv: 2)", slog.LevelWarn},
+		{"[ERR] yamux: Invalid protocol version: 7", slog.LevelWarn},
+		{"[ERR] yamux: unexpected FIN flag in state 6", slog.LevelWarn},
+		{"[WARN] yamux: frame for missing stream: Vsn:0 Type:1 Flags:0 StreamID:3 Length:0", slog.LevelDebug},
+	}
+	for _, c := range cases {
+		var got []slog.Level
+		h := levelRecorder{levels: &got}
+		yamuxLogger{l: slog.New(h)}.Printf("%s", c.line)
+		if len(got) != 1 || got[0] != c.want {
+			t.Errorf("%q: logged at %v, want %v", c.line, got, c.want)
+		}
+	}
+}
+
+type levelRecorder struct{ levels *[]slog.Level }
+
+func (levelRecorder) Enabled(context.Context, slog.Level) bool { return true }
+func (r levelRecorder) Handle(_ context.Context, rec slog.Record) error {
+	*r.levels = append(*r.levels, rec.Level)
+	return nil
+}
+func (r levelRecorder) WithAttrs([]slog.Attr) slog.Handler { return r }
+func (r levelRecorder) WithGroup(string) slog.Handler      { return r }

@@ -13,6 +13,7 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"time"
 )
 
 // Version is the protocol version this build speaks. Peers with another
@@ -136,10 +137,18 @@ type Error struct {
 }
 
 // Goodbye announces a clean close (for example a server shutting down), so
-// the peer can tell it from a dead path.
+// the peer can tell it from a dead path. The side that receives it closes
+// the session at once; the side that sent it leaves the close to its peer,
+// for at most GoodbyeWait. Closing right after sending, with the peer's
+// frames still unread in the socket, makes the kernel answer with a reset
+// that can overtake the goodbye, and the peer would log a lost session.
 type Goodbye struct {
 	Reason string `json:"reason"`
 }
+
+// GoodbyeWait bounds how long the side that said goodbye waits for its
+// peer to close the session.
+const GoodbyeWait = 2 * time.Second
 
 // Error codes. Session-level codes are permanent: a client must not retry
 // them without a change of config. Tunnel-level codes come in TunnelResult.

@@ -33,10 +33,11 @@ type session struct {
 
 	ctrlMu sync.Mutex // one writer at a time on the control stream
 
-	mu        sync.Mutex
-	listeners []*publicListener
-	reason    string // why shutdown was called, if it was
-	closed    bool
+	mu         sync.Mutex
+	listeners  []*publicListener
+	reason     string // why shutdown was called, if it was
+	closed     bool
+	closeLater *time.Timer // after a goodbye: the client gets GoodbyeWait to close first
 
 	wg   sync.WaitGroup // public accept loops and connections
 	once sync.Once
@@ -152,6 +153,11 @@ func (s *Server) handleConn(ctx context.Context, c net.Conn) {
 	}
 
 	<-ys.CloseChan()
+	ss.mu.Lock()
+	if ss.closeLater != nil {
+		ss.closeLater.Stop()
+	}
+	ss.mu.Unlock()
 	err = <-cause
 	// A goodbye can arrive just before the session closes; let the control
 	// reader take it (buffered data is read before the shutdown error), so
@@ -312,7 +318,13 @@ func (s *Server) unregister(ss *session) {
 // shutdown closes the session's public listeners and the session itself;
 // every public connection of it is aborted as its stream dies. A non-empty
 // reason marks a deliberate close and is sent to the client first.
-func (ss *session) shutdown(reason string) {
+func (ss *session) shutdown(reason string) { ss.end(reason, reason != "") }
+
+// end stops the session's listeners and closes it, with the reason logged
+// when the session is over. tell sends the client a goodbye first and then
+// leaves the close to the client, for at most GoodbyeWait (see
+// protocol.Goodbye); without it the session is closed at once.
+func (ss *session) end(reason string, tell bool) {
 	ss.once.Do(func() {
 		ss.mu.Lock()
 		ss.reason = reason
@@ -322,8 +334,11 @@ func (ss *session) shutdown(reason string) {
 		for _, pl := range ls {
 			pl.ln.Close()
 		}
-		if reason != "" {
-			_ = ss.send(protocol.Control{Type: protocol.TypeGoodbye, Goodbye: &protocol.Goodbye{Reason: reason}})
+		if tell && ss.send(protocol.Control{Type: protocol.TypeGoodbye, Goodbye: &protocol.Goodbye{Reason: reason}}) == nil {
+			ss.mu.Lock()
+			ss.closeLater = time.AfterFunc(protocol.GoodbyeWait, func() { ss.ys.Close() })
+			ss.mu.Unlock()
+			return
 		}
 		ss.ys.Close()
 	})
@@ -368,7 +383,7 @@ func (ss *session) readControl() {
 			if m.Goodbye != nil && m.Goodbye.Reason != "" {
 				reason += ": " + m.Goodbye.Reason
 			}
-			ss.shutdown(reason)
+			ss.end(reason, false)
 			return
 		default:
 			ss.log.Debug("ignoring control message", "type", m.Type)
