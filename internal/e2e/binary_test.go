@@ -169,14 +169,7 @@ func TestBinariesEndToEnd(t *testing.T) {
 	// in flight then meet closed sockets, and a planned shutdown must still
 	// read as one (a goodbye), not as yamux write errors at warn level.
 	bulk := tt.Dial(t, fixed)
-	go func() {
-		buf := make([]byte, 256<<10)
-		for {
-			if _, err := bulk.Write(buf); err != nil {
-				return
-			}
-		}
-	}()
+	go func() { _, _ = io.Copy(bulk, zeros{}) }()
 	go func() { _, _ = io.Copy(io.Discard, bulk) }()
 	time.Sleep(300 * time.Millisecond)
 
