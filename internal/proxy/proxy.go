@@ -314,22 +314,18 @@ func (r *sockReader) read() (*[]byte, int, error) {
 
 func (r *sockReader) once(fd uintptr) bool {
 	r.bp = bufPool.Get().(*[]byte)
-	for {
-		n, errno := rawio.Read(int(fd), *r.bp)
-		switch errno {
-		case nil:
-			r.n = n
-		case unix.EINTR:
-			continue
-		case unix.EAGAIN:
-			bufPool.Put(r.bp)
-			r.bp = nil
-			return false
-		default:
-			r.err = os.NewSyscallError("read", errno)
-		}
-		return true
+	n, errno := rawio.Read(int(fd), *r.bp)
+	switch errno {
+	case nil:
+		r.n = n
+	case unix.EAGAIN:
+		bufPool.Put(r.bp)
+		r.bp = nil
+		return false
+	default:
+		r.err = os.NewSyscallError("read", errno)
 	}
+	return true
 }
 
 func closeWrite(c net.Conn) error {

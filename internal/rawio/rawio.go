@@ -29,7 +29,8 @@ import (
 	"golang.org/x/sys/unix"
 )
 
-// Read is read(2) on a non-blocking descriptor.
+// Read is read(2) on a non-blocking descriptor. Like the calls below it
+// retries EINTR itself, so a caller only tells EAGAIN from other errors.
 func Read(fd int, p []byte) (int, error) { return rw(unix.SYS_READ, fd, p) }
 
 // Write is write(2) on a non-blocking descriptor.
@@ -39,11 +40,16 @@ func rw(trap uintptr, fd int, p []byte) (int, error) {
 	if len(p) == 0 {
 		return 0, nil
 	}
-	n, _, e := unix.RawSyscall(trap, uintptr(fd), uintptr(unsafe.Pointer(&p[0])), uintptr(len(p)))
-	if e != 0 {
+	for {
+		n, _, e := unix.RawSyscall(trap, uintptr(fd), uintptr(unsafe.Pointer(&p[0])), uintptr(len(p)))
+		switch e {
+		case 0:
+			return int(n), nil
+		case unix.EINTR:
+			continue
+		}
 		return 0, e
 	}
-	return int(n), nil
 }
 
 // maxIov bounds one writev; Linux's limit (UIO_MAXIOV) is 1024.
@@ -68,11 +74,16 @@ func Writev(fd int, bufs [][]byte) (int, error) {
 	if k == 0 {
 		return 0, nil
 	}
-	n, _, e := unix.RawSyscall(unix.SYS_WRITEV, uintptr(fd), uintptr(unsafe.Pointer(&iov[0])), uintptr(k))
-	if e != 0 {
+	for {
+		n, _, e := unix.RawSyscall(unix.SYS_WRITEV, uintptr(fd), uintptr(unsafe.Pointer(&iov[0])), uintptr(k))
+		switch e {
+		case 0:
+			return int(n), nil
+		case unix.EINTR:
+			continue
+		}
 		return 0, e
 	}
-	return int(n), nil
 }
 
 // Socket does blocking-style reads and writes on a socket from package
@@ -154,20 +165,16 @@ func (s *Socket) opError(op string, err error) error {
 }
 
 func (o *op) read(fd uintptr) bool {
-	for {
-		k, e := Read(int(fd), o.p)
-		switch e {
-		case nil:
-			o.n = int64(k)
-		case unix.EINTR:
-			continue
-		case unix.EAGAIN:
-			return false
-		default:
-			o.err = os.NewSyscallError("read", e)
-		}
-		return true
+	k, e := Read(int(fd), o.p)
+	switch e {
+	case nil:
+		o.n = int64(k)
+	case unix.EAGAIN:
+		return false
+	default:
+		o.err = os.NewSyscallError("read", e)
 	}
+	return true
 }
 
 // Write writes all of p, waiting for room when the socket buffer is full.
@@ -222,8 +229,6 @@ func (o *op) write(fd uintptr) bool {
 		}
 		switch e {
 		case nil:
-		case unix.EINTR:
-			continue
 		case unix.EAGAIN:
 			return o.noWait // a TryWrite ends here; the others wait for room
 		default:
