@@ -754,7 +754,7 @@ func (s *Stream) deliver(sink func([]byte) (int, error), conn io.Reader, length 
 	// peer may be waiting for exactly that.
 	s.recvLock.Lock()
 	s.delivering = 0
-	due := s.windowDelta() >= s.session.config.MaxStreamWindowSize/2
+	due := s.windowDueLocked()
 	s.recvLock.Unlock()
 	if due && s.windowUpdating.CompareAndSwap(false, true) {
 		go func() {
@@ -793,6 +793,11 @@ func (s *Stream) windowDelta() uint32 {
 func (s *Stream) windowDue() bool {
 	s.recvLock.Lock()
 	defer s.recvLock.Unlock()
+	return s.windowDueLocked()
+}
+
+// windowDueLocked is windowDue for a caller that holds recvLock.
+func (s *Stream) windowDueLocked() bool {
 	return s.windowDelta() >= s.session.config.MaxStreamWindowSize/2
 }
 
