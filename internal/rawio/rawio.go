@@ -40,8 +40,13 @@ func rw(trap uintptr, fd int, p []byte) (int, error) {
 	if len(p) == 0 {
 		return 0, nil
 	}
+	return syscall3(trap, uintptr(fd), uintptr(unsafe.Pointer(&p[0])), uintptr(len(p)))
+}
+
+// syscall3 makes a raw system call, again while it is interrupted.
+func syscall3(trap, a1, a2, a3 uintptr) (int, error) {
 	for {
-		n, _, e := unix.RawSyscall(trap, uintptr(fd), uintptr(unsafe.Pointer(&p[0])), uintptr(len(p)))
+		n, _, e := unix.RawSyscall(trap, a1, a2, a3)
 		switch e {
 		case 0:
 			return int(n), nil
@@ -74,16 +79,7 @@ func Writev(fd int, bufs [][]byte) (int, error) {
 	if k == 0 {
 		return 0, nil
 	}
-	for {
-		n, _, e := unix.RawSyscall(unix.SYS_WRITEV, uintptr(fd), uintptr(unsafe.Pointer(&iov[0])), uintptr(k))
-		switch e {
-		case 0:
-			return int(n), nil
-		case unix.EINTR:
-			continue
-		}
-		return 0, e
-	}
+	return syscall3(unix.SYS_WRITEV, uintptr(fd), uintptr(unsafe.Pointer(&iov[0])), uintptr(k))
 }
 
 // Socket does blocking-style reads and writes on a socket from package
