@@ -77,6 +77,9 @@ type Stream struct {
 	// readable; see NotifyReadable.
 	hookLock sync.Mutex
 	readHook func()
+	// hookSeq counts installed hooks, so NotifyReadable's own check fires
+	// only the hook it installed, never a later one.
+	hookSeq uint64
 
 	// sink (local patch), guarded by hookLock like readHook, takes arriving
 	// data while the stream is parked with nothing buffered; see
@@ -424,7 +427,10 @@ SEND_CLOSE:
 
 	s.stateLock.Unlock()
 	s.sendClose()
-	s.notifyWaiting()
+	// Local patch: not the read hook. Ending our writing makes nothing
+	// readable; a close that completes a remote one (streamClosed) found
+	// the stream readable already, and its hook was fired then.
+	s.wakeWaiting()
 	if closeStream {
 		s.session.closeStream(s.id)
 	}
@@ -544,14 +550,7 @@ func (s *Stream) processFlags(flags uint16) error {
 // without a goroutine. f runs on the session's receive loop or under
 // stream locks, so it must not block (start a goroutine).
 func (s *Stream) NotifyReadable(f func()) {
-	s.hookLock.Lock()
-	s.readHook = f
-	s.hookLock.Unlock()
-	// Data or a close that landed before the hook was set has already
-	// fired (nothing); look for it now. If both fire, the hook runs once.
-	if s.readable() {
-		s.fireReadHook()
-	}
+	s.NotifyReadableOrDeliver(f, nil)
 }
 
 // NotifyReadableOrDeliver is NotifyReadable, and until f is called every
@@ -565,9 +564,25 @@ func (s *Stream) NotifyReadableOrDeliver(f func(), deliver func([]byte) (int, er
 	s.hookLock.Lock()
 	s.sink = deliver
 	s.readHook = f
+	s.hookSeq++
+	seq := s.hookSeq
 	s.hookLock.Unlock()
-	if s.readable() {
-		s.fireReadHook()
+	// Data or an end that landed before the hook was set fired nothing;
+	// look for it now. Only this hook may be fired from here: by the time
+	// the check is done, an event may have fired it, its caller drained
+	// the stream and installed the next one, which must wait for news.
+	if !s.readable() {
+		return
+	}
+	s.hookLock.Lock()
+	if s.hookSeq != seq {
+		s.hookLock.Unlock()
+		return
+	}
+	f = s.takeReadHookLocked()
+	s.hookLock.Unlock()
+	if f != nil {
+		f()
 	}
 }
 
@@ -590,20 +605,58 @@ func (s *Stream) readable() bool {
 	return s.recvBuf != nil && s.recvBuf.Len() > 0
 }
 
+// fireReadHook calls the read hook, if one is set, for an end of the
+// stream: the stream stays readable from then on (Read returns EOF or an
+// error), so the hook can never be called too early. The caller may hold
+// stateLock; hookLock is a leaf.
 func (s *Stream) fireReadHook() {
 	s.hookLock.Lock()
-	s.sink = nil
-	f := s.readHook
-	s.readHook = nil
+	f := s.takeReadHookLocked()
 	s.hookLock.Unlock()
 	if f != nil {
 		f()
 	}
 }
 
-// notifyWaiting notifies all the waiting channels
+// fireReadHookIfBuffered calls the read hook, if one is set, only while
+// data is buffered. Data arrival fires the hook after its lock is dropped;
+// by then the data may have been read by the reader an earlier hook woke,
+// which may have installed a new hook for data still to come. Checking the
+// buffer and taking the hook under recvLock means a hook is only ever
+// called for data that is still there. The caller holds no stream lock.
+func (s *Stream) fireReadHookIfBuffered() {
+	s.recvLock.Lock()
+	var f func()
+	if s.recvBuf != nil && s.recvBuf.Len() > 0 {
+		s.hookLock.Lock()
+		f = s.takeReadHookLocked()
+		s.hookLock.Unlock()
+	}
+	s.recvLock.Unlock()
+	if f != nil {
+		f()
+	}
+}
+
+// takeReadHookLocked removes and returns the read hook (and the sink that
+// goes with it); the caller holds hookLock.
+func (s *Stream) takeReadHookLocked() func() {
+	f := s.readHook
+	s.readHook, s.sink = nil, nil
+	return f
+}
+
+// notifyWaiting notifies all the waiting channels, and the read hook: every
+// caller has just ended the stream (or the session), which makes it
+// readable for good. Close to streamLocalClose, which ends only our
+// writing, uses wakeWaiting.
 func (s *Stream) notifyWaiting() {
 	defer s.fireReadHook()
+	s.wakeWaiting()
+}
+
+// wakeWaiting notifies all the waiting channels, not the read hook.
+func (s *Stream) wakeWaiting() {
 	asyncNotify(s.recvNotifyCh)
 	asyncNotify(s.sendNotifyCh)
 	asyncNotify(s.establishCh)
@@ -703,7 +756,7 @@ func (s *Stream) readData(hdr header, flags uint16, conn io.Reader) error {
 
 	// Unblock any readers
 	asyncNotify(s.recvNotifyCh)
-	s.fireReadHook()
+	s.fireReadHookIfBuffered()
 	return nil
 }
 
@@ -744,7 +797,7 @@ func (s *Stream) deliver(sink func([]byte) (int, error), conn io.Reader, length 
 			return err
 		}
 		asyncNotify(s.recvNotifyCh)
-		s.fireReadHook()
+		s.fireReadHookIfBuffered()
 		return nil
 	}
 	// Delivered data is consumed: the window reopens as if a reader had
