@@ -283,10 +283,36 @@ func (s Stream) WaitReadableFor(d time.Duration) bool {
 func (s Stream) Read(p []byte) (int, error) {
 	n, err := s.Stream.Read(p)
 	switch {
-	case (err == io.EOF && s.Session().IsClosed()) || errors.Is(err, yamux.ErrSessionShutdown):
+	case err == io.EOF && s.Session().IsClosed():
 		err = ErrSessionLost
-	case errors.Is(err, yamux.ErrConnectionReset):
-		err = errStreamReset
+	case err != nil:
+		err = streamError(err)
 	}
 	return n, err
+}
+
+// Write is yamux's Write with its errors classified as Read's are: every
+// way a dead session can fail a write (the stream closed under it, the
+// frame's own write hitting the closed socket, the send queue shut) is
+// ErrSessionLost, with the socket's error kept underneath.
+func (s Stream) Write(p []byte) (int, error) {
+	n, err := s.Stream.Write(p)
+	if err != nil {
+		err = streamError(err)
+	}
+	return n, err
+}
+
+// streamError classifies an error of a stream call.
+func streamError(err error) error {
+	switch {
+	case errors.Is(err, yamux.ErrSessionShutdown):
+		if err == yamux.ErrSessionShutdown {
+			return ErrSessionLost
+		}
+		return fmt.Errorf("%w: %w", ErrSessionLost, err)
+	case errors.Is(err, yamux.ErrConnectionReset):
+		return errStreamReset
+	}
+	return err
 }

@@ -129,7 +129,7 @@ func TestBlockedStreamsEndOnSessionClose(t *testing.T) {
 				errs <- err
 				return
 			}
-			_, err := st.Write(make([]byte, 512<<10))
+			_, err := Stream{st}.Write(make([]byte, 512<<10))
 			errs <- err
 		}()
 	}
@@ -146,8 +146,61 @@ func TestBlockedStreamsEndOnSessionClose(t *testing.T) {
 	<-closed
 	close(errs)
 	for err := range errs {
-		if !errors.Is(err, ErrSessionLost) && !errors.Is(err, yamux.ErrSessionShutdown) && !errors.Is(err, yamux.ErrStreamClosed) {
-			t.Fatalf("blocked call returned %v", err)
+		if !errors.Is(err, ErrSessionLost) {
+			t.Fatalf("blocked call returned %v, not ErrSessionLost", err)
+		}
+	}
+}
+
+// A session whose socket fails under writers (here: closed under them)
+// fails every write with ErrSessionLost, whichever path the write took:
+// its own direct write of the frame, the send loop, or the queue.
+func TestWritesTellSessionLossWhenSocketFails(t *testing.T) {
+	o := testOptions()
+	cli, srv, cc, _ := pair(t, o)
+	go func() {
+		for {
+			st, err := srv.AcceptStream()
+			if err != nil {
+				return
+			}
+			go io.Copy(io.Discard, st)
+		}
+	}()
+	const n = 64
+	var wg, started sync.WaitGroup
+	errs := make(chan error, n)
+	started.Add(n)
+	for range n {
+		st, err := cli.OpenStream()
+		if err != nil {
+			t.Fatal(err)
+		}
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			buf := make([]byte, 4096)
+			first := true
+			for {
+				_, err := Stream{st}.Write(buf)
+				if first {
+					first = false
+					started.Done()
+				}
+				if err != nil {
+					errs <- err
+					return
+				}
+			}
+		}()
+	}
+	started.Wait()
+	cc.Close()
+	wg.Wait()
+	close(errs)
+	for err := range errs {
+		if !errors.Is(err, ErrSessionLost) {
+			t.Fatalf("write on a session whose socket closed returned %v, not ErrSessionLost", err)
 		}
 	}
 }

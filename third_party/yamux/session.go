@@ -3,6 +3,7 @@ package yamux
 import (
 	"bufio"
 	"context"
+	"errors"
 	"fmt"
 	"io"
 	"io/ioutil"
@@ -396,7 +397,7 @@ func (s *Session) keepalive() {
 		case <-time.After(s.config.KeepAliveInterval):
 			_, err := s.Ping()
 			if err != nil {
-				if err != ErrSessionShutdown {
+				if !errors.Is(err, ErrSessionShutdown) {
 					s.logger.Printf("[ERR] yamux: keepalive failed: %v", err)
 					s.exitErr(ErrKeepAliveTimeout)
 				}
@@ -504,9 +505,21 @@ func (s *Session) tryDirect(hdr header, body []byte) (bool, error) {
 	if err != nil {
 		s.logger.Printf("[ERR] yamux: Failed to write frame: %v", err)
 		s.exitErr(err)
+		return true, &connError{err}
 	}
-	return true, err
+	return true, nil
 }
+
+// connError is the session's connection failing under a write (local
+// patch): the writer gets it instead of the bare socket error, so that
+// errors.Is(err, ErrSessionShutdown) tells it the session is gone on every
+// path, whether its frame went out directly, through the send loop, or
+// never left the queue. The socket's error stays underneath for errors.Is
+// and errors.As.
+type connError struct{ err error }
+
+func (e *connError) Error() string   { return "session shutdown: " + e.err.Error() }
+func (e *connError) Unwrap() []error { return []error{ErrSessionShutdown, e.err} }
 
 // buffersWriter is a conn that can write several buffers in one syscall
 // (writev), such as a wrapper around *net.TCPConn using net.Buffers.
@@ -585,8 +598,12 @@ func (s *Session) sendLoop() error {
 		s.writeMu.Lock()
 		_, err := s.conn.Write(buf)
 		s.writeMu.Unlock()
+		var sendErr error
+		if err != nil {
+			sendErr = &connError{err}
+		}
 		for _, r := range batch {
-			asyncSendErr(r.Err, err)
+			asyncSendErr(r.Err, sendErr)
 		}
 		if err != nil {
 			s.logger.Printf("[ERR] yamux: Failed to write frames: %v", err)

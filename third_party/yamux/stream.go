@@ -163,7 +163,7 @@ START:
 
 	// Send a window update potentially
 	err = s.sendWindowUpdate()
-	if err == ErrSessionShutdown {
+	if errors.Is(err, ErrSessionShutdown) {
 		err = nil
 	}
 	return n, err
@@ -232,6 +232,11 @@ START:
 		fallthrough
 	case streamClosed:
 		s.stateLock.Unlock()
+		if s.session.IsClosed() {
+			// Local patch: a session's close moves its streams to
+			// streamClosed; say why, as every other path does.
+			return 0, ErrSessionShutdown
+		}
 		return 0, ErrStreamClosed
 	case streamReset:
 		s.stateLock.Unlock()
