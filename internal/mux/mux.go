@@ -166,7 +166,9 @@ func (y yamuxLogger) log(msg string) {
 		// when the peer said one (then these lines are only the bulk
 		// still in flight hitting a closed socket).
 		lvl = slog.LevelDebug
-	case strings.HasPrefix(msg, "[ERR]"):
+	case strings.HasPrefix(msg, "[ERR]"),
+		// A stream refused for a full accept backlog is a connection lost.
+		strings.Contains(msg, "backlog exceeded"):
 		lvl = slog.LevelWarn // protocol trouble, e.g. a window overrun
 	case strings.HasPrefix(msg, "[WARN]"):
 		lvl = slog.LevelDebug // e.g. "frame for missing stream": benign races of a close

@@ -742,6 +742,7 @@ func TestYamuxLoggerLevels(t *testing.T) {
 		{"[ERR] yamux: Invalid protocol version: 7", slog.LevelWarn},
 		{"[ERR] yamux: unexpected FIN flag in state 6", slog.LevelWarn},
 		{"[WARN] yamux: frame for missing stream: Vsn:0 Type:1 Flags:0 StreamID:3 Length:0", slog.LevelDebug},
+		{"[WARN] yamux: backlog exceeded, forcing connection reset", slog.LevelWarn},
 	}
 	for _, c := range cases {
 		var got []slog.Level

@@ -266,6 +266,30 @@ func SweepNamespaces() {
 	}
 }
 
+// TCPStat reads one TcpExt counter of h's namespace (as nstat names
+// them, e.g. "ListenOverflows") from /proc/net/netstat.
+func (h *Host) TCPStat(name string) (int64, error) {
+	out, err := exec.Command("ip", "netns", "exec", h.NS, "cat", "/proc/net/netstat").Output()
+	if err != nil {
+		return 0, fmt.Errorf("read netstat of %s: %w", h.Name, err)
+	}
+	lines := strings.Split(string(out), "\n")
+	for i := 0; i+1 < len(lines); i++ {
+		keys, ok := strings.CutPrefix(lines[i], "TcpExt:")
+		vals, ok2 := strings.CutPrefix(lines[i+1], "TcpExt:")
+		if !ok || !ok2 {
+			continue
+		}
+		ks, vs := strings.Fields(keys), strings.Fields(vals)
+		for j, k := range ks {
+			if k == name && j < len(vs) {
+				return strconv.ParseInt(vs[j], 10, 64)
+			}
+		}
+	}
+	return 0, fmt.Errorf("netstat of %s has no TcpExt %s", h.Name, name)
+}
+
 // Router runs `ip -n <router> args...`, e.g. to add a blackhole route.
 func (l *Lab) Router(args ...string) error {
 	return run(append([]string{"ip", "-n", l.router}, args...)...)
