@@ -9,7 +9,7 @@ STATICCHECK := honnef.co/go/tools/cmd/staticcheck@v0.8.2
 # Fault tests sleep through keepalive timeouts; run many at once.
 TESTFLAGS   ?= -race -count=1 -parallel 16 -timeout 20m
 
-.PHONY: all build test lint demo bench bench-go clean
+.PHONY: all build test stress lint demo bench bench-go clean
 
 all: build
 
@@ -28,6 +28,12 @@ test: lint
 	./scripts/test-deps
 	$(GO) test $(TESTFLAGS) ./...
 	$(GO) -C third_party/yamux test $(TESTFLAGS) .
+
+# The unit and e2e packages many times over with -race, then the whole
+# suite with every core kept busy (scripts/stress says more). STRESS_COUNT
+# sets the repeat count.
+stress:
+	./scripts/stress
 
 # Go benchmarks of the hot pieces, then the end-to-end table: the built
 # binaries against direct, splice relay and copying relay on loopback, in one
