@@ -146,7 +146,15 @@ type session struct {
 	tunnels map[string]*config.Tunnel
 	wg      sync.WaitGroup
 	goodbye atomic.Pointer[string]
+	// ctx ends when the session does, with the reason as its cause; every
+	// dial and join of the session runs under it.
+	ctx    context.Context
+	cancel context.CancelCauseFunc
 }
+
+// ErrShuttingDown is the cause of a session's connections ending because
+// tunnelc is stopping.
+var ErrShuttingDown = errors.New("client shutting down")
 
 func (c *Client) runSession(ctx context.Context) error {
 	conn, err := mux.Dial(ctx, c.cfg.Server, c.opts)
@@ -165,6 +173,8 @@ func (c *Client) runSession(ctx context.Context) error {
 	}
 	ss := &session{c: c, id: welcome.Session, ys: ys, ctrl: ctrl, tunnels: map[string]*config.Tunnel{}}
 	ss.log = c.log.With("session", ss.id)
+	ss.ctx, ss.cancel = context.WithCancelCause(ctx)
+	defer ss.cancel(nil)
 
 	public := map[string]string{}
 	var perm []string
@@ -223,8 +233,16 @@ func (c *Client) runSession(ctx context.Context) error {
 		defer ss.wg.Done()
 		ss.readControl()
 	}()
-	err = ss.acceptLoop(ctx)
+	err = ss.acceptLoop()
 	ys.Close()
+	// Every connection of the session ends with it, whatever its state:
+	// one waiting on a silent local service would otherwise hold the
+	// reconnect (wg.Wait) for as long as the service stays silent.
+	if ctx.Err() != nil {
+		ss.cancel(ErrShuttingDown)
+	} else {
+		ss.cancel(mux.ErrSessionLost)
+	}
 	ss.wg.Wait()
 	if ctx.Err() != nil {
 		ss.log.Info("session closed", "reason", "client shutting down")
@@ -303,21 +321,21 @@ func (ss *session) readControl() {
 // acceptLoop hands every data stream to its own goroutine at once: it must
 // never wait on a local dial, or yamux would close the whole session when a
 // stream waits for acceptance longer than StreamOpenTimeout.
-func (ss *session) acceptLoop(ctx context.Context) error {
+func (ss *session) acceptLoop() error {
 	for {
 		st, err := ss.ys.AcceptStream()
 		if err != nil {
 			return err
 		}
 		ss.wg.Add(1)
-		go ss.handleStream(ctx, st)
+		go ss.handleStream(st)
 	}
 }
 
 // handleStream serves one data stream. It owns st.
 //
 // It calls ss.wg.Done once the connection is over.
-func (ss *session) handleStream(ctx context.Context, st *yamux.Stream) {
+func (ss *session) handleStream(st *yamux.Stream) {
 	joined := false
 	defer func() {
 		if !joined {
@@ -339,7 +357,7 @@ func (ss *session) handleStream(ctx context.Context, st *yamux.Stream) {
 		ss.refuseStream(s, log, fmt.Sprintf("tunnel %q is not served by this client", h.Tunnel))
 		return
 	}
-	local, err := proxy.DialLocal(ctx, t.Local, ss.c.cfg.KeepAlive.Local.Sock(), ss.c.cfg.DialTimeout.D())
+	local, err := proxy.DialLocal(ss.ctx, t.Local, ss.c.cfg.KeepAlive.Local.Sock(), ss.c.cfg.DialTimeout.D())
 	if err != nil {
 		ss.refuseStream(s, log, fmt.Sprintf("tunnel %q: dial %s: %v", h.Tunnel, t.Local, unwrapOp(err)))
 		return
@@ -353,9 +371,13 @@ func (ss *session) handleStream(ctx context.Context, st *yamux.Stream) {
 	log.Debug("joined", "local", t.Local)
 	joined = true
 	// In the background: this goroutine, grown by the handshake, ends here.
-	proxy.Go(s, "stream", local, "local", func(stats proxy.Stats, err error) {
+	proxy.Go(ss.ctx, s, "stream", local, "local", func(stats proxy.Stats, err error) {
 		defer ss.wg.Done()
-		if err != nil {
+		switch {
+		case errors.Is(err, ErrShuttingDown):
+			log.Debug("connection ended: client shutting down", "in", stats.AToB, "out", stats.BToA)
+			return
+		case err != nil:
 			log.Info("connection aborted", "cause", proxy.Cause(err), "err", err, "in", stats.AToB, "out", stats.BToA)
 			return
 		}

@@ -1,6 +1,7 @@
 package proxy_test
 
 import (
+	"context"
 	"io"
 	"net"
 	"testing"
@@ -13,7 +14,7 @@ import (
 func BenchmarkJoin(b *testing.B) {
 	left, a := tcpPair(b)
 	c, right := tcpPair(b)
-	go func() { _, _ = proxy.Join(a, "a", c, "c") }()
+	go func() { _, _ = proxy.Join(context.Background(), a, "a", c, "c") }()
 	benchSend(b, left, right)
 }
 

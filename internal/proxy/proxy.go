@@ -49,13 +49,13 @@ type closeWriter interface{ CloseWrite() error }
 // A clean EOF from one side half-closes the other. Any other error aborts
 // both sides (RST for TCP) so that nobody takes a truncated stream for a
 // complete one, and Join returns the first error.
-func Join(a net.Conn, aName string, b net.Conn, bName string) (Stats, error) {
+func Join(ctx context.Context, a net.Conn, aName string, b net.Conn, bName string) (Stats, error) {
 	type result struct {
 		st  Stats
 		err error
 	}
 	ch := make(chan result, 1)
-	Go(a, aName, b, bName, func(st Stats, err error) { ch <- result{st, err} })
+	Go(ctx, a, aName, b, bName, func(st Stats, err error) { ch <- result{st, err} })
 	r := <-ch
 	return r.st, r.err
 }
@@ -66,21 +66,28 @@ func Join(a net.Conn, aName string, b net.Conn, bName string) (Stats, error) {
 // goroutine; the other runs on a fresh goroutine, so the caller's (often
 // grown by handshake work) can end. An idle connection then costs one small
 // goroutine per daemon.
-func Go(a net.Conn, aName string, b net.Conn, bName string, done func(Stats, error)) {
+//
+// When ctx ends first, the join is aborted at once, in whatever state it is
+// (both directions open, one half-closed and the other waiting on a silent
+// peer, parked, delivering): both sides are reset and done gets an error
+// wrapping context.Cause(ctx). The owner of a session passes a context that
+// ends with the session, so that no connection outlives what carries it.
+func Go(ctx context.Context, a net.Conn, aName string, b net.Conn, bName string, done func(Stats, error)) {
 	j := &joiner{a: a, b: b}
 	ab := &half{j: j, dst: b, src: a, name: aName + " -> " + bName}
 	ba := &half{j: j, dst: a, src: b, name: bName + " -> " + aName}
+	// No goroutine waits on ctx: the callback runs only if it ends.
+	stop := context.AfterFunc(ctx, func() {
+		j.fail(fmt.Errorf("%s <-> %s: %w", aName, bName, context.Cause(ctx)))
+	})
 	var left atomic.Int32
 	left.Store(2)
 	finish := func() {
 		if left.Add(-1) != 0 {
 			return
 		}
-		if j.first == nil {
-			a.Close()
-			b.Close()
-		}
-		done(Stats{AToB: ab.n.Load(), BToA: ba.n.Load()}, j.first)
+		stop()
+		done(Stats{AToB: ab.n.Load(), BToA: ba.n.Load()}, j.close())
 	}
 	ab.finish, ba.finish = finish, finish
 	ab.start()
@@ -117,18 +124,36 @@ const Linger = time.Second
 
 type joiner struct {
 	a, b  net.Conn
-	once  sync.Once
+	mu    sync.Mutex
 	first error
+	over  bool // both directions ended and the pair is closed
 }
 
 // fail records the first error and aborts both sides, which unblocks the
-// other direction and tells both peers.
+// other direction and tells both peers. Once the join is over, a late
+// failure (its context ending just then) changes nothing.
 func (j *joiner) fail(err error) {
-	j.once.Do(func() {
-		j.first = err
-		abort(j.a)
-		abort(j.b)
-	})
+	j.mu.Lock()
+	defer j.mu.Unlock()
+	if j.first != nil || j.over {
+		return
+	}
+	j.first = err
+	abort(j.a)
+	abort(j.b)
+}
+
+// close ends the join once both directions have ended: a clean end closes
+// the pair (a failure has aborted it already). It returns the failure.
+func (j *joiner) close() error {
+	j.mu.Lock()
+	defer j.mu.Unlock()
+	j.over = true
+	if j.first == nil {
+		j.a.Close()
+		j.b.Close()
+	}
+	return j.first
 }
 
 // half is one direction of a join.

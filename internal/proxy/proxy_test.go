@@ -2,10 +2,12 @@ package proxy_test
 
 import (
 	"bytes"
+	"context"
 	"crypto/rand"
 	"errors"
 	"io"
 	"net"
+	"strings"
 	"syscall"
 	"testing"
 	"time"
@@ -46,7 +48,7 @@ func join(t *testing.T) (left, right *net.TCPConn, done chan result) {
 	b, right := tcpPair(t)
 	done = make(chan result, 1)
 	go func() {
-		st, err := proxy.Join(a, "a", b, "b")
+		st, err := proxy.Join(context.Background(), a, "a", b, "b")
 		done <- result{st, err}
 	}()
 	return left, right, done
@@ -152,5 +154,110 @@ func TestJoinManySmallExchanges(t *testing.T) {
 	io.Copy(io.Discard, left)
 	if r := <-done; r.err != nil {
 		t.Fatal(r.err)
+	}
+}
+
+var errOwnerGone = errors.New("test: the join's owner ended")
+
+// A join ends at once when its context does, in every state it can be in,
+// with the context's cause, and both outer peers see a reset. This is how a
+// session's end reaches connections that would otherwise wait on a silent
+// peer for as long as it stays silent.
+func TestJoinEndsWithItsContext(t *testing.T) {
+	states := []struct {
+		name  string
+		setup func(t *testing.T, left, right *net.TCPConn)
+		// rightEnded: right already read the forwarded FIN, so it may
+		// see EOF again rather than the reset.
+		rightEnded bool
+	}{
+		{"both open, idle", func(t *testing.T, left, right *net.TCPConn) {}, false},
+		{"one direction ended, the other waiting on a silent peer", func(t *testing.T, left, right *net.TCPConn) {
+			left.Write([]byte("x"))
+			left.CloseWrite()
+			io.ReadAll(right) // the FIN came through: a -> b is over
+		}, true},
+		{"blocked writing to a peer that does not read", func(t *testing.T, left, right *net.TCPConn) {
+			// Left's writes stop at the reset; the writer takes the
+			// socket's one report of it, so its reads then see EOF:
+			// read the error from the writer instead.
+			werr := make(chan error, 1)
+			t.Cleanup(func() {
+				if err := <-werr; !errors.Is(err, syscall.ECONNRESET) && !errors.Is(err, syscall.EPIPE) {
+					t.Errorf("left writer: %v, want a reset", err)
+				}
+			})
+			go func() {
+				buf := make([]byte, 64<<10)
+				for {
+					if _, err := left.Write(buf); err != nil {
+						werr <- err
+						return
+					}
+				}
+			}()
+			time.Sleep(100 * time.Millisecond) // let the buffers fill
+		}, false},
+	}
+	for _, st := range states {
+		t.Run(st.name, func(t *testing.T) {
+			tt.CheckLeaks(t)
+			left, a := tcpPair(t)
+			b, right := tcpPair(t)
+			ctx, cancel := context.WithCancelCause(context.Background())
+			defer cancel(nil)
+			done := make(chan result, 1)
+			proxy.Go(ctx, a, "a", b, "b", func(st proxy.Stats, err error) { done <- result{st, err} })
+			st.setup(t, left, right)
+			cancel(errOwnerGone)
+			start := time.Now()
+			select {
+			case r := <-done:
+				t.Logf("join ended %s after its context", time.Since(start).Round(time.Microsecond))
+				if !errors.Is(r.err, errOwnerGone) {
+					t.Fatalf("join error %v, want the context's cause", r.err)
+				}
+			case <-time.After(5 * time.Second): // hang detection
+				t.Fatal("join still running after its context ended")
+			}
+			for name, c := range map[string]*net.TCPConn{"left": left, "right": right} {
+				c.SetReadDeadline(time.Now().Add(5 * time.Second))
+				for {
+					_, err := c.Read(make([]byte, 64<<10))
+					if err == nil {
+						continue
+					}
+					eofOK := (name == "right" && st.rightEnded) || (name == "left" && strings.HasPrefix(st.name, "blocked writing"))
+					if !errors.Is(err, syscall.ECONNRESET) && !(eofOK && err == io.EOF) {
+						t.Errorf("%s peer: %v, want a reset", name, err)
+					}
+					break
+				}
+			}
+		})
+	}
+}
+
+// A context that ends after the join finished changes nothing: the join
+// reported a clean end and closed both sides normally.
+func TestJoinContextAfterEnd(t *testing.T) {
+	tt.CheckLeaks(t)
+	left, a := tcpPair(t)
+	b, right := tcpPair(t)
+	ctx, cancel := context.WithCancelCause(context.Background())
+	done := make(chan result, 1)
+	proxy.Go(ctx, a, "a", b, "b", func(st proxy.Stats, err error) { done <- result{st, err} })
+	left.CloseWrite()
+	right.CloseWrite()
+	r := <-done
+	cancel(errOwnerGone)
+	if r.err != nil {
+		t.Fatalf("clean join returned %v", r.err)
+	}
+	for _, c := range []*net.TCPConn{left, right} {
+		c.SetReadDeadline(time.Now().Add(5 * time.Second))
+		if _, err := c.Read(make([]byte, 1)); err != io.EOF {
+			t.Fatalf("after a clean join: %v, want EOF", err)
+		}
 	}
 }

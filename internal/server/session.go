@@ -41,7 +41,15 @@ type session struct {
 
 	wg   sync.WaitGroup // public accept loops and connections
 	once sync.Once
+	// ctx ends when the session does, with the reason as its cause; every
+	// public connection's join runs under it.
+	ctx    context.Context
+	cancel context.CancelCauseFunc
 }
+
+// errServerShutdown is the cause of a session's connections ending
+// because tunneld is stopping.
+var errServerShutdown = errors.New("server shutting down")
 
 type publicListener struct {
 	name string
@@ -105,6 +113,8 @@ func (s *Server) handleConn(ctx context.Context, c net.Conn) {
 
 	ss := &session{srv: s, id: newID(), client: hello.Client, ys: ys, ctrl: ctrl}
 	ss.log = log.With("session", ss.id)
+	ss.ctx, ss.cancel = context.WithCancelCause(context.Background())
+	defer ss.cancel(nil)
 	results := s.register(ss, hello.Tunnels)
 	if err := ss.send(protocol.Control{Type: protocol.TypeWelcome,
 		Welcome: &protocol.Welcome{Session: ss.id, Tunnels: results}}); err != nil {
@@ -153,6 +163,14 @@ func (s *Server) handleConn(ctx context.Context, c net.Conn) {
 	}
 
 	<-ys.CloseChan()
+	// Every public connection ends with the session, whatever its state:
+	// one whose client stays open and silent would otherwise hold the
+	// session (wg.Wait), and with it a shutdown, for as long as it does.
+	if ctx.Err() != nil {
+		ss.cancel(errServerShutdown)
+	} else {
+		ss.cancel(mux.ErrSessionLost)
+	}
 	ss.mu.Lock()
 	if ss.closeLater != nil {
 		ss.closeLater.Stop()
@@ -446,8 +464,12 @@ func (ss *session) handlePublic(tunnel string, pc *net.TCPConn, log *slog.Logger
 	log.Debug("public connection open")
 	joined = true
 	// In the background: this goroutine, grown by the handshake, ends here.
-	proxy.Go(pc, "public", &dialResult{Stream: mux.Stream{Stream: st}}, "stream", func(stats proxy.Stats, err error) {
+	proxy.Go(ss.ctx, pc, "public", &dialResult{Stream: mux.Stream{Stream: st}}, "stream", func(stats proxy.Stats, err error) {
 		defer ss.wg.Done()
+		if errors.Is(err, errServerShutdown) {
+			log.Debug("public connection ended: server shutting down", "in", stats.AToB, "out", stats.BToA)
+			return
+		}
 		if err != nil {
 			var de *dialError
 			if errors.As(err, &de) {

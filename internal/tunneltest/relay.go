@@ -74,6 +74,26 @@ func (r *Relay) Close() {
 	r.wg.Wait()
 }
 
+// Reset aborts every connection through the relay with a TCP reset, as a
+// NAT gateway that reboots would, and keeps accepting new ones.
+func (r *Relay) Reset() {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	for c := range r.conns {
+		if tc, ok := c.(*net.TCPConn); ok {
+			_ = tc.SetLinger(0)
+		}
+		c.Close()
+		delete(r.conns, c)
+	}
+}
+
+func (r *Relay) untrack(c net.Conn) {
+	r.mu.Lock()
+	delete(r.conns, c)
+	r.mu.Unlock()
+}
+
 func (r *Relay) track(c net.Conn) bool {
 	r.mu.Lock()
 	defer r.mu.Unlock()
@@ -103,6 +123,7 @@ func (r *Relay) serve() {
 			}
 			up, err := r.dial(r.target)
 			if err != nil {
+				r.untrack(c)
 				c.Close()
 				return
 			}
@@ -115,6 +136,8 @@ func (r *Relay) serve() {
 			go func() { defer pair.Done(); r.pipe(up, c) }()
 			go func() { defer pair.Done(); r.pipe(c, up) }()
 			pair.Wait()
+			r.untrack(c)
+			r.untrack(up)
 			c.Close()
 			up.Close()
 		}()

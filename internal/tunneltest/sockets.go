@@ -2,6 +2,7 @@ package tunneltest
 
 import (
 	"fmt"
+	"net"
 	"net/netip"
 	"os"
 	"strconv"
@@ -125,4 +126,26 @@ func Find(socks []Socket, local, peer string) (Socket, error) {
 		return Socket{}, fmt.Errorf("%d sockets match %s->%s", len(found), local, peer)
 	}
 	return found[0], nil
+}
+
+// TCPClose is the kernel's TCP_CLOSE state, where a socket lands when a
+// reset arrives.
+const TCPClose = 7
+
+// TCPState is the kernel's TCP state of c (TCP_INFO's tcpi_state), e.g.
+// TCPClose once a reset arrived, even for a socket that already read EOF.
+func TCPState(c *net.TCPConn) (uint8, error) {
+	rc, err := c.SyscallConn()
+	if err != nil {
+		return 0, err
+	}
+	var info *unix.TCPInfo
+	var serr error
+	if err := rc.Control(func(fd uintptr) { info, serr = unix.GetsockoptTCPInfo(int(fd), unix.IPPROTO_TCP, unix.TCP_INFO) }); err != nil {
+		return 0, err
+	}
+	if serr != nil {
+		return 0, serr
+	}
+	return info.State, nil
 }
