@@ -81,7 +81,8 @@ func Main(run func() error) int {
 
 // StatusOnSignal logs one "status" line each time the process gets SIGUSR1
 // (`kill -USR1 <pid>`): the daemon's own attributes plus goroutine and
-// descriptor counts, for operators and for the fault tests' leak checks.
+// descriptor counts and live heap and stack bytes, for operators and for
+// the tests' leak and memory checks.
 // It stops when ctx ends; the returned function waits for that.
 func StatusOnSignal(ctx context.Context, log *slog.Logger, attrs func() []any) (wait func()) {
 	ch := make(chan os.Signal, 1)
@@ -99,7 +100,14 @@ func StatusOnSignal(ctx context.Context, log *slog.Logger, attrs func() []any) (
 				if ents, err := os.ReadDir("/proc/self/fd"); err == nil {
 					fds = len(ents)
 				}
-				log.Info("status", append(attrs(), "goroutines", runtime.NumGoroutine(), "fds", fds)...)
+				// A collection first, so heap_bytes is what is live, not
+				// what garbage happens to be waiting: the status is asked
+				// for rarely, and a precise number is its point.
+				runtime.GC()
+				var ms runtime.MemStats
+				runtime.ReadMemStats(&ms)
+				log.Info("status", append(attrs(), "goroutines", runtime.NumGoroutine(), "fds", fds,
+					"heap_bytes", ms.HeapAlloc, "stack_bytes", ms.StackInuse)...)
 			}
 		}
 	}()

@@ -9,7 +9,6 @@ import (
 	"regexp"
 	"strconv"
 	"strings"
-	"syscall"
 	"testing"
 	"time"
 
@@ -284,23 +283,6 @@ func (c *netConn) ends(start time.Time, limit time.Duration) (time.Duration, err
 		}
 		return time.Since(start), err, true
 	}
-}
-
-// status asks p for its status line (SIGUSR1) and returns its key=value pairs.
-func status(t *testing.T, p *tt.Proc) map[string]string {
-	t.Helper()
-	mark := p.Mark()
-	if err := p.Cmd.Process.Signal(syscall.SIGUSR1); err != nil {
-		t.Fatal(err)
-	}
-	l := p.WaitLine(t, mark, 5*time.Second, `msg=status`)
-	kv := map[string]string{}
-	for _, f := range strings.Fields(l.Text) {
-		if k, v, ok := strings.Cut(f, "="); ok {
-			kv[k] = v
-		}
-	}
-	return kv
 }
 
 func atoi(t *testing.T, s string) int {

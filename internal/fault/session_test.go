@@ -210,7 +210,7 @@ func TestFlappingPath(t *testing.T) {
 	r := newRig(t, o)
 	r.works("before")
 	time.Sleep(time.Second)
-	before := status(t, r.server)
+	before := r.server.Status(t)
 	srvPid := r.server.Cmd.Process.Pid
 	wantListeners := listeners(t, srvPid) // session + 2 tunnels
 	if wantListeners != 3 {
@@ -226,17 +226,17 @@ func TestFlappingPath(t *testing.T) {
 		if n := listeners(t, srvPid); n > wantListeners {
 			t.Errorf("server has %d listeners during flapping (want at most %d)", n, wantListeners)
 		}
-		if st := status(t, r.server); atoi(t, st["sessions"]) > 1 {
+		if st := r.server.Status(t); atoi(t, st["sessions"]) > 1 {
 			t.Errorf("server holds %s sessions for one client", st["sessions"])
 		}
 	}
 	// Settle: the client is connected and the server has one session.
 	tt.Eventually(t, 15*time.Second, "one session and both tunnels", func() bool {
-		return status(t, r.client)["connected"] == "true" && status(t, r.server)["sessions"] == "1" && listeners(t, srvPid) == wantListeners
+		return r.client.Status(t)["connected"] == "true" && r.server.Status(t)["sessions"] == "1" && listeners(t, srvPid) == wantListeners
 	})
 	r.works("after flapping")
 	time.Sleep(time.Second) // let closed connections finish
-	after := status(t, r.server)
+	after := r.server.Status(t)
 	t.Logf("server before: goroutines=%s fds=%s; after: goroutines=%s fds=%s",
 		before["goroutines"], before["fds"], after["goroutines"], after["fds"])
 	if g0, g1 := atoi(t, before["goroutines"]), atoi(t, after["goroutines"]); g1 > g0+2 {

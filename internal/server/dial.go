@@ -34,6 +34,14 @@ func (d *dialResult) Read(p []byte) (int, error) {
 			}
 			return 0, &dialError{msg: e.Message}
 		}
+		// Most services wait for the client to speak first. Reading on
+		// would hold this direction's goroutine and copy buffer until
+		// the service's first byte; give both back so the direction
+		// parks like any idle one (package proxy reads again only once
+		// the stream is readable).
+		if !d.Stream.Readable() {
+			return 0, nil
+		}
 	}
 	return d.Stream.Read(p)
 }

@@ -245,3 +245,21 @@ func (p *Proc) waitLine(mark int, timeout time.Duration, re string) (Line, bool)
 		}
 	}
 }
+
+// Status asks p for its status line (SIGUSR1) and returns its key=value
+// pairs.
+func (p *Proc) Status(t testing.TB) map[string]string {
+	t.Helper()
+	mark := p.Mark()
+	if err := p.Cmd.Process.Signal(syscall.SIGUSR1); err != nil {
+		t.Fatal(err)
+	}
+	l := p.WaitLine(t, mark, 5*time.Second, `msg=status`)
+	kv := map[string]string{}
+	for _, f := range strings.Fields(l.Text) {
+		if k, v, ok := strings.Cut(f, "="); ok {
+			kv[k] = v
+		}
+	}
+	return kv
+}
