@@ -64,7 +64,12 @@ func newUp() *cobra.Command {
 			wait := cli.Notify(ctx, log, "serving tunnels through "+cfg.Server, func() error { c.Status(); return nil })
 			waitStatus := cli.StatusOnSignal(ctx, log, func() []any {
 				st := c.Status()
-				return []any{"connected", st.Connected, "session", st.Session, "tunnels", len(st.Public), "sessions_since_start", st.Sessions}
+				attrs := []any{"connected", st.Connected, "session", st.Session, "tunnels", len(st.Public), "sessions_since_start", st.Sessions,
+					"pending", len(st.Pending)}
+				for name, why := range st.Pending {
+					attrs = append(attrs, "pending."+name, why)
+				}
+				return attrs
 			})
 			err = c.Run(ctx)
 			stop()

@@ -90,7 +90,7 @@ func newServe() *cobra.Command {
 			}
 			log.Info("tunneld started", "version", cli.Version, "config", cfg.File)
 			wait := cli.Notify(ctx, log, "listening on "+srv.Addr().String(), func() error { srv.Sessions(); return nil })
-			waitStatus := cli.StatusOnSignal(ctx, log, func() []any { return []any{"sessions", srv.Sessions()} })
+			waitStatus := cli.StatusOnSignal(ctx, log, func() []any { return []any{"sessions", srv.Sessions(), "pending_tunnels", len(srv.Pending())} })
 			err = srv.Serve(ctx)
 			stop()
 			wait()

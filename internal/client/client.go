@@ -59,6 +59,9 @@ type Status struct {
 	Session   string
 	// Public maps each tunnel that is up to its public address.
 	Public map[string]string
+	// Pending maps each tunnel the server refused for now, and keeps
+	// trying in this session, to the reason (say, its port is held).
+	Pending map[string]string
 	// Sessions counts sessions established since start.
 	Sessions int
 }
@@ -92,6 +95,10 @@ func (c *Client) Status() Status {
 	for k, v := range c.status.Public {
 		s.Public[k] = v
 	}
+	s.Pending = make(map[string]string, len(c.status.Pending))
+	for k, v := range c.status.Pending {
+		s.Pending[k] = v
+	}
 	return s
 }
 
@@ -102,7 +109,7 @@ func (c *Client) Run(ctx context.Context) error {
 		start := time.Now()
 		err := c.runSession(ctx)
 		c.mu.Lock()
-		c.status.Connected, c.status.Session, c.status.Public = false, "", nil
+		c.status.Connected, c.status.Session, c.status.Public, c.status.Pending = false, "", nil, nil
 		c.mu.Unlock()
 		if ctx.Err() != nil {
 			return nil
@@ -143,6 +150,7 @@ type session struct {
 	ys      *mux.Session
 	ctrl    *yamux.Stream
 	log     *slog.Logger
+	tmu     sync.RWMutex // guards tunnels: a pending tunnel joins it later
 	tunnels map[string]*config.Tunnel
 	wg      sync.WaitGroup
 	goodbye atomic.Pointer[string]
@@ -176,44 +184,43 @@ func (c *Client) runSession(ctx context.Context) error {
 	ss.ctx, ss.cancel = context.WithCancelCause(ctx)
 	defer ss.cancel(nil)
 
-	public := map[string]string{}
+	public, pending := map[string]string{}, map[string]string{}
 	var perm []string
 	for _, r := range welcome.Tunnels {
 		t := c.cfg.Tunnels[r.Name]
 		if t == nil {
 			continue
 		}
-		if r.OK {
+		switch {
+		case r.OK:
 			ss.tunnels[r.Name] = t
 			public[r.Name] = r.Public
 			ss.log.Info("tunnel ready", "tunnel", r.Name, "public", r.Public, "local", t.Local)
-			continue
-		}
-		ss.log.Error("tunnel refused by server", "tunnel", r.Name, "code", r.Code, "err", r.Error)
-		if r.Code == protocol.CodePortNotAllowed || r.Code == protocol.CodeInvalidTunnel {
-			perm = append(perm, fmt.Sprintf("tunnel %q: %s (fix [tunnels.%s] in %s)", r.Name, r.Error, r.Name, c.cfg.File))
+		case r.Pending:
+			pending[r.Name] = r.Error
+			ss.log.Warn("tunnel refused for now; the server keeps trying", "tunnel", r.Name, "code", r.Code, "err", r.Error)
+		default:
+			ss.log.Error("tunnel refused by server", "tunnel", r.Name, "code", r.Code, "err", r.Error)
+			if r.Code == protocol.CodePortNotAllowed || r.Code == protocol.CodeInvalidTunnel {
+				perm = append(perm, fmt.Sprintf("tunnel %q: %s (fix [tunnels.%s] in %s)", r.Name, r.Error, r.Name, c.cfg.File))
+			}
 		}
 	}
 	if len(perm) > 0 {
 		ss.sayGoodbye("tunnel refused")
 		return &PermanentError{Code: protocol.CodeInvalidTunnel, Msg: fmt.Sprint(perm)}
 	}
-	if len(public) == 0 {
+	if len(public) == 0 && len(pending) == 0 {
 		return errors.New("no tunnel could be registered")
 	}
 	c.mu.Lock()
-	if c.picked == nil {
-		c.picked = map[string]int{}
-	}
 	for name, addr := range public {
-		if _, p, err := net.SplitHostPort(addr); err == nil && c.cfg.Tunnels[name].RemotePort == 0 {
-			c.picked[name], _ = strconv.Atoi(p)
-		}
+		c.rememberPickedLocked(name, addr)
 	}
-	c.status.Connected, c.status.Session, c.status.Public = true, ss.id, public
+	c.status.Connected, c.status.Session, c.status.Public, c.status.Pending = true, ss.id, public, pending
 	c.status.Sessions++
 	c.mu.Unlock()
-	ss.log.Info("session up", "server", c.cfg.Server, "tunnels", len(public))
+	ss.log.Info("session up", "server", c.cfg.Server, "tunnels", len(public), "pending", len(pending))
 
 	// On shutdown the server closes the session when it reads the goodbye
 	// (see protocol.Goodbye); closeLater only bounds the wait.
@@ -300,11 +307,57 @@ func (ss *session) sayGoodbye(reason string) {
 	_ = protocol.WriteFrame(ss.ctrl, protocol.Control{Type: protocol.TypeGoodbye, Goodbye: &protocol.Goodbye{Reason: reason}})
 }
 
+// rememberPickedLocked notes the port the server chose for a
+// remote_port = 0 tunnel, so the next session asks for it again. The
+// caller holds c.mu.
+func (c *Client) rememberPickedLocked(name, addr string) {
+	if c.picked == nil {
+		c.picked = map[string]int{}
+	}
+	if _, p, err := net.SplitHostPort(addr); err == nil && c.cfg.Tunnels[name].RemotePort == 0 {
+		c.picked[name], _ = strconv.Atoi(p)
+	}
+}
+
+// tunnel returns the config of a tunnel that is up in this session.
+func (ss *session) tunnel(name string) *config.Tunnel {
+	ss.tmu.RLock()
+	defer ss.tmu.RUnlock()
+	return ss.tunnels[name]
+}
+
+// tunnelUp serves a tunnel that was pending and is now up.
+func (ss *session) tunnelUp(r *protocol.TunnelResult) {
+	t := ss.c.cfg.Tunnels[r.Name]
+	if t == nil || !r.OK {
+		return
+	}
+	ss.tmu.Lock()
+	ss.tunnels[r.Name] = t
+	ss.tmu.Unlock()
+	c := ss.c
+	c.mu.Lock()
+	if c.status.Session == ss.id {
+		if c.status.Public == nil {
+			c.status.Public = map[string]string{}
+		}
+		c.status.Public[r.Name] = r.Public
+		delete(c.status.Pending, r.Name)
+	}
+	c.rememberPickedLocked(r.Name, r.Public)
+	c.mu.Unlock()
+	ss.log.Info("tunnel ready", "tunnel", r.Name, "public", r.Public, "local", t.Local, "was", "pending")
+}
+
 func (ss *session) readControl() {
 	for {
 		var m protocol.Control
 		if err := protocol.ReadFrame(ss.ctrl, &m); err != nil {
 			return
+		}
+		if m.Type == protocol.TypeTunnel && m.Tunnel != nil {
+			ss.tunnelUp(m.Tunnel)
+			continue
 		}
 		if m.Type == protocol.TypeGoodbye {
 			r := "goodbye"
@@ -352,7 +405,7 @@ func (ss *session) handleStream(st *yamux.Stream) {
 	}
 	_ = st.SetReadDeadline(time.Time{})
 	log := ss.log.With("tunnel", h.Tunnel, "conn", h.Conn, "peer", h.RemoteAddr)
-	t := ss.tunnels[h.Tunnel]
+	t := ss.tunnel(h.Tunnel)
 	if t == nil {
 		ss.refuseStream(s, log, fmt.Sprintf("tunnel %q is not served by this client", h.Tunnel))
 		return

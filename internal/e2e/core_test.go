@@ -304,8 +304,11 @@ func TestRefusals(t *testing.T) {
 		if _, ok := pub["thief"]; ok {
 			t.Fatal("tunnel on a held port came up")
 		}
-		cl.Logs.WaitFor(t, time.Second, "tunnel refused by server", "tunnel=thief", "code=port_in_use", `held by client \"good\"`)
-		srv.Logs.WaitFor(t, time.Second, "tunnel refused", "client=other", "code=port_in_use")
+		cl.Logs.WaitFor(t, time.Second, "tunnel refused for now; the server keeps trying", "tunnel=thief", "code=port_in_use", `held by client \"good\"`)
+		srv.Logs.WaitFor(t, time.Second, "tunnel refused for now", "client=other", "code=port_in_use")
+		if why := cl.Status().Pending["thief"]; !strings.Contains(why, `held by client "good"`) {
+			t.Errorf("status of the refused tunnel: pending %q", why)
+		}
 		// Its other tunnel works.
 		if err := tt.Ping(tt.Dial(t, pub["ok"]), "ok", 5*time.Second); err != nil {
 			t.Fatal(err)

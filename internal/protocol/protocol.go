@@ -82,16 +82,22 @@ const (
 	TypeWelcome = "welcome"
 	TypeError   = "error"
 	TypeGoodbye = "goodbye"
+	// TypeTunnel, from the server during a session, reports a tunnel whose
+	// registration was pending (see TunnelResult.Pending) and has now come
+	// up. A client that does not know it ignores it, as it ignores every
+	// unknown control message.
+	TypeTunnel = "tunnel"
 )
 
 // Control is one message on the control stream. Type says which of the
 // other fields is set.
 type Control struct {
-	Type    string   `json:"type"`
-	Hello   *Hello   `json:"hello,omitempty"`
-	Welcome *Welcome `json:"welcome,omitempty"`
-	Error   *Error   `json:"error,omitempty"`
-	Goodbye *Goodbye `json:"goodbye,omitempty"`
+	Type    string        `json:"type"`
+	Hello   *Hello        `json:"hello,omitempty"`
+	Welcome *Welcome      `json:"welcome,omitempty"`
+	Error   *Error        `json:"error,omitempty"`
+	Goodbye *Goodbye      `json:"goodbye,omitempty"`
+	Tunnel  *TunnelResult `json:"tunnel,omitempty"`
 }
 
 // Hello is the first message of a session, sent by the client.
@@ -128,6 +134,10 @@ type TunnelResult struct {
 	Public string `json:"public,omitempty"`
 	Code   string `json:"code,omitempty"`
 	Error  string `json:"error,omitempty"`
+	// Pending, with OK false, means the refusal can pass (the port is
+	// held, a bind failed) and the server keeps trying in this session;
+	// a TypeTunnel message follows when the tunnel comes up.
+	Pending bool `json:"pending,omitempty"`
 }
 
 // Error refuses a session; the server closes it after sending.

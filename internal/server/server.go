@@ -88,6 +88,24 @@ func (s *Server) Sessions() int {
 	return len(s.sessions)
 }
 
+// Pending maps "client/tunnel" to why that tunnel is still waiting for its
+// port, for every live session.
+func (s *Server) Pending() map[string]string {
+	s.mu.Lock()
+	all := make([]*session, 0, len(s.sessions))
+	for _, ss := range s.sessions {
+		all = append(all, ss)
+	}
+	s.mu.Unlock()
+	out := map[string]string{}
+	for _, ss := range all {
+		for name, why := range ss.pendingReasons() {
+			out[ss.client+"/"+name] = why
+		}
+	}
+	return out
+}
+
 // Serve accepts sessions until ctx ends, then says goodbye to every client,
 // closes every session and public listener, and returns once every
 // goroutine it started has returned. It returns nil after a shutdown and an

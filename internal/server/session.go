@@ -35,7 +35,8 @@ type session struct {
 
 	mu         sync.Mutex
 	listeners  []*publicListener
-	reason     string // why shutdown was called, if it was
+	pending    map[string]*pendingTunnel // refused for now, retried (see pending.go)
+	reason     string                    // why shutdown was called, if it was
 	closed     bool
 	closeLater *time.Timer // after a goodbye: the client gets GoodbyeWait to close first
 
@@ -155,12 +156,11 @@ func (s *Server) handleConn(ctx context.Context, c net.Conn) {
 		ss.readControl()
 	}()
 	for _, pl := range ss.publicListeners() {
-		ss.wg.Add(1)
-		go func() {
-			defer ss.wg.Done()
-			ss.acceptPublic(pl)
-		}()
+		ss.serveListener(pl)
 	}
+	// After the accept loops above: a pending tunnel that comes up starts
+	// its own.
+	ss.startPending()
 
 	<-ys.CloseChan()
 	// Every public connection ends with the session, whatever its state:
@@ -249,7 +249,12 @@ func (s *Server) register(ss *session, reqs []protocol.TunnelRequest) []protocol
 		seen[r.Name] = true
 		if err != nil {
 			res.Error = err.Error()
-			ss.log.Warn("tunnel refused", "tunnel", r.Name, "code", res.Code, "err", err)
+			if transient(res.Code) && ss.addPending(r, res.Code, res.Error) {
+				res.Pending = true
+				ss.log.Warn("tunnel refused for now; retrying in this session", "tunnel", r.Name, "code", res.Code, "err", err)
+			} else {
+				ss.log.Warn("tunnel refused", "tunnel", r.Name, "code", res.Code, "err", err)
+			}
 		}
 		results = append(results, res)
 	}
@@ -265,7 +270,9 @@ func (s *Server) bind(ss *session, r protocol.TunnelRequest) (*publicListener, s
 		s.mu.Unlock()
 		if owner != nil {
 			if owner == ss {
-				return nil, protocol.CodePortInUse, fmt.Errorf("port %d is already used by another tunnel of this client", port)
+				// A config mistake, not something that passes: two
+				// tunnels of one client cannot share a port.
+				return nil, protocol.CodeInvalidTunnel, fmt.Errorf("port %d is already used by another tunnel of this client", port)
 			}
 			return nil, protocol.CodePortInUse, fmt.Errorf("port %d is held by client %q; choose another remote_port", port, owner.client)
 		}
@@ -319,16 +326,28 @@ func (s *Server) bind(ss *session, r protocol.TunnelRequest) (*publicListener, s
 	return nil, protocol.CodePortInUse, fmt.Errorf("no free port among the allowed ports %v (last try: %v)", s.cfg.Ports, lastErr)
 }
 
-// unregister forgets ss and the ports it held, if they are still its.
+// unregister forgets ss and the ports it held, if they are still its, and
+// tells the sessions waiting for one of those ports to try again now.
 func (s *Server) unregister(ss *session) {
 	s.mu.Lock()
-	defer s.mu.Unlock()
 	if s.sessions[ss.client] == ss {
 		delete(s.sessions, ss.client)
 	}
+	var freed []int
 	for port, owner := range s.ports {
 		if owner == ss {
 			delete(s.ports, port)
+			freed = append(freed, port)
+		}
+	}
+	others := make([]*session, 0, len(s.sessions))
+	for _, o := range s.sessions {
+		others = append(others, o)
+	}
+	s.mu.Unlock()
+	if len(freed) > 0 {
+		for _, o := range others {
+			o.portsFreed(freed)
 		}
 	}
 }
@@ -337,6 +356,15 @@ func (s *Server) unregister(ss *session) {
 // every public connection of it is aborted as its stream dies. A non-empty
 // reason marks a deliberate close and is sent to the client first.
 func (ss *session) shutdown(reason string) { ss.end(reason, reason != "") }
+
+// serveListener runs pl's accept loop on the session's wait group.
+func (ss *session) serveListener(pl *publicListener) {
+	ss.wg.Add(1)
+	go func() {
+		defer ss.wg.Done()
+		ss.acceptPublic(pl)
+	}()
+}
 
 // end stops the session's listeners and closes it, with the reason logged
 // when the session is over. tell sends the client a goodbye first and then
@@ -348,6 +376,9 @@ func (ss *session) end(reason string, tell bool) {
 		ss.reason = reason
 		ss.closed = true
 		ls := ss.listeners
+		for _, p := range ss.pending {
+			p.timer.Stop()
+		}
 		ss.mu.Unlock()
 		for _, pl := range ls {
 			pl.ln.Close()

@@ -196,6 +196,13 @@ func (l *Logs) Write(p []byte) (int, error) {
 	return len(p), nil
 }
 
+// String is every line so far.
+func (l *Logs) String() string {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	return l.buf.String()
+}
+
 // Contains reports whether any line so far contains every one of parts.
 func (l *Logs) Contains(parts ...string) bool {
 	l.mu.Lock()
