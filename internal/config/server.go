@@ -28,6 +28,13 @@ type Server struct {
 	HandshakeTimeout Duration `toml:"handshake_timeout"`
 	// MaxTunnelsPerClient bounds how many public listeners one session may hold.
 	MaxTunnelsPerClient int `toml:"max_tunnels_per_client"`
+	// StateDir keeps what must survive a restart (the port leases).
+	// Empty: $STATE_DIRECTORY when systemd sets it, else nothing is kept.
+	StateDir string `toml:"state_dir"`
+	// PortLease is how long a port the server picked (remote_port = 0)
+	// stays reserved for its client and tunnel after the tunnel went down.
+	// 0 turns leases off.
+	PortLease Duration `toml:"port_lease"`
 
 	Log       Log             `toml:"log"`
 	TLS       ServerTLS       `toml:"tls"`
@@ -76,6 +83,7 @@ func DefaultServer() *Server {
 		AllowPorts:          []string{"1024-65535"},
 		HandshakeTimeout:    Duration(10 * time.Second),
 		MaxTunnelsPerClient: 64,
+		PortLease:           Duration(24 * time.Hour),
 		Log:                 Log{Level: "info", Format: "text"},
 		KeepAlive:           ServerKeepAlive{Session: DefaultSession, Public: DefaultLeg},
 		File:                "(defaults)",
@@ -116,6 +124,10 @@ func (c *Server) applyEnv() {
 	if t := os.Getenv("TUNNEL_TOKEN"); t != "" {
 		c.Token = t
 	}
+	if c.StateDir == "" {
+		// systemd's StateDirectory= (see configs/tunneld.service).
+		c.StateDir = os.Getenv("STATE_DIRECTORY")
+	}
 }
 
 // Validate checks c and parses AllowPorts. lines maps keys to file lines
@@ -145,6 +157,9 @@ func (c *Server) Validate(lines map[string]int) error {
 	}
 	if c.MaxTunnelsPerClient < 1 {
 		ps.add("max_tunnels_per_client", "must be at least 1")
+	}
+	if c.PortLease < 0 || c.PortLease > Duration(365*24*time.Hour) {
+		ps.add("port_lease", "%s is out of range (0 turns leases off; at most 8760h, a year)", c.PortLease.D())
 	}
 	if (c.TLS.CertFile == "") != (c.TLS.KeyFile == "") {
 		ps.add("tls", "set both cert_file and key_file, or neither")

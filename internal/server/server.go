@@ -40,6 +40,7 @@ type Server struct {
 
 	wg      sync.WaitGroup // every goroutine the server starts
 	connSeq atomic.Uint64
+	leases  *leases
 }
 
 // New prepares a server. cfg must be validated and have a token.
@@ -62,7 +63,11 @@ func New(cfg *config.Server, log *slog.Logger) (*Server, error) {
 		}
 		opts.TLS = t
 	}
-	return &Server{cfg: cfg, log: log, opts: opts, sessions: map[string]*session{}, ports: map[int]*session{}}, nil
+	ls, err := openLeases(cfg.StateDir, cfg.PortLease.D(), log)
+	if err != nil {
+		return nil, fmt.Errorf("%s: %w (tunneld must be able to write there; or set state_dir = \"\" to keep port leases in memory only)", cfg.File, err)
+	}
+	return &Server{cfg: cfg, log: log, opts: opts, sessions: map[string]*session{}, ports: map[int]*session{}, leases: ls}, nil
 }
 
 // Start binds the session listener.
@@ -72,8 +77,15 @@ func (s *Server) Start(ctx context.Context) error {
 		return fmt.Errorf("session port: %w", err)
 	}
 	s.ln = ln
+	leases := "off"
+	switch {
+	case s.leases.ttl > 0 && s.leases.path != "":
+		leases = s.leases.path
+	case s.leases.ttl > 0:
+		leases = "in memory (set state_dir to keep them across restarts)"
+	}
 	s.log.Info("listening for sessions", "addr", ln.Addr().String(), "tls", s.opts.TLS != nil,
-		"allow_ports", fmt.Sprint(s.cfg.Ports))
+		"allow_ports", fmt.Sprint(s.cfg.Ports), "port_leases", leases)
 	return nil
 }
 

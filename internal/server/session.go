@@ -295,33 +295,81 @@ func (s *Server) bind(ss *session, r protocol.TunnelRequest) (*publicListener, s
 		}
 		return try(r.RemotePort)
 	}
-	if r.PreferPort != 0 && s.cfg.PortAllowed(r.PreferPort) {
-		if pl, _, err := try(r.PreferPort); err == nil {
-			return pl, "", nil
+	// remote_port = 0: the port leased to this tunnel, then the one the
+	// client remembers, then a free port that is leased to nobody, and
+	// only when there is none a port leased to another client.
+	got := func(pl *publicListener) (*publicListener, string, error) {
+		s.leases.hold(ss.client, r.Name, pl.port)
+		return pl, "", nil
+	}
+	leasedToOther := func(port int) bool {
+		_, ok := s.leases.holder(port, ss.client, r.Name)
+		return ok
+	}
+	if p := s.leases.of(ss.client, r.Name); p != 0 && s.cfg.PortAllowed(p) {
+		if pl, _, err := try(p); err == nil {
+			return got(pl)
 		}
 	}
-	// remote_port = 0: pick a free allowed port at random.
+	if p := r.PreferPort; p != 0 && s.cfg.PortAllowed(p) && !leasedToOther(p) {
+		if pl, _, err := try(p); err == nil {
+			return got(pl)
+		}
+	}
 	total := 0
 	for _, pr := range s.cfg.Ports {
 		total += pr.Hi - pr.Lo + 1
 	}
-	var lastErr error
-	for range 64 {
-		k := rand.IntN(total)
-		port := 0
+	nth := func(k int) int {
 		for _, pr := range s.cfg.Ports {
 			if n := pr.Hi - pr.Lo + 1; k < n {
-				port = pr.Lo + k
-				break
+				return pr.Lo + k
 			} else {
 				k -= n
 			}
 		}
+		return 0
+	}
+	var lastErr error
+	for range 64 {
+		port := nth(rand.IntN(total))
+		if leasedToOther(port) {
+			continue
+		}
 		pl, _, err := try(port)
 		if err == nil {
-			return pl, "", nil
+			return got(pl)
 		}
 		lastErr = err
+	}
+	// The random picks found nothing: the range is small or nearly full.
+	// Walk it once from a random start, unleased ports first.
+	start := rand.IntN(total)
+	var leased []int
+	for i := range total {
+		port := nth((start + i) % total)
+		if leasedToOther(port) {
+			leased = append(leased, port)
+			continue
+		}
+		pl, _, err := try(port)
+		if err == nil {
+			return got(pl)
+		}
+		lastErr = err
+	}
+	for _, port := range leased {
+		le, _ := s.leases.holder(port, ss.client, r.Name)
+		pl, _, err := try(port)
+		if err != nil {
+			lastErr = err
+			continue
+		}
+		if le != nil {
+			ss.log.Warn("no unleased port free: giving a port leased to another client", "tunnel", r.Name, "port", port,
+				"leased_to", le.Client+"/"+le.Tunnel, "lease_until", le.Until.Format(time.RFC3339))
+		}
+		return got(pl)
 	}
 	return nil, protocol.CodePortInUse, fmt.Errorf("no free port among the allowed ports %v (last try: %v)", s.cfg.Ports, lastErr)
 }
@@ -346,6 +394,7 @@ func (s *Server) unregister(ss *session) {
 	}
 	s.mu.Unlock()
 	if len(freed) > 0 {
+		s.leases.release(ss.client, freed)
 		for _, o := range others {
 			o.portsFreed(freed)
 		}
