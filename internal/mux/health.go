@@ -167,6 +167,10 @@ type watchConn struct {
 	net.Conn
 	rx       atomic.Uint64
 	lastRead atomic.Int64 // unix nanos of the last read that returned bytes
+	// lastWrite is the unix nanos of the last write that sent bytes: data
+	// written after the peer's last sign of life is data in flight, and a
+	// connection that dies then dies of its retransmission timeout.
+	lastWrite atomic.Int64
 	info     atomic.Pointer[unix.TCPInfo]
 	cause    atomic.Pointer[string]
 	ka       time.Duration // keepalive idle + interval*count, for the message
@@ -232,6 +236,9 @@ func (w *watchConn) Read(p []byte) (int, error) {
 // sender's write is often the first call to see it.
 func (w *watchConn) Write(p []byte) (int, error) {
 	n, err := w.rw.Write(p)
+	if n > 0 {
+		w.lastWrite.Store(time.Now().UnixNano())
+	}
 	w.noteTimeout(err)
 	return n, err
 }
@@ -240,6 +247,9 @@ func (w *watchConn) Write(p []byte) (int, error) {
 // uses it to send a frame's header and body without copying them together.
 func (w *watchConn) WriteBuffers(b net.Buffers) (int64, error) {
 	n, err := w.rw.WriteBuffers(b)
+	if n > 0 {
+		w.lastWrite.Store(time.Now().UnixNano())
+	}
 	w.noteTimeout(err)
 	return n, err
 }
@@ -268,15 +278,27 @@ func (w *watchConn) sample() {
 // noteTimeout records why the kernel gave up, the first time a call on the
 // socket fails with ETIMEDOUT.
 func (w *watchConn) noteTimeout(err error) {
-	if err != nil && errors.Is(err, syscall.ETIMEDOUT) {
+	if err != nil && errors.Is(err, syscall.ETIMEDOUT) && w.cause.Load() == nil {
 		c := w.explainTimeout()
 		w.cause.CompareAndSwap(nil, &c)
 	}
 }
 
+// explainTimeout tells a retransmission timeout (TCP_USER_TIMEOUT: data
+// in flight, keepalive suspended) from a keepalive timeout (idle, probes
+// unanswered). Data is in flight when the last TCP_INFO sample showed
+// unacknowledged or retransmitted data, or when bytes were written after
+// the peer's last sign of life: a sample is up to a tick old, and under
+// load the monitor may not have taken one since the cut, so the write
+// times decide when the sample cannot.
 func (w *watchConn) explainTimeout() string {
-	quiet := time.Since(time.Unix(0, w.lastRead.Load())).Round(100 * time.Millisecond)
+	last := time.Unix(0, w.lastRead.Load())
+	quiet := time.Since(last).Round(100 * time.Millisecond)
+	inFlight := w.lastWrite.Load() > last.UnixNano()
 	if info := w.info.Load(); info != nil && (info.Unacked > 0 || info.Retransmits > 0) && info.Probes == 0 {
+		inFlight = true
+	}
+	if inFlight {
 		return fmt.Sprintf("user timeout: sent data unacknowledged, nothing received for %s (user_timeout %s)", quiet, w.ut)
 	}
 	if w.ka > 0 {
