@@ -10,6 +10,8 @@ package client
 
 import (
 	"context"
+	"crypto/tls"
+	"crypto/x509"
 	"errors"
 	"fmt"
 	"log/slog"
@@ -118,6 +120,10 @@ func (c *Client) Run(ctx context.Context) error {
 		if errors.As(err, &perm) {
 			return err
 		}
+		if p := c.tlsVerifyError(err); p != nil {
+			c.log.Error("server certificate rejected; not retrying", "err", err)
+			return p
+		}
 		if time.Since(start) >= healthyAfter {
 			attempt = 0
 		}
@@ -131,6 +137,35 @@ func (c *Client) Run(ctx context.Context) error {
 			t.Stop()
 			return nil
 		}
+	}
+}
+
+// tlsVerifyError turns a failed verification of the server's certificate
+// into a PermanentError that says what to fix: retrying cannot make an
+// untrusted certificate trusted, and a client retrying forever looks
+// connected to nobody.
+func (c *Client) tlsVerifyError(err error) *PermanentError {
+	var cv *tls.CertificateVerificationError
+	var ua x509.UnknownAuthorityError
+	var he x509.HostnameError
+	var ci x509.CertificateInvalidError
+	if !errors.As(err, &cv) && !errors.As(err, &ua) && !errors.As(err, &he) && !errors.As(err, &ci) {
+		return nil
+	}
+	return &PermanentError{Code: "tls", Msg: fmt.Sprintf(
+		"the server's certificate did not verify (%v): set ca_file to the CA that signed it and server_name to a name it is issued for, under [tls] in %s",
+		unwrapAll(err), c.cfg.File)}
+}
+
+// unwrapAll is the innermost error of a chain, for a message that names
+// the cause once.
+func unwrapAll(err error) error {
+	for {
+		u := errors.Unwrap(err)
+		if u == nil {
+			return err
+		}
+		err = u
 	}
 }
 

@@ -1,10 +1,13 @@
 package e2e
 
 import (
+	"errors"
+	"strings"
 	"sync"
 	"testing"
 	"time"
 
+	"github.com/tunnel-dev/tunnel/internal/client"
 	"github.com/tunnel-dev/tunnel/internal/config"
 	"github.com/tunnel-dev/tunnel/internal/testcert"
 	tt "github.com/tunnel-dev/tunnel/internal/tunneltest"
@@ -53,7 +56,17 @@ func TestTLSSession(t *testing.T) {
 		c.Name = "untrusting"
 		c.TLS = config.ClientTLS{Enabled: true, CAFile: otherCA}
 	}))
-	untrusting.Logs.WaitFor(t, 5*time.Second, "reconnecting", "tls handshake", "certificate signed by unknown authority")
+	// A certificate that does not verify is a config problem: the client
+	// stops at once (exit 77 for the binary) and says what to fix.
+	err := untrusting.Wait(t, 5*time.Second)
+	var perm *client.PermanentError
+	if !errors.As(err, &perm) || perm.Code != "tls" || !strings.Contains(err.Error(), "certificate signed by unknown authority") ||
+		!strings.Contains(err.Error(), "ca_file") {
+		t.Fatalf("untrusting client: %v", err)
+	}
+	if untrusting.Logs.Contains("reconnecting") {
+		t.Error("a client that cannot verify the server's certificate retried")
+	}
 	srv.Logs.WaitFor(t, 5*time.Second, "session refused", "tls handshake", "check ca_file")
 
 	plain := tt.StartClient(t, tt.ClientConfig(t, addr, tunnels(), func(c *config.Client) { c.Name = "plain" }))
