@@ -1,6 +1,7 @@
 package config
 
 import (
+	"crypto/x509"
 	"os"
 	"regexp"
 	"sort"
@@ -119,17 +120,22 @@ func (c *Client) Validate(lines map[string]int) error {
 	if !nameRE.MatchString(c.Name) {
 		ps.add("name", "%q is not a valid client name (letters, digits, '.', '_', '-'; at most 64)", c.Name)
 	}
-	if c.DialTimeout < Duration(10*time.Millisecond) {
-		ps.add("dial_timeout", "%s is too small (at least 10ms)", c.DialTimeout.D())
-	}
-	if c.HandshakeTimeout < Duration(100*time.Millisecond) {
-		ps.add("handshake_timeout", "%s is too small (at least 100ms)", c.HandshakeTimeout.D())
-	}
-	if c.Reconnect.MinDelay < Duration(10*time.Millisecond) || c.Reconnect.MaxDelay < c.Reconnect.MinDelay {
-		ps.add("reconnect", "need 10ms <= min_delay <= max_delay (have %s, %s)", c.Reconnect.MinDelay.D(), c.Reconnect.MaxDelay.D())
+	checkRange(ps, "dial_timeout", c.DialTimeout, 10*time.Millisecond, 5*time.Minute, "")
+	checkRange(ps, "handshake_timeout", c.HandshakeTimeout, 100*time.Millisecond, 5*time.Minute, "")
+	checkRange(ps, "reconnect.min_delay", c.Reconnect.MinDelay, 10*time.Millisecond, time.Hour, "")
+	checkRange(ps, "reconnect.max_delay", c.Reconnect.MaxDelay, 10*time.Millisecond, time.Hour, "")
+	if c.Reconnect.MaxDelay < c.Reconnect.MinDelay {
+		ps.add("reconnect", "need min_delay <= max_delay (have %s, %s)", c.Reconnect.MinDelay.D(), c.Reconnect.MaxDelay.D())
 	}
 	if !c.TLS.Enabled && (c.TLS.CAFile != "" || c.TLS.ServerName != "" || c.TLS.InsecureSkipVerify) {
 		ps.add("tls.enabled", "TLS options are set but enabled = false")
+	}
+	if c.TLS.Enabled && c.TLS.CAFile != "" && checkFile(ps, "tls.ca_file", c.TLS.CAFile) {
+		if pem, err := os.ReadFile(c.TLS.CAFile); err != nil {
+			ps.add("tls.ca_file", "%v", err)
+		} else if !x509.NewCertPool().AppendCertsFromPEM(pem) {
+			ps.add("tls.ca_file", "%s holds no PEM certificate", c.TLS.CAFile)
+		}
 	}
 	checkLog(ps, c.Log)
 	checkSession(ps, c.KeepAlive.Session)

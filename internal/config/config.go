@@ -249,6 +249,28 @@ func readFile(path string) ([]byte, error) {
 	return data, nil
 }
 
+// checkRange adds a problem unless lo <= d <= hi; what says what the
+// bounds are for.
+func checkRange(ps *problems, key string, d Duration, lo, hi time.Duration, what string) {
+	if d.D() < lo || d.D() > hi {
+		ps.add(key, "%s is out of range (%s..%s%s)", d.D(), lo, hi, what)
+	}
+}
+
+// checkFile adds a problem unless path names a readable regular file.
+func checkFile(ps *problems, key, path string) bool {
+	st, err := os.Stat(path)
+	switch {
+	case err != nil:
+		ps.add(key, "%v", err)
+		return false
+	case !st.Mode().IsRegular():
+		ps.add(key, "%s is not a regular file", path)
+		return false
+	}
+	return true
+}
+
 func checkLog(ps *problems, l Log) {
 	var lv slog.Level
 	if err := lv.UnmarshalText([]byte(l.Level)); err != nil {
@@ -272,6 +294,8 @@ func checkKeepAlive(ps *problems, key string, k KeepAlive) {
 			ps.add(key+"."+f.name, "%s is below the kernel's 1s granularity (set idle = \"0s\" to turn keepalive off)", f.d.D())
 		case f.d.D()%time.Second != 0:
 			ps.add(key+"."+f.name, "%s is not a whole number of seconds; the kernel counts keepalive in seconds", f.d.D())
+		case f.d.D() > 32767*time.Second:
+			ps.add(key+"."+f.name, "%s is more than the kernel accepts (32767s, about 9h)", f.d.D())
 		}
 	}
 	if k.Count < 1 || k.Count > 127 {
@@ -281,9 +305,7 @@ func checkKeepAlive(ps *problems, key string, k KeepAlive) {
 
 func checkSession(ps *problems, s Session) {
 	checkKeepAlive(ps, "keepalive.session", s.KeepAlive)
-	if s.UserTimeout < 0 {
-		ps.add("keepalive.session.user_timeout", "must not be negative")
-	}
+	checkRange(ps, "keepalive.session.user_timeout", s.UserTimeout, 0, time.Hour, "; 0 leaves the kernel's default of about 15 minutes")
 	if s.KeepAlive.Idle > 0 && s.UserTimeout > 0 && s.UserTimeout.D() > 2*s.Sock().Bound() {
 		// FAULTS.md: TCP_USER_TIMEOUT replaces the keepalive count, so a
 		// large value delays idle detection to itself.
@@ -292,8 +314,11 @@ func checkSession(ps *problems, s Session) {
 	if s.HeartbeatInterval < 0 || (s.HeartbeatInterval > 0 && s.HeartbeatInterval < Duration(100*time.Millisecond)) {
 		ps.add("keepalive.session.heartbeat_interval", "%s is too small (0 turns the heartbeat off; otherwise at least 100ms)", s.HeartbeatInterval.D())
 	}
-	if s.HeartbeatInterval > 0 && s.HeartbeatTimeout < Duration(100*time.Millisecond) {
-		ps.add("keepalive.session.heartbeat_timeout", "%s is too small (at least 100ms)", s.HeartbeatTimeout.D())
+	if s.HeartbeatInterval > Duration(10*time.Minute) {
+		ps.add("keepalive.session.heartbeat_interval", "%s is too large (at most 10m; a dead peer would go unnoticed that long)", s.HeartbeatInterval.D())
+	}
+	if s.HeartbeatInterval > 0 {
+		checkRange(ps, "keepalive.session.heartbeat_timeout", s.HeartbeatTimeout, 100*time.Millisecond, 10*time.Minute, "")
 	}
 }
 

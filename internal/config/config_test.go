@@ -2,6 +2,8 @@ package config
 
 import (
 	"errors"
+	"fmt"
+	"os"
 	"strings"
 	"testing"
 	"time"
@@ -167,5 +169,58 @@ func TestKeyLines(t *testing.T) {
 	}
 	if _, ok := l["x.y.z.q"]; ok {
 		t.Error("key inside a multi-line string was indexed")
+	}
+}
+
+// Absurd values are refused with the key and the range, not taken: a
+// handshake_timeout of 2562047h passed before.
+func TestRangesNameKeyAndBounds(t *testing.T) {
+	t.Setenv("TUNNEL_TOKEN", "")
+	t.Setenv("STATE_DIRECTORY", "")
+	srv := "token = \"x\"\nhandshake_timeout = \"2562047h\"\nmax_tunnels_per_client = 100000\nport_lease = \"-1s\"\n" +
+		"[keepalive.session]\nuser_timeout = \"2562047h\"\nheartbeat_interval = \"24h\"\n[keepalive.public]\nidle = \"100000s\"\n"
+	_, err := ParseServer("s.toml", []byte(srv))
+	for _, want := range []string{
+		"s.toml:2: handshake_timeout: 2562047h0m0s is out of range (100ms..5m0s)",
+		"s.toml:3: max_tunnels_per_client: 100000 is out of range (1..4096)",
+		"s.toml:4: port_lease: -1s is out of range",
+		"keepalive.session.user_timeout: 2562047h0m0s is out of range (0s..1h0m0s",
+		"keepalive.session.heartbeat_interval: 24h0m0s is too large",
+		"keepalive.public.idle: 27h46m40s is more than the kernel accepts",
+	} {
+		if err == nil || !strings.Contains(err.Error(), want) {
+			t.Errorf("server error %v\nlacks %q", err, want)
+		}
+	}
+	cli := "server = \"h:1\"\ntoken = \"x\"\ndial_timeout = \"100h\"\n[reconnect]\nmax_delay = \"1000h\"\n[tunnels.a]\nlocal = \"127.0.0.1:1\"\n"
+	_, err = ParseClient("c.toml", []byte(cli))
+	for _, want := range []string{"c.toml:3: dial_timeout: 100h0m0s is out of range", "c.toml:5: reconnect.max_delay: 1000h0m0s is out of range"} {
+		if err == nil || !strings.Contains(err.Error(), want) {
+			t.Errorf("client error %v\nlacks %q", err, want)
+		}
+	}
+}
+
+// Files a config names are checked when it is loaded (by check and by
+// serve alike): a missing or unparsable one names its key.
+func TestConfigFilesExistAndParse(t *testing.T) {
+	t.Setenv("TUNNEL_TOKEN", "")
+	dir := t.TempDir()
+	junk := dir + "/junk.pem"
+	if err := os.WriteFile(junk, []byte("not a certificate"), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	srv := fmt.Sprintf("token = \"x\"\n[tls]\ncert_file = %q\nkey_file = %q\n", dir+"/missing.pem", junk)
+	_, err := ParseServer("s.toml", []byte(srv))
+	if err == nil || !strings.Contains(err.Error(), "s.toml:3: tls.cert_file:") || !strings.Contains(err.Error(), "missing.pem: no such file") {
+		t.Errorf("missing cert_file: %v", err)
+	}
+	srv = fmt.Sprintf("token = \"x\"\n[tls]\ncert_file = %q\nkey_file = %q\n", junk, junk)
+	if _, err := ParseServer("s.toml", []byte(srv)); err == nil || !strings.Contains(err.Error(), "do not load as a certificate") {
+		t.Errorf("junk cert_file: %v", err)
+	}
+	cli := fmt.Sprintf("server = \"h:1\"\ntoken = \"x\"\n[tls]\nenabled = true\nca_file = %q\n[tunnels.a]\nlocal = \"127.0.0.1:1\"\n", junk)
+	if _, err := ParseClient("c.toml", []byte(cli)); err == nil || !strings.Contains(err.Error(), "c.toml:5: tls.ca_file:") || !strings.Contains(err.Error(), "holds no PEM certificate") {
+		t.Errorf("junk ca_file: %v", err)
 	}
 }

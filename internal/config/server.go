@@ -1,6 +1,7 @@
 package config
 
 import (
+	"crypto/tls"
 	"fmt"
 	"net"
 	"os"
@@ -152,17 +153,23 @@ func (c *Server) Validate(lines map[string]int) error {
 		}
 		c.Ports = append(c.Ports, r)
 	}
-	if c.HandshakeTimeout < Duration(100*time.Millisecond) {
-		ps.add("handshake_timeout", "%s is too small (at least 100ms)", c.HandshakeTimeout.D())
-	}
-	if c.MaxTunnelsPerClient < 1 {
-		ps.add("max_tunnels_per_client", "must be at least 1")
+	checkRange(ps, "handshake_timeout", c.HandshakeTimeout, 100*time.Millisecond, 5*time.Minute, "")
+	if c.MaxTunnelsPerClient < 1 || c.MaxTunnelsPerClient > 4096 {
+		ps.add("max_tunnels_per_client", "%d is out of range (1..4096)", c.MaxTunnelsPerClient)
 	}
 	if c.PortLease < 0 || c.PortLease > Duration(365*24*time.Hour) {
 		ps.add("port_lease", "%s is out of range (0 turns leases off; at most 8760h, a year)", c.PortLease.D())
 	}
 	if (c.TLS.CertFile == "") != (c.TLS.KeyFile == "") {
 		ps.add("tls", "set both cert_file and key_file, or neither")
+	} else if c.TLS.Enabled() {
+		// What serve would load: check finds it too, not serve alone.
+		certOK, keyOK := checkFile(ps, "tls.cert_file", c.TLS.CertFile), checkFile(ps, "tls.key_file", c.TLS.KeyFile)
+		if certOK && keyOK {
+			if _, err := tls.LoadX509KeyPair(c.TLS.CertFile, c.TLS.KeyFile); err != nil {
+				ps.add("tls.cert_file", "%s and key_file %s do not load as a certificate and its key: %v", c.TLS.CertFile, c.TLS.KeyFile, err)
+			}
+		}
 	}
 	checkLog(ps, c.Log)
 	checkSession(ps, c.KeepAlive.Session)

@@ -222,6 +222,11 @@ func TestBinariesConfigErrorsAndVersion(t *testing.T) {
 			[]string{"tunnel.toml", "tunnels"}},
 		{"tunnelc", "syntax.toml", "server = \"127.0.0.1:7835\n",
 			[]string{"syntax.toml:1:", "newlines"}},
+		// check and serve alike find a certificate that is not there.
+		{"tunneld", "tls.toml", "listen = \"127.0.0.1:0\"\n[tls]\ncert_file = \"/nonexistent/cert.pem\"\nkey_file = \"/nonexistent/key.pem\"\n",
+			[]string{"tls.toml:3", "tls.cert_file", "/nonexistent/cert.pem", "tls.toml:4", "tls.key_file"}},
+		{"tunneld", "range.toml", "listen = \"127.0.0.1:0\"\nhandshake_timeout = \"2562047h\"\n",
+			[]string{"range.toml:2", "handshake_timeout", "out of range"}},
 	}
 	for _, c := range cases {
 		p := writeFile(t, dir, c.file, c.content)
