@@ -171,10 +171,10 @@ type watchConn struct {
 	// written after the peer's last sign of life is data in flight, and a
 	// connection that dies then dies of its retransmission timeout.
 	lastWrite atomic.Int64
-	info     atomic.Pointer[unix.TCPInfo]
-	cause    atomic.Pointer[string]
-	ka       time.Duration // keepalive idle + interval*count, for the message
-	ut       time.Duration
+	info      atomic.Pointer[unix.TCPInfo]
+	cause     atomic.Pointer[string]
+	ka        time.Duration // keepalive idle + interval*count, for the message
+	ut        time.Duration
 	// rw does the I/O: the socket through package rawio (no runtime
 	// hand-off per call), or the conn itself when it is no socket.
 	rw ioer
