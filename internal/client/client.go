@@ -246,6 +246,8 @@ func (c *Client) runSession(ctx context.Context) error {
 		return &PermanentError{Code: protocol.CodeInvalidTunnel, Msg: fmt.Sprint(perm)}
 	}
 	if len(public) == 0 && len(pending) == 0 {
+		// Leaving on purpose: say so, or tunneld logs a lost session.
+		ss.sayGoodbye("no tunnel could be registered")
 		return errors.New("no tunnel could be registered")
 	}
 	c.mu.Lock()

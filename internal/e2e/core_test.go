@@ -12,6 +12,7 @@ import (
 
 	"github.com/tunnel-dev/tunnel/internal/client"
 	"github.com/tunnel-dev/tunnel/internal/config"
+	"github.com/tunnel-dev/tunnel/internal/protocol"
 	tt "github.com/tunnel-dev/tunnel/internal/tunneltest"
 )
 
@@ -284,6 +285,20 @@ func TestRefusals(t *testing.T) {
 			t.Fatalf("reply %+v", r.err)
 		}
 		srv.Logs.WaitFor(t, time.Second, "session refused", "client=future", "code=version")
+	})
+	t.Run("half a hello", func(t *testing.T) {
+		for _, c := range []struct {
+			msg  protocol.Control
+			want string
+		}{
+			{protocol.Control{Type: protocol.TypeHello}, "hello message without a body"},
+			{protocol.Control{Type: protocol.TypeGoodbye}, `expected hello, got "goodbye"`},
+		} {
+			r := rawControl(t, addr, c.msg)
+			if r.err == nil || r.err.Code != "bad_request" || !strings.Contains(r.err.Message, c.want) {
+				t.Errorf("reply to %+v: %+v, want %q", c.msg, r.err, c.want)
+			}
+		}
 	})
 	t.Run("port outside allowed ranges", func(t *testing.T) {
 		cl := tt.StartClient(t, tt.ClientConfig(t, addr, map[string]*config.Tunnel{"low": {Local: echo.Addr(), RemotePort: 1500}},

@@ -20,6 +20,15 @@ type raw struct {
 
 func rawSession(t *testing.T, addr string, version int, token, name string, port int) *raw {
 	t.Helper()
+	hello := &protocol.Hello{Version: version, Client: name, Token: token,
+		Tunnels: []protocol.TunnelRequest{{Name: "echo", Type: "tcp", RemotePort: port}}}
+	return rawControl(t, addr, protocol.Control{Type: protocol.TypeHello, Hello: hello})
+}
+
+// rawControl opens a session, sends first as the first control message and
+// returns the server's answer.
+func rawControl(t *testing.T, addr string, first protocol.Control) *raw {
+	t.Helper()
 	c, err := net.Dial("tcp", addr)
 	if err != nil {
 		t.Fatal(err)
@@ -38,9 +47,7 @@ func rawSession(t *testing.T, addr string, version int, token, name string, port
 		t.Fatal(err)
 	}
 	_ = st.SetDeadline(time.Now().Add(5 * time.Second))
-	hello := &protocol.Hello{Version: version, Client: name, Token: token,
-		Tunnels: []protocol.TunnelRequest{{Name: "echo", Type: "tcp", RemotePort: port}}}
-	if err := protocol.WriteFrame(st, protocol.Control{Type: protocol.TypeHello, Hello: hello}); err != nil {
+	if err := protocol.WriteFrame(st, first); err != nil {
 		t.Fatal(err)
 	}
 	var m protocol.Control

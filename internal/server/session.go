@@ -92,8 +92,12 @@ func (s *Server) handleConn(ctx context.Context, c net.Conn) {
 	}
 	_ = ctrl.SetReadDeadline(time.Time{})
 	hello := msg.Hello
-	if msg.Type != protocol.TypeHello || hello == nil {
+	switch {
+	case msg.Type != protocol.TypeHello:
 		s.refuse(ctrl, log, protocol.CodeBadRequest, fmt.Sprintf("expected hello, got %q", msg.Type))
+		return
+	case hello == nil:
+		s.refuse(ctrl, log, protocol.CodeBadRequest, "hello message without a body: a client of another protocol version, or not tunnelc?")
 		return
 	}
 	log = log.With("client", hello.Client)
