@@ -167,14 +167,10 @@ type watchConn struct {
 	net.Conn
 	rx       atomic.Uint64
 	lastRead atomic.Int64 // unix nanos of the last read that returned bytes
-	// lastWrite is the unix nanos of the last write that sent bytes: data
-	// written after the peer's last sign of life is data in flight, and a
-	// connection that dies then dies of its retransmission timeout.
-	lastWrite atomic.Int64
-	info      atomic.Pointer[unix.TCPInfo]
-	cause     atomic.Pointer[string]
-	ka        time.Duration // keepalive idle + interval*count, for the message
-	ut        time.Duration
+	info     atomic.Pointer[unix.TCPInfo]
+	cause    atomic.Pointer[string]
+	ka       time.Duration // keepalive idle + interval*count, for the message
+	ut       time.Duration
 	// rw does the I/O: the socket through package rawio (no runtime
 	// hand-off per call), or the conn itself when it is no socket.
 	rw ioer
@@ -236,9 +232,6 @@ func (w *watchConn) Read(p []byte) (int, error) {
 // sender's write is often the first call to see it.
 func (w *watchConn) Write(p []byte) (int, error) {
 	n, err := w.rw.Write(p)
-	if n > 0 {
-		w.lastWrite.Store(time.Now().UnixNano())
-	}
 	w.noteTimeout(err)
 	return n, err
 }
@@ -247,9 +240,6 @@ func (w *watchConn) Write(p []byte) (int, error) {
 // uses it to send a frame's header and body without copying them together.
 func (w *watchConn) WriteBuffers(b net.Buffers) (int64, error) {
 	n, err := w.rw.WriteBuffers(b)
-	if n > 0 {
-		w.lastWrite.Store(time.Now().UnixNano())
-	}
 	w.noteTimeout(err)
 	return n, err
 }
@@ -286,23 +276,34 @@ func (w *watchConn) noteTimeout(err error) {
 
 // explainTimeout tells a retransmission timeout (TCP_USER_TIMEOUT: data
 // in flight, keepalive suspended) from a keepalive timeout (idle, probes
-// unanswered). Data is in flight when the last TCP_INFO sample showed
-// unacknowledged or retransmitted data, or when bytes were written after
-// the peer's last sign of life: a sample is up to a tick old, and under
-// load the monitor may not have taken one since the cut, so the write
-// times decide when the sample cannot.
+// unanswered), from the socket's TCP_INFO: the monitor's last sample and
+// one taken now, as the kernel may have cleared its books by the time the
+// error surfaces. Data in flight is data unacknowledged or retransmitted,
+// or a send window the peer has closed (its zero-window probes count as
+// probes too, which without this read as keepalive's).
 func (w *watchConn) explainTimeout() string {
-	last := time.Unix(0, w.lastRead.Load())
-	quiet := time.Since(last).Round(100 * time.Millisecond)
-	inFlight := w.lastWrite.Load() > last.UnixNano()
-	if info := w.info.Load(); info != nil && (info.Unacked > 0 || info.Retransmits > 0) && info.Probes == 0 {
-		inFlight = true
+	quiet := time.Since(time.Unix(0, w.lastRead.Load())).Round(100 * time.Millisecond)
+	last := w.info.Load()
+	w.sample()
+	inFlight := false
+	for _, info := range []*unix.TCPInfo{last, w.info.Load()} {
+		if info == nil {
+			continue
+		}
+		// Rcv_wnd is set on every kernel that reports Snd_wnd; an older
+		// kernel's shorter struct leaves both zero.
+		zeroWindow := info.Snd_wnd == 0 && info.Rcv_wnd != 0
+		if info.Unacked > 0 || info.Retransmits > 0 || info.Backoff > 0 || zeroWindow {
+			inFlight = true
+		}
 	}
 	if inFlight {
 		return fmt.Sprintf("user timeout: sent data unacknowledged, nothing received for %s (user_timeout %s)", quiet, w.ut)
 	}
 	if w.ka > 0 {
-		return fmt.Sprintf("keepalive timeout after %s idle: probes unanswered (keepalive bound %s)", quiet, w.ka)
+		// Not "idle": streams may have been waiting for window, with
+		// nothing of ours on the wire; TCP's books decide the label.
+		return fmt.Sprintf("keepalive timeout: probes unanswered, nothing received for %s, nothing of ours unacknowledged (keepalive bound %s)", quiet, w.ka)
 	}
 	return fmt.Sprintf("tcp timeout after %s without a reply", quiet)
 }

@@ -56,8 +56,7 @@ type Options struct {
 func Dial(ctx context.Context, addr string, o Options) (net.Conn, error) {
 	ctx, cancel := context.WithTimeout(ctx, o.HandshakeTimeout)
 	defer cancel()
-	d := net.Dialer{KeepAliveConfig: o.KeepAlive.Config()}
-	c, err := d.DialContext(ctx, "tcp", addr)
+	c, err := connect(ctx, addr, o)
 	if err != nil {
 		return nil, fmt.Errorf("dial %s: %w", addr, err)
 	}
@@ -76,6 +75,31 @@ func Dial(ctx context.Context, addr string, o Options) (net.Conn, error) {
 		return nil, fmt.Errorf("dial %s: tls handshake: %w", addr, err)
 	}
 	return newTLSConn(tc, ck), nil
+}
+
+// ConnectAttempt bounds one connection attempt of Dial. A SYN that gets
+// no answer (a black-holed path) is retransmitted by the kernel after 1,
+// 3, 7 s...: a dial pending across the moment the path heals would wait
+// for the next retransmission, seconds later. Dial starts a fresh attempt,
+// with a fresh SYN, every ConnectAttempt instead, so a session comes back
+// within about a second of the path, during an attempt.
+const ConnectAttempt = time.Second
+
+// connect dials addr with the session's keepalive, a fresh attempt every
+// ConnectAttempt until ctx ends; an answer other than silence (refused,
+// unreachable) ends it at once.
+func connect(ctx context.Context, addr string, o Options) (net.Conn, error) {
+	for {
+		d := net.Dialer{KeepAliveConfig: o.KeepAlive.Config(), Timeout: ConnectAttempt}
+		c, err := d.DialContext(ctx, "tcp", addr)
+		if err == nil {
+			return c, nil
+		}
+		var ne net.Error
+		if ctx.Err() != nil || !errors.As(err, &ne) || !ne.Timeout() {
+			return nil, err
+		}
+	}
 }
 
 // Listen opens the session listener. Accepted conns carry the session's
