@@ -79,7 +79,7 @@ func TestPickedPortStaysWithItsTunnel(t *testing.T) {
 	if err != nil || !strings.Contains(string(data), `"tunnel": "web"`) {
 		t.Fatalf("lease file: %v\n%s", err, data)
 	}
-	srv = tt.StartServer(t, tt.ServerConfig(t, func(c *config.Server) { scfg(c); c.Listen = addr }))
+	tt.StartServer(t, tt.ServerConfig(t, func(c *config.Server) { scfg(c); c.Listen = addr }))
 	cl = start()
 	if got := cl.WaitUp(t, hangBound)["web"]; got != pub {
 		t.Fatalf("after a server restart: public address %s, want %s", got, pub)
