@@ -60,24 +60,36 @@ func TestRefusedTunnelComesUpWhenPortFrees(t *testing.T) {
 	srv.Logs.WaitFor(t, time.Second, `msg="tunnel up"`, "client=b", "tunnel=p", "attempts=")
 }
 
+// squatted starts a server and a client whose one tunnel asks for a port
+// another program (the test) holds.
+func squatted(t *testing.T) (srv *tt.Server, cl *tt.Client, squat net.Listener, port int) {
+	t.Helper()
+	echo := tt.NewEcho(t)
+	srv = tt.StartServer(t, tt.ServerConfig(t, nil))
+	squat, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { squat.Close() })
+	port = squat.Addr().(*net.TCPAddr).Port
+	cl = tt.StartClient(t, tt.ClientConfig(t, srv.Addr().String(), map[string]*config.Tunnel{
+		"p": {Local: echo.Addr(), RemotePort: port},
+	}, nil))
+	tt.Eventually(t, hangBound, "the tunnel pending", func() bool { return cl.Status().Pending["p"] != "" })
+	return srv, cl, squat, port
+}
+
 // A port held by another program: the tunnel stays pending, retried with
 // backoff and logged once at warn (retries at debug), and comes up once
 // the program lets go.
 func TestRefusedTunnelComesUpWhenProgramLetsGo(t *testing.T) {
 	tt.CheckLeaks(t)
-	echo := tt.NewEcho(t)
-	srv := tt.StartServer(t, tt.ServerConfig(t, nil))
-	squat, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		t.Fatal(err)
-	}
-	port := squat.Addr().(*net.TCPAddr).Port
-	cl := tt.StartClient(t, tt.ClientConfig(t, srv.Addr().String(), map[string]*config.Tunnel{
-		"p": {Local: echo.Addr(), RemotePort: port},
-	}, nil))
-	tt.Eventually(t, hangBound, "the client's session", func() bool { return cl.Status().Connected })
+	srv, cl, squat, port := squatted(t)
 	if why := cl.Status().Pending["p"]; !strings.Contains(why, "in use on the server by another program") {
 		t.Fatalf("status for p: pending %q", why)
+	}
+	if !cl.Status().Connected {
+		t.Fatal("a client whose only tunnel is pending is not connected")
 	}
 	// A few retries happen meanwhile.
 	srv.Logs.WaitFor(t, hangBound, "tunnel still refused; retrying", "attempt=3")
@@ -101,22 +113,10 @@ func TestRefusedTunnelComesUpWhenProgramLetsGo(t *testing.T) {
 }
 
 // A session that ends while a tunnel is pending leaves no timer or attempt
-// behind (CheckLeaks), and a client that comes back gets the tunnel pending
-// again.
+// behind (CheckLeaks), and the server forgets the tunnel.
 func TestPendingTunnelEndsWithSession(t *testing.T) {
 	tt.CheckLeaks(t)
-	echo := tt.NewEcho(t)
-	srv := tt.StartServer(t, tt.ServerConfig(t, nil))
-	squat, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer squat.Close()
-	port := squat.Addr().(*net.TCPAddr).Port
-	cl := tt.StartClient(t, tt.ClientConfig(t, srv.Addr().String(), map[string]*config.Tunnel{
-		"p": {Local: echo.Addr(), RemotePort: port},
-	}, nil))
-	tt.Eventually(t, hangBound, "the tunnel pending", func() bool { return cl.Status().Pending["p"] != "" })
+	srv, cl, _, _ := squatted(t)
 	if got := srv.Pending()["test-client/p"]; got == "" {
 		t.Fatalf("server's pending list: %v", srv.Pending())
 	}

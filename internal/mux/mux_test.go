@@ -104,16 +104,8 @@ func TestBlockedStreamsEndOnSessionClose(t *testing.T) {
 	const n = 1000
 	o := testOptions()
 	cli, srv, _, _ := pair(t, o)
-	go func() {
-		for {
-			st, err := srv.AcceptStream()
-			if err != nil {
-				return
-			}
-			// Read nothing: the client's writes fill the window and block.
-			_ = st
-		}
-	}()
+	// Read nothing: the client's writes fill the window and block.
+	acceptAll(srv, func(*yamux.Stream) {})
 	var wg sync.WaitGroup
 	errs := make(chan error, 2*n)
 	for i := range n {
@@ -152,21 +144,26 @@ func TestBlockedStreamsEndOnSessionClose(t *testing.T) {
 	}
 }
 
+// acceptAll hands every stream s accepts to serve, until s closes.
+func acceptAll(s *Session, serve func(*yamux.Stream)) {
+	go func() {
+		for {
+			st, err := s.AcceptStream()
+			if err != nil {
+				return
+			}
+			serve(st)
+		}
+	}()
+}
+
 // A session whose socket fails under writers (here: closed under them)
 // fails every write with ErrSessionLost, whichever path the write took:
 // its own direct write of the frame, the send loop, or the queue.
 func TestWritesTellSessionLossWhenSocketFails(t *testing.T) {
 	o := testOptions()
 	cli, srv, cc, _ := pair(t, o)
-	go func() {
-		for {
-			st, err := srv.AcceptStream()
-			if err != nil {
-				return
-			}
-			go io.Copy(io.Discard, st)
-		}
-	}()
+	acceptAll(srv, func(st *yamux.Stream) { go io.Copy(io.Discard, st) })
 	const n = 64
 	var wg, started sync.WaitGroup
 	errs := make(chan error, n)

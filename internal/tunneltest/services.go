@@ -32,6 +32,11 @@ func NewService(t testing.TB, serve func(c *net.TCPConn, stop <-chan struct{})) 
 	if err != nil {
 		t.Fatal(err)
 	}
+	return NewServiceOn(t, ln, serve)
+}
+
+// NewServiceOn is NewService on ln (e.g. a listener in a lab namespace).
+func NewServiceOn(t testing.TB, ln net.Listener, serve func(c *net.TCPConn, stop <-chan struct{})) *Service {
 	s := &Service{ln: ln, serve: serve, stop: make(chan struct{}), conns: map[net.Conn]struct{}{}}
 	s.wg.Add(1)
 	go s.accept()

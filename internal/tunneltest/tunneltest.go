@@ -19,7 +19,6 @@ import (
 	"runtime"
 	"strings"
 	"sync"
-	"sync/atomic"
 	"testing"
 	"time"
 )
@@ -84,85 +83,24 @@ func Eventually(t testing.TB, timeout time.Duration, what string, cond func() bo
 
 // Echo is a TCP echo service on 127.0.0.1 that honours half-close: on EOF
 // it finishes writing what it read, then closes its write side.
-type Echo struct {
-	ln     net.Listener
-	active atomic.Int64
-	total  atomic.Int64
-	wg     sync.WaitGroup
-	mu     sync.Mutex
-	conns  map[net.Conn]struct{}
-}
+type Echo = Service
 
 // NewEcho starts an echo service; it stops at test cleanup.
-func NewEcho(t testing.TB) *Echo {
-	t.Helper()
-	ln, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		t.Fatal(err)
-	}
-	return NewEchoOn(t, ln)
-}
+func NewEcho(t testing.TB) *Echo { return NewService(t, echo) }
 
 // NewEchoOn serves echo on ln (e.g. a listener in a lab namespace); it
 // stops at test cleanup.
-func NewEchoOn(t testing.TB, ln net.Listener) *Echo {
-	e := &Echo{ln: ln, conns: map[net.Conn]struct{}{}}
-	e.wg.Add(1)
-	go e.serve()
-	t.Cleanup(e.Close)
-	return e
-}
+func NewEchoOn(t testing.TB, ln net.Listener) *Echo { return NewServiceOn(t, ln, echo) }
 
-// Addr is the service's address.
-func (e *Echo) Addr() string { return e.ln.Addr().String() }
-
-// Active is the number of connections open right now.
-func (e *Echo) Active() int64 { return e.active.Load() }
-
-// Total is the number of connections accepted so far.
-func (e *Echo) Total() int64 { return e.total.Load() }
-
-// Close stops accepting, closes every connection and waits for them.
-func (e *Echo) Close() {
-	e.ln.Close()
-	e.mu.Lock()
-	for c := range e.conns {
-		c.Close()
-	}
-	e.mu.Unlock()
-	e.wg.Wait()
-}
-
-func (e *Echo) serve() {
-	defer e.wg.Done()
-	for {
-		c, err := e.ln.Accept()
-		if err != nil {
-			return
-		}
-		e.active.Add(1)
-		e.total.Add(1)
-		e.mu.Lock()
-		e.conns[c] = struct{}{}
-		e.mu.Unlock()
-		e.wg.Add(1)
-		go func() {
-			defer e.wg.Done()
-			defer e.active.Add(-1)
-			// Plain copying: Go's splice path would pool pipes that
-			// outlive the connection and look like leaked descriptors.
-			_, err := io.CopyBuffer(struct{ io.Writer }{c}, struct{ io.Reader }{c}, make([]byte, 32<<10))
-			if err == nil {
-				c.(*net.TCPConn).CloseWrite()
-				// Wait for the peer to finish before closing, so the last
-				// bytes are never cut by a reset.
-				_, _ = io.Copy(io.Discard, c)
-			}
-			e.mu.Lock()
-			delete(e.conns, c)
-			e.mu.Unlock()
-			c.Close()
-		}()
+func echo(c *net.TCPConn, _ <-chan struct{}) {
+	// Plain copying: Go's splice path would pool pipes that outlive the
+	// connection and look like leaked descriptors.
+	_, err := io.CopyBuffer(struct{ io.Writer }{c}, struct{ io.Reader }{c}, make([]byte, 32<<10))
+	if err == nil {
+		_ = c.CloseWrite()
+		// Wait for the peer to finish before closing, so the last bytes
+		// are never cut by a reset.
+		_, _ = io.Copy(io.Discard, c)
 	}
 }
 
