@@ -104,6 +104,21 @@ func (ss *session) retry(name string) {
 		return
 	}
 	defer ss.wg.Done()
+	public, ok := ss.attempt(name)
+	if !ok {
+		return
+	}
+	// Told outside regMu: a client slow to read must not hold every
+	// other registration for the write's deadline.
+	if err := ss.send(protocol.Control{Type: protocol.TypeTunnel,
+		Tunnel: &protocol.TunnelResult{Name: name, OK: true, Public: public}}); err != nil {
+		ss.log.Debug("tunnel up, but the client was not told", "tunnel", name, "err", err)
+	}
+}
+
+// attempt binds the pending tunnel name once, under regMu. ok reports that
+// it came up, with its public address.
+func (ss *session) attempt(name string) (public string, ok bool) {
 	s := ss.srv
 	s.regMu.Lock()
 	defer s.regMu.Unlock()
@@ -112,19 +127,19 @@ func (ss *session) retry(name string) {
 	p := ss.pending[name]
 	ss.mu.Unlock()
 	if p == nil {
-		return
+		return "", false
 	}
 	pl, code, err := s.bind(ss, p.req)
 	if err == nil && !ss.addListenerAndServe(pl, name) {
 		pl.ln.Close()
 		s.freePort(ss, pl.port)
-		return // the session closed meanwhile
+		return "", false // the session closed meanwhile
 	}
 	if err != nil {
 		ss.mu.Lock()
 		defer ss.mu.Unlock()
 		if ss.closed {
-			return
+			return "", false
 		}
 		p.attempt++
 		log := ss.log.With("tunnel", name, "code", code, "err", err, "attempt", p.attempt)
@@ -134,7 +149,7 @@ func (ss *session) retry(name string) {
 			// server's allowed ports, say): stop and say so.
 			delete(ss.pending, name)
 			log.Warn("tunnel refused; no more retries")
-			return
+			return "", false
 		case code != p.code || err.Error() != p.err:
 			log.Info("tunnel still refused; retrying")
 		default:
@@ -144,15 +159,11 @@ func (ss *session) retry(name string) {
 		}
 		p.code, p.err = code, err.Error()
 		p.timer.Reset(backoff(p.attempt))
-		return
+		return "", false
 	}
-	public := net.JoinHostPort(s.cfg.AdvertisedHost(), strconv.Itoa(pl.port))
 	ss.log.Info("tunnel up", "tunnel", name, "public", pl.ln.Addr().String(),
 		"after", time.Since(p.since).Round(time.Millisecond), "attempts", p.attempt+1)
-	if err := ss.send(protocol.Control{Type: protocol.TypeTunnel,
-		Tunnel: &protocol.TunnelResult{Name: name, OK: true, Public: public}}); err != nil {
-		ss.log.Debug("tunnel up, but the client was not told", "tunnel", name, "err", err)
-	}
+	return net.JoinHostPort(s.cfg.AdvertisedHost(), strconv.Itoa(pl.port)), true
 }
 
 // addListenerAndServe records pl as the listener of the pending tunnel
