@@ -26,38 +26,52 @@ func rawSession(t *testing.T, addr string, version int, token, name string, port
 }
 
 // rawControl opens a session, sends first as the first control message and
-// returns the server's answer.
+// returns the server's answer. The session is closed at cleanup.
 func rawControl(t *testing.T, addr string, first protocol.Control) *raw {
 	t.Helper()
-	c, err := net.Dial("tcp", addr)
+	r, err := dialRaw(addr, first)
 	if err != nil {
 		t.Fatal(err)
+	}
+	t.Cleanup(func() { r.ys.Close() })
+	return r
+}
+
+// dialRaw is rawControl for a caller that closes the session itself (and
+// must not have a cleanup keep it reachable).
+func dialRaw(addr string, first protocol.Control) (*raw, error) {
+	c, err := net.Dial("tcp", addr)
+	if err != nil {
+		return nil, err
 	}
 	cfg := yamux.DefaultConfig()
 	cfg.EnableKeepAlive = false
 	cfg.LogOutput = nil
-	cfg.Logger = testLogger{t}
+	cfg.Logger = testLogger{}
 	ys, err := yamux.Client(c, cfg)
 	if err != nil {
-		t.Fatal(err)
+		c.Close()
+		return nil, err
 	}
-	t.Cleanup(func() { ys.Close() })
 	st, err := ys.OpenStream()
 	if err != nil {
-		t.Fatal(err)
+		ys.Close()
+		return nil, err
 	}
 	_ = st.SetDeadline(time.Now().Add(5 * time.Second))
 	if err := protocol.WriteFrame(st, first); err != nil {
-		t.Fatal(err)
+		ys.Close()
+		return nil, err
 	}
 	var m protocol.Control
 	if err := protocol.ReadFrame(st, &m); err != nil {
-		t.Fatal(err)
+		ys.Close()
+		return nil, err
 	}
-	return &raw{ys: ys, welcome: m.Welcome, err: m.Error}
+	return &raw{ys: ys, welcome: m.Welcome, err: m.Error}, nil
 }
 
-type testLogger struct{ t *testing.T }
+type testLogger struct{}
 
 func (l testLogger) Print(v ...any)                 {}
 func (l testLogger) Printf(format string, v ...any) {}

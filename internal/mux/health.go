@@ -79,6 +79,7 @@ func yamuxConfig(o Options) *yamux.Config {
 	// slow link megabytes queue legitimately, so this is only a backstop:
 	// a dead session is closed by the monitor, which unblocks every write.
 	cfg.ConnectionWriteTimeout = max(2*(o.HeartbeatInterval+o.HeartbeatTimeout), 2*time.Minute)
+	cfg.IncomingStreamLimit = o.IncomingStreams
 	cfg.MaxStreamWindowSize = DefaultStreamWindow
 	if o.StreamWindow > 0 {
 		cfg.MaxStreamWindowSize = max(o.StreamWindow, 256<<10) // yamux's minimum

@@ -47,6 +47,10 @@ type Options struct {
 	StreamWindow uint32
 	// HandshakeTimeout bounds dialing and the TLS handshake.
 	HandshakeTimeout time.Duration
+	// IncomingStreams is how many streams the peer may open over the
+	// session's life (0: no limit); more are refused before anything is
+	// allocated for them. tunneld allows a client its control stream only.
+	IncomingStreams int
 	// Logger receives yamux's own log lines.
 	Logger *slog.Logger
 }

@@ -55,6 +55,9 @@ func New(cfg *config.Server, log *slog.Logger) (*Server, error) {
 		HeartbeatTimeout:  cfg.KeepAlive.Session.HeartbeatTimeout.D(),
 		HandshakeTimeout:  cfg.HandshakeTimeout.D(),
 		Logger:            log,
+		// A client opens its control stream and nothing else; the
+		// server opens every data stream.
+		IncomingStreams: 1,
 	}
 	if cfg.TLS.Enabled() {
 		t, err := mux.ServerTLS(cfg.TLS.CertFile, cfg.TLS.KeyFile)

@@ -84,6 +84,12 @@ func (s *Server) handleConn(ctx context.Context, c net.Conn) {
 			"hint", "is the peer tunnelc, and do both sides agree on TLS?")
 		return
 	}
+	if ctrl.StreamID() != 1 {
+		// The session allows one stream; it must be the client's first.
+		log.Warn("session refused: control stream has the wrong id", "id", ctrl.StreamID(),
+			"hint", "is the peer tunnelc?")
+		return
+	}
 	_ = ctrl.SetReadDeadline(time.Now().Add(s.opts.HandshakeTimeout))
 	var msg protocol.Control
 	if err := protocol.ReadFrame(ctrl, &msg); err != nil {
@@ -137,8 +143,9 @@ func (s *Server) handleConn(ctx context.Context, c net.Conn) {
 	}
 	ss.log.Info("session up", "tunnels", ok, "refused", len(results)-ok)
 
-	// The client never opens further streams; this loop closes any it
-	// does, and its error is the reason the session died.
+	// The client never opens further streams (the session refuses them:
+	// IncomingStreams); this loop waits for the session's end, and its
+	// error is the reason the session died.
 	cause := make(chan error, 1)
 	ss.wg.Add(1)
 	go func() {
@@ -149,7 +156,7 @@ func (s *Server) handleConn(ctx context.Context, c net.Conn) {
 				cause <- err
 				return
 			}
-			st.Close()
+			_ = st.Reset()
 		}
 	}()
 	ctrlDone := make(chan struct{})

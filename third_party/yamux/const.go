@@ -45,6 +45,11 @@ var (
 	// opened inbound
 	ErrDuplicateStream = fmt.Errorf("duplicate stream initiated")
 
+	// ErrInvalidStreamID (local patch) is used when the peer opens a
+	// stream with an id that is not its own (0, or the other side's
+	// parity).
+	ErrInvalidStreamID = fmt.Errorf("peer opened a stream with an invalid id")
+
 	// ErrReceiveWindowExceeded indicates the window was exceeded
 	ErrRecvWindowExceeded = fmt.Errorf("recv window exceeded")
 

@@ -51,6 +51,14 @@ type Config struct {
 	// Logger is used to pass in the logger to be used. Either Logger or
 	// LogOutput can be set, not both.
 	Logger Logger
+
+	// IncomingStreamLimit (local patch) is how many streams the peer may
+	// open over the session's whole life; 0 means no limit. A stream
+	// beyond it is refused with a RST before anything is allocated for
+	// it, and frames for it are discarded. A server whose clients open
+	// one control stream and nothing else sets 1, so an unauthenticated
+	// or rogue peer cannot make it hold streams and their windows.
+	IncomingStreamLimit int
 }
 
 func (c *Config) Clone() *Config {

@@ -80,6 +80,15 @@ type Session struct {
 	recvDoneCh chan struct{}
 	sendDoneCh chan struct{}
 
+	// pongCh (local patch) queues ping replies for the one goroutine
+	// that sends them; pongDoneCh is closed when it has stopped.
+	pongCh     chan uint32
+	pongDoneCh chan struct{}
+
+	// incoming counts the streams the peer opened (local patch, see
+	// Config.IncomingStreamLimit); guarded by streamLock.
+	incoming int
+
 	// shutdown is used to safely close a session
 	shutdown        bool
 	shutdownErr     error
@@ -117,6 +126,8 @@ func newSession(config *Config, conn io.ReadWriteCloser, client bool) *Session {
 		sendCh:     make(chan *sendReady, 64),
 		recvDoneCh: make(chan struct{}),
 		sendDoneCh: make(chan struct{}),
+		pongCh:     make(chan uint32, pongQueue),
+		pongDoneCh: make(chan struct{}),
 		shutdownCh: make(chan struct{}),
 	}
 	if client {
@@ -126,6 +137,7 @@ func newSession(config *Config, conn io.ReadWriteCloser, client bool) *Session {
 	}
 	go s.recv()
 	go s.send()
+	go s.ponger()
 	if config.EnableKeepAlive {
 		go s.keepalive()
 	}
@@ -325,6 +337,7 @@ func (s *Session) Close() error {
 		stream.forceClose()
 	}
 	<-s.sendDoneCh
+	<-s.pongDoneCh
 	return nil
 }
 
@@ -722,16 +735,18 @@ func (s *Session) handlePing(hdr header) error {
 	flags := hdr.Flags()
 	pingID := hdr.Length()
 
-	// Check if this is a query, respond back in a separate context so we
-	// don't interfere with the receiving thread blocking for the write.
+	// Check if this is a query. Local patch: the reply is queued for the
+	// session's one ping replier, and dropped when the queue is full.
+	// Upstream starts a goroutine per ping, each waiting up to the write
+	// timeout: a peer that floods pings and never reads made a server
+	// start over a million of them (gigabytes) before any authentication.
+	// An honest peer has a ping or two outstanding; a dropped reply to a
+	// flood costs the flooder its answer, nothing else.
 	if flags&flagSYN == flagSYN {
-		go func() {
-			hdr := header(make([]byte, headerSize))
-			hdr.encode(typePing, flagACK, 0, pingID)
-			if err := s.sendNoWait(hdr); err != nil {
-				s.logger.Printf("[WARN] yamux: failed to send ping reply: %v", err)
-			}
-		}()
+		select {
+		case s.pongCh <- pingID:
+		default:
+		}
 		return nil
 	}
 
@@ -744,6 +759,27 @@ func (s *Session) handlePing(hdr header) error {
 	}
 	s.pingLock.Unlock()
 	return nil
+}
+
+// pongQueue bounds the ping replies waiting to be sent (local patch).
+const pongQueue = 16
+
+// ponger sends the replies handlePing queues, one at a time, until the
+// session shuts down (local patch).
+func (s *Session) ponger() {
+	defer close(s.pongDoneCh)
+	for {
+		select {
+		case id := <-s.pongCh:
+			hdr := header(make([]byte, headerSize))
+			hdr.encode(typePing, flagACK, 0, id)
+			if err := s.sendNoWait(hdr); err != nil {
+				return
+			}
+		case <-s.shutdownCh:
+			return
+		}
+	}
 }
 
 // handleGoAway is invokde for a typeGoAway frame
@@ -774,11 +810,36 @@ func (s *Session) incomingStream(id uint32) error {
 		return s.sendNoWait(hdr)
 	}
 
-	// Allocate a new stream
-	stream := newStream(s, id, streamSYNReceived)
+	// Local patch: the peer opens streams with its own parity (a client
+	// odd ids, a server even ones) and never stream 0; anything else is
+	// a protocol error, not a stream to accept.
+	if id == 0 || (id%2 == 1) != (atomic.LoadUint32(&s.nextStreamID)%2 == 0) {
+		s.logger.Printf("[ERR] yamux: peer opened stream %d, which is not one of its ids", id)
+		if sendErr := s.sendNoWait(s.goAway(goAwayProtoErr)); sendErr != nil {
+			s.logger.Printf("[WARN] yamux: failed to send go away: %v", sendErr)
+		}
+		return ErrInvalidStreamID
+	}
 
 	s.streamLock.Lock()
 	defer s.streamLock.Unlock()
+
+	// Local patch: past the peer's stream allowance, refuse before
+	// allocating. The RST is only queued if there is room: a peer
+	// flooding SYNs must not block the receive loop on its replies.
+	if lim := s.config.IncomingStreamLimit; lim > 0 && s.incoming >= lim {
+		hdr := header(make([]byte, headerSize))
+		hdr.encode(typeWindowUpdate, flagRST, id, 0)
+		select {
+		case s.sendCh <- &sendReady{Hdr: hdr}:
+		default:
+		}
+		return nil
+	}
+	s.incoming++
+
+	// Allocate a new stream
+	stream := newStream(s, id, streamSYNReceived)
 
 	// Check if stream already exists
 	if _, ok := s.streams[id]; ok {

@@ -490,6 +490,13 @@ func (s *Stream) closeTimeout() {
 func (s *Stream) forceClose() {
 	s.stateLock.Lock()
 	s.state = streamClosed
+	// Local patch: a close timer left running would keep the stream, its
+	// buffers and the whole session reachable for StreamCloseTimeout (5
+	// minutes by default) after the session closed.
+	if s.closeTimer != nil {
+		s.closeTimer.Stop()
+		s.closeTimer = nil
+	}
 	s.stateLock.Unlock()
 	s.notifyWaiting()
 }
