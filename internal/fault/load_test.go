@@ -81,6 +81,15 @@ func (r *rig) bulk(addr string, n int, stop <-chan struct{}) (wait func() (int64
 func TestHeartbeatUnderLoad(t *testing.T) {
 	t.Parallel()
 	o := defaultOpts()
+	// The heartbeat (1 s / 2 s) is under test; TCP's own timers get
+	// production-like values. With a 5 s user_timeout, a segment that the
+	// saturated link dropped again and again while both cores were busy
+	// stayed unacknowledged past 5 s and the kernel ended the session
+	// (seen once under make stress: "user timeout ... nothing received for
+	// 0s"): the user timeout doing its job at a setting this link is too
+	// slow for, not the heartbeat mistaking load for death.
+	o.sessionKA = ka{10 * time.Second, 5 * time.Second, 2}
+	o.userTimeout = 20 * time.Second
 	r := newRig(t, o)
 	r.lab.Shape(r.cli, "8mbit")
 	sm, cm := r.server.Mark(), r.client.Mark()
