@@ -286,6 +286,19 @@ func TestRefusals(t *testing.T) {
 		}
 		srv.Logs.WaitFor(t, time.Second, "session refused", "client=future", "code=version")
 	})
+	t.Run("a 60 KB client name", func(t *testing.T) {
+		long := strings.Repeat("x", 60<<10)
+		r := rawSession(t, addr, protocol.Version, "nope", long, 0)
+		if r.err == nil || r.err.Code != "auth" {
+			t.Fatalf("reply %+v", r.err)
+		}
+		srv.Logs.WaitFor(t, time.Second, "session refused", "code=auth", "(61440 bytes)")
+		for _, l := range strings.Split(srv.Logs.String(), "\n") {
+			if len(l) > 4<<10 {
+				t.Fatalf("a log line of %d bytes: an unauthenticated peer's field was logged whole", len(l))
+			}
+		}
+	})
 	t.Run("half a hello", func(t *testing.T) {
 		for _, c := range []struct {
 			msg  protocol.Control
@@ -319,9 +332,10 @@ func TestRefusals(t *testing.T) {
 		if _, ok := pub["thief"]; ok {
 			t.Fatal("tunnel on a held port came up")
 		}
-		cl.Logs.WaitFor(t, time.Second, "tunnel refused for now; the server keeps trying", "tunnel=thief", "code=port_in_use", `held by client \"good\"`)
+		cl.Logs.WaitFor(t, time.Second, "tunnel refused for now; the server keeps trying", "tunnel=thief", "code=port_in_use", "held by another client")
+		srv.Logs.WaitFor(t, time.Second, "tunnel refused for now", "client=other", "holder=good")
 		srv.Logs.WaitFor(t, time.Second, "tunnel refused for now", "client=other", "code=port_in_use")
-		if why := cl.Status().Pending["thief"]; !strings.Contains(why, `held by client "good"`) {
+		if why := cl.Status().Pending["thief"]; !strings.Contains(why, "held by another client") || strings.Contains(why, "good") {
 			t.Errorf("status of the refused tunnel: pending %q", why)
 		}
 		// Its other tunnel works.

@@ -12,6 +12,7 @@ import (
 	"sync"
 	"syscall"
 	"time"
+	"unicode/utf8"
 
 	"github.com/hashicorp/yamux"
 
@@ -100,13 +101,15 @@ func (s *Server) handleConn(ctx context.Context, c net.Conn) {
 	hello := msg.Hello
 	switch {
 	case msg.Type != protocol.TypeHello:
-		s.refuse(ctrl, log, protocol.CodeBadRequest, fmt.Sprintf("expected hello, got %q", msg.Type))
+		s.refuse(ctrl, log, protocol.CodeBadRequest, fmt.Sprintf("expected hello, got %q", clip(msg.Type)))
 		return
 	case hello == nil:
 		s.refuse(ctrl, log, protocol.CodeBadRequest, "hello message without a body: a client of another protocol version, or not tunnelc?")
 		return
 	}
-	log = log.With("client", hello.Client)
+	// Not authenticated yet: the name is whatever the peer says, and as
+	// long as a frame allows; log no more of it than a real one can be.
+	log = log.With("client", clip(hello.Client))
 	if hello.Version != protocol.Version {
 		s.refuse(ctrl, log, protocol.CodeVersion, fmt.Sprintf(
 			"protocol version mismatch: client speaks %d, server speaks %d; run the same release of tunnelc and tunneld",
@@ -260,11 +263,16 @@ func (s *Server) register(ss *session, reqs []protocol.TunnelRequest) []protocol
 		seen[r.Name] = true
 		if err != nil {
 			res.Error = err.Error()
+			log := ss.log.With("tunnel", r.Name, "code", res.Code, "err", err)
+			var held *portHeldError
+			if errors.As(err, &held) {
+				log = log.With("holder", held.holder)
+			}
 			if transient(res.Code) && ss.addPending(r, res.Code, res.Error) {
 				res.Pending = true
-				ss.log.Warn("tunnel refused for now; retrying in this session", "tunnel", r.Name, "code", res.Code, "err", err)
+				log.Warn("tunnel refused for now; retrying in this session")
 			} else {
-				ss.log.Warn("tunnel refused", "tunnel", r.Name, "code", res.Code, "err", err)
+				log.Warn("tunnel refused")
 			}
 		}
 		results = append(results, res)
@@ -285,7 +293,7 @@ func (s *Server) bind(ss *session, r protocol.TunnelRequest) (*publicListener, s
 				// tunnels of one client cannot share a port.
 				return nil, protocol.CodeInvalidTunnel, fmt.Errorf("port %d is already used by another tunnel of this client", port)
 			}
-			return nil, protocol.CodePortInUse, fmt.Errorf("port %d is held by client %q; choose another remote_port", port, owner.client)
+			return nil, protocol.CodePortInUse, &portHeldError{port: port, holder: owner.client}
 		}
 		addr := net.JoinHostPort(s.cfg.BindAddr, strconv.Itoa(port))
 		ln, err := lc.Listen(context.Background(), "tcp", addr)
@@ -572,6 +580,35 @@ func (ss *session) handlePublic(tunnel string, pc *net.TCPConn, log *slog.Logger
 		}
 		log.Debug("public connection closed", "in", stats.AToB, "out", stats.BToA)
 	})
+}
+
+// portHeldError refuses a port another client holds. The client is told
+// the port is taken, not by whom: who else uses this server is the
+// operator's business; the server's log names the holder.
+type portHeldError struct {
+	port   int
+	holder string
+}
+
+func (e *portHeldError) Error() string {
+	return fmt.Sprintf("port %d is held by another client; the tunnel comes up when that client lets go, or choose another remote_port", e.port)
+}
+
+// clipLen is the most of a string from an unauthenticated peer that goes
+// into a log line or an error: client names are at most 64 bytes.
+const clipLen = 64
+
+// clip shortens s to clipLen bytes on a rune boundary, saying how long it
+// was.
+func clip(s string) string {
+	if len(s) <= clipLen {
+		return s
+	}
+	cut := clipLen
+	for cut > 0 && !utf8.RuneStart(s[cut]) {
+		cut--
+	}
+	return fmt.Sprintf("%s…(%d bytes)", s[:cut], len(s))
 }
 
 // tlsHint turns the usual TLS handshake failures into what to fix.
