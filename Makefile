@@ -9,7 +9,7 @@ STATICCHECK := honnef.co/go/tools/cmd/staticcheck@v0.8.2
 # Fault tests sleep through keepalive timeouts; run many at once.
 TESTFLAGS   ?= -race -count=1 -parallel 16 -timeout 20m
 
-.PHONY: all build test stress lint demo bench bench-go clean
+.PHONY: all build test stress fuzz lint demo bench bench-go clean
 
 all: build
 
@@ -34,6 +34,19 @@ test: lint
 # sets the repeat count.
 stress:
 	./scripts/stress
+
+# Each fuzz test for FUZZTIME (default 30s): the frame, stream header and
+# config decoders. make test runs their seed inputs only; what a run finds
+# lands in testdata/fuzz as a new seed.
+FUZZTIME ?= 30s
+FUZZ := ./internal/protocol:FuzzReadFrame ./internal/protocol:FuzzStreamHeader \
+	./internal/config:FuzzParseServer ./internal/config:FuzzParseClient
+fuzz:
+	@for t in $(FUZZ); do \
+		pkg=$${t%%:*}; name=$${t#*:}; \
+		echo "fuzz: $$name ($$pkg, $(FUZZTIME))"; \
+		$(GO) test -run '^$$' -fuzz "^$$name\$$" -fuzztime $(FUZZTIME) $$pkg || exit 1; \
+	done
 
 # Go benchmarks of the hot pieces, then the end-to-end table: the built
 # binaries against direct, splice relay and copying relay on loopback, in one

@@ -224,3 +224,40 @@ func TestConfigFilesExistAndParse(t *testing.T) {
 		t.Errorf("junk ca_file: %v", err)
 	}
 }
+
+// FuzzParseServer and FuzzParseClient: any bytes as a config file give a
+// config or an error, never a panic; a config that parses validates again
+// unchanged.
+func FuzzParseServer(f *testing.F) {
+	if data, err := os.ReadFile("../../configs/tunneld.toml"); err == nil {
+		f.Add(data)
+	}
+	f.Add([]byte("listen = \"127.0.0.1:7835\"\ntoken = \"0123456789abcdef\"\nallow_ports = [\"1-2\", \"65535\"]\n"))
+	f.Add([]byte("[keepalive.session]\nidle = \"1h\"\n[[x]]\n"))
+	f.Fuzz(func(t *testing.T, data []byte) {
+		c, err := ParseServer("f.toml", data)
+		if err != nil {
+			return
+		}
+		if err := c.Validate(nil); err != nil {
+			t.Fatalf("a parsed config does not validate again: %v", err)
+		}
+	})
+}
+
+func FuzzParseClient(f *testing.F) {
+	if data, err := os.ReadFile("../../configs/tunnel.toml"); err == nil {
+		f.Add(data)
+	}
+	f.Add([]byte("server = \"h:1\"\ntoken = \"t\"\n[tunnels.a]\nlocal = \"127.0.0.1:1\"\nremote_port = 0\n"))
+	f.Add([]byte("server = \"[::1]:1\"\n[tunnels.\"a.b\"]\nlocal = \"x:65536\"\n"))
+	f.Fuzz(func(t *testing.T, data []byte) {
+		c, err := ParseClient("f.toml", data)
+		if err != nil {
+			return
+		}
+		if err := c.Validate(nil); err != nil {
+			t.Fatalf("a parsed config does not validate again: %v", err)
+		}
+	})
+}
