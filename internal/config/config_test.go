@@ -144,12 +144,12 @@ user_timeout = "5m"
 }
 
 func TestPortsAndEnvToken(t *testing.T) {
-	t.Setenv("TUNNEL_TOKEN", "from-env")
+	t.Setenv("TUNNEL_TOKEN", "from-env-7c1d93aa0f5e42b8")
 	s, err := ParseServer("s.toml", []byte("token = \"file\"\nallow_ports = [\"2222\", \"8000-8100\"]\n"))
 	if err != nil {
 		t.Fatal(err)
 	}
-	if s.Token != "from-env" {
+	if s.Token != "from-env-7c1d93aa0f5e42b8" {
 		t.Errorf("token %q", s.Token)
 	}
 	for p, want := range map[int]bool{2222: true, 2223: false, 8000: true, 8100: true, 8101: false} {
@@ -177,7 +177,7 @@ func TestKeyLines(t *testing.T) {
 func TestRangesNameKeyAndBounds(t *testing.T) {
 	t.Setenv("TUNNEL_TOKEN", "")
 	t.Setenv("STATE_DIRECTORY", "")
-	srv := "token = \"x\"\nhandshake_timeout = \"2562047h\"\nmax_tunnels_per_client = 100000\nport_lease = \"-1s\"\n" +
+	srv := "token = \"0123456789abcdefgh\"\nhandshake_timeout = \"2562047h\"\nmax_tunnels_per_client = 100000\nport_lease = \"-1s\"\n" +
 		"[keepalive.session]\nuser_timeout = \"2562047h\"\nheartbeat_interval = \"24h\"\n[keepalive.public]\nidle = \"100000s\"\n"
 	_, err := ParseServer("s.toml", []byte(srv))
 	for _, want := range []string{
@@ -210,12 +210,12 @@ func TestConfigFilesExistAndParse(t *testing.T) {
 	if err := os.WriteFile(junk, []byte("not a certificate"), 0o600); err != nil {
 		t.Fatal(err)
 	}
-	srv := fmt.Sprintf("token = \"x\"\n[tls]\ncert_file = %q\nkey_file = %q\n", dir+"/missing.pem", junk)
+	srv := fmt.Sprintf("token = \"0123456789abcdefgh\"\n[tls]\ncert_file = %q\nkey_file = %q\n", dir+"/missing.pem", junk)
 	_, err := ParseServer("s.toml", []byte(srv))
 	if err == nil || !strings.Contains(err.Error(), "s.toml:3: tls.cert_file:") || !strings.Contains(err.Error(), "missing.pem: no such file") {
 		t.Errorf("missing cert_file: %v", err)
 	}
-	srv = fmt.Sprintf("token = \"x\"\n[tls]\ncert_file = %q\nkey_file = %q\n", junk, junk)
+	srv = fmt.Sprintf("token = \"0123456789abcdefgh\"\n[tls]\ncert_file = %q\nkey_file = %q\n", junk, junk)
 	if _, err := ParseServer("s.toml", []byte(srv)); err == nil || !strings.Contains(err.Error(), "do not load as a certificate") {
 		t.Errorf("junk cert_file: %v", err)
 	}
@@ -260,4 +260,21 @@ func FuzzParseClient(f *testing.F) {
 			t.Fatalf("a parsed config does not validate again: %v", err)
 		}
 	})
+}
+
+// A server token that could be guessed online is refused by check and
+// serve alike, saying how to get a strong one.
+func TestWeakServerTokenIsRefused(t *testing.T) {
+	t.Setenv("TUNNEL_TOKEN", "")
+	for _, tok := range []string{"x", "change-me", "aaaaaaaaaaaaaaaaaaaaaaaa", "change-me-please"} {
+		_, err := ParseServer("s.toml", []byte(fmt.Sprintf("token = %q\n", tok)))
+		if err == nil || !strings.Contains(err.Error(), "s.toml:1: token: is too weak") {
+			t.Errorf("token %q: %v", tok, err)
+		}
+	}
+	for _, tok := range []string{"", "5f3a9c07e1b24d6811aa20c3", "correct horse battery staple"} {
+		if _, err := ParseServer("s.toml", []byte(fmt.Sprintf("token = %q\n", tok))); err != nil {
+			t.Errorf("token %q refused: %v", tok, err)
+		}
+	}
 }

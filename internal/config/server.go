@@ -3,6 +3,7 @@ package config
 import (
 	"crypto/tls"
 	"fmt"
+	"math"
 	"net"
 	"os"
 	"strconv"
@@ -138,6 +139,12 @@ func (c *Server) Validate(lines map[string]int) error {
 	if err := hostPort(c.Listen, true); err != nil {
 		ps.add("listen", "%v", err)
 	}
+	if c.Token != "" {
+		if bits := tokenBits(c.Token); len(c.Token) < minTokenLen || bits < minTokenBits {
+			ps.add("token", "is too weak to expose to the internet (%d characters, about %.0f bits; want at least %d characters and %d bits): "+
+				"leave it empty and tunneld generates a strong one, or use e.g. `openssl rand -hex 16`", len(c.Token), bits, minTokenLen, minTokenBits)
+		}
+	}
 	if c.BindAddr == "" || net.ParseIP(c.BindAddr) == nil {
 		ps.add("bind_addr", "%q is not an IP address (e.g. \"0.0.0.0\")", c.BindAddr)
 	}
@@ -175,6 +182,31 @@ func (c *Server) Validate(lines map[string]int) error {
 	checkSession(ps, c.KeepAlive.Session)
 	checkKeepAlive(ps, "keepalive.public", c.KeepAlive.Public)
 	return ps.err()
+}
+
+// A token must be long and varied enough that guessing it online is
+// hopeless: 16 characters and about 64 bits by a crude estimate (length
+// times log2 of the distinct characters used). A generated token is 32 hex
+// digits, 128 bits.
+const (
+	minTokenLen  = 16
+	minTokenBits = 64
+)
+
+// tokenBits estimates a token's strength: its length times log2 of the
+// number of distinct characters in it. Crude, and generous to random
+// tokens, but it refuses "aaaaaaaaaaaaaaaa" and "change-me-please".
+func tokenBits(t string) float64 {
+	distinct := map[rune]bool{}
+	n := 0
+	for _, r := range t {
+		distinct[r] = true
+		n++
+	}
+	if len(distinct) < 2 {
+		return 0
+	}
+	return float64(n) * math.Log2(float64(len(distinct)))
 }
 
 func parseRange(s string) (PortRange, error) {

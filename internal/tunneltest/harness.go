@@ -12,7 +12,7 @@ import (
 )
 
 // Token is the shared secret of harness servers and clients.
-const Token = "test-token"
+const Token = "test-token-5f3a9c07e1b24d68"
 
 // ServerConfig is a validated server config for 127.0.0.1 with a free
 // session port; edit runs before validation.
