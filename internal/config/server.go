@@ -30,6 +30,15 @@ type Server struct {
 	HandshakeTimeout Duration `toml:"handshake_timeout"`
 	// MaxTunnelsPerClient bounds how many public listeners one session may hold.
 	MaxTunnelsPerClient int `toml:"max_tunnels_per_client"`
+	// HandshakeLimit bounds the session handshakes in progress at once;
+	// HandshakeLimitPerAddress the ones from one source address.
+	// Connections past either are closed at accept, costing nothing more.
+	HandshakeLimit           int `toml:"handshake_limit"`
+	HandshakeLimitPerAddress int `toml:"handshake_limit_per_address"`
+	// FailedHandshakesPerMinute is how many failed handshakes one source
+	// address may have per minute (a token bucket of that size); past it
+	// its connections are closed at accept until the bucket refills.
+	FailedHandshakesPerMinute int `toml:"failed_handshakes_per_minute"`
 	// StateDir keeps what must survive a restart (the port leases).
 	// Empty: $STATE_DIRECTORY when systemd sets it, else nothing is kept.
 	StateDir string `toml:"state_dir"`
@@ -86,9 +95,13 @@ func DefaultServer() *Server {
 		HandshakeTimeout:    Duration(10 * time.Second),
 		MaxTunnelsPerClient: 64,
 		PortLease:           Duration(24 * time.Hour),
-		Log:                 Log{Level: "info", Format: "text"},
-		KeepAlive:           ServerKeepAlive{Session: DefaultSession, Public: DefaultLeg},
-		File:                "(defaults)",
+		HandshakeLimit:      1024,
+		// Enough for a NAT full of clients reconnecting at once.
+		HandshakeLimitPerAddress:  64,
+		FailedHandshakesPerMinute: 30,
+		Log:                       Log{Level: "info", Format: "text"},
+		KeepAlive:                 ServerKeepAlive{Session: DefaultSession, Public: DefaultLeg},
+		File:                      "(defaults)",
 	}
 }
 
@@ -163,6 +176,15 @@ func (c *Server) Validate(lines map[string]int) error {
 	checkRange(ps, "handshake_timeout", c.HandshakeTimeout, 100*time.Millisecond, 5*time.Minute, "")
 	if c.MaxTunnelsPerClient < 1 || c.MaxTunnelsPerClient > 4096 {
 		ps.add("max_tunnels_per_client", "%d is out of range (1..4096)", c.MaxTunnelsPerClient)
+	}
+	if c.HandshakeLimit < 1 || c.HandshakeLimit > 1<<20 {
+		ps.add("handshake_limit", "%d is out of range (1..1048576)", c.HandshakeLimit)
+	}
+	if c.HandshakeLimitPerAddress < 1 || c.HandshakeLimitPerAddress > c.HandshakeLimit {
+		ps.add("handshake_limit_per_address", "%d is out of range (1..handshake_limit, %d)", c.HandshakeLimitPerAddress, c.HandshakeLimit)
+	}
+	if c.FailedHandshakesPerMinute < 1 || c.FailedHandshakesPerMinute > 1<<20 {
+		ps.add("failed_handshakes_per_minute", "%d is out of range (1..1048576)", c.FailedHandshakesPerMinute)
 	}
 	if c.PortLease < 0 || c.PortLease > Duration(365*24*time.Hour) {
 		ps.add("port_lease", "%s is out of range (0 turns leases off; at most 8760h, a year)", c.PortLease.D())

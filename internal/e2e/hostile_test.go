@@ -5,7 +5,10 @@ import (
 	"fmt"
 	"io"
 	"net"
+	"os"
 	"runtime"
+	"strings"
+	"sync"
 	"sync/atomic"
 	"syscall"
 	"testing"
@@ -197,4 +200,89 @@ func TestControlStreamMustBeFirst(t *testing.T) {
 	if err := wait(); err != nil {
 		t.Fatalf("the legitimate transfer: %v", err)
 	}
+}
+
+// An address that keeps failing handshakes is turned away at accept once
+// past failed_handshakes_per_minute, and its refusals stop being one log
+// line each: the allowance is logged in full, the rest in one summary.
+func TestFailedHandshakesAreRateLimited(t *testing.T) {
+	srv := tt.StartServer(t, tt.ServerConfig(t, func(c *config.Server) { c.FailedHandshakesPerMinute = 5 }))
+	hello := &protocol.Hello{Version: protocol.Version, Client: "guesser", Token: "wrong-token-0000000000"}
+	refused, closed := 0, 0
+	for range 20 {
+		r, err := dialRaw(srv.Addr().String(), protocol.Control{Type: protocol.TypeHello, Hello: hello})
+		switch {
+		case err != nil:
+			closed++ // closed at accept: no answer at all
+		case r.err != nil && r.err.Code == protocol.CodeAuth:
+			refused++
+			r.ys.Close()
+		default:
+			t.Fatalf("a wrong token got %+v", r)
+		}
+	}
+	if refused != 5 || closed != 15 {
+		t.Fatalf("20 wrong tokens: %d refused with an answer, %d closed at accept; want 5 and 15", refused, closed)
+	}
+	srv.Stop(t) // the last sweep writes the summary
+	if n := strings.Count(srv.Logs.String(), `msg="session refused"`); n != 5 {
+		t.Errorf("%d full refusal lines, want 5 (the allowance)", n)
+	}
+	srv.Logs.WaitFor(t, time.Second, "handshakes refused from address", "addr=127.0.0.1", "closed_at_accept=15")
+}
+
+// Connections that connect and say nothing hold a handshake slot each, up
+// to handshake_limit_per_address; the rest are closed at accept, costing
+// no goroutine, and a client gets in as soon as the silent ones are gone.
+func TestSilentConnectionsAreCapped(t *testing.T) {
+	g0 := runtime.NumGoroutine()
+	srv := tt.StartServer(t, tt.ServerConfig(t, func(c *config.Server) {
+		c.HandshakeLimitPerAddress = 8
+		c.HandshakeTimeout = config.Duration(30 * time.Second) // the admitted ones stay
+	}))
+	var conns []net.Conn
+	for range 200 {
+		c, err := net.Dial("tcp", srv.Addr().String())
+		if err != nil {
+			t.Fatal(err)
+		}
+		conns = append(conns, c)
+	}
+	defer func() {
+		for _, c := range conns {
+			c.Close()
+		}
+	}()
+	// The ones past the cap are closed at accept; the 8 admitted wait for
+	// their handshake, far longer than this look.
+	g := runtime.NumGoroutine() // before this test's readers below
+	var closed atomic.Int64
+	var wg sync.WaitGroup
+	look := time.Now().Add(5 * time.Second)
+	for _, c := range conns {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			_ = c.SetReadDeadline(look)
+			if _, err := c.Read(make([]byte, 1)); err != nil && !errors.Is(err, os.ErrDeadlineExceeded) {
+				closed.Add(1)
+			}
+		}()
+	}
+	wg.Wait()
+	closedNow := int(closed.Load())
+	t.Logf("200 silent connections: %d closed at accept, goroutines %d (before the server: %d)", closedNow, g, g0)
+	if closedNow != 200-8 {
+		t.Errorf("%d of 200 silent connections closed at accept, want 192 (cap 8 per address)", closedNow)
+	}
+	if g > g0+8*8+40 {
+		t.Errorf("%d goroutines for 8 handshakes in progress (before the server: %d)", g, g0)
+	}
+	// The silent ones leave: their slots are free at once, a client gets in.
+	for _, c := range conns {
+		c.Close()
+	}
+	echo := tt.NewEcho(t)
+	cl := tt.StartClient(t, tt.ClientConfig(t, srv.Addr().String(), map[string]*config.Tunnel{"echo": {Local: echo.Addr()}}, nil))
+	cl.WaitUp(t, hangBound)
 }

@@ -4,6 +4,7 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"net"
 	"sync"
 	"sync/atomic"
 	"syscall"
@@ -178,3 +179,45 @@ func TestSlowLocalService(t *testing.T) {
 
 // runIn runs an ip command in the lab's router.
 func runIn(l *tt.Lab, args ...string) error { return l.Router(args...) }
+
+// 11. A flood of silent connections to the session port from one address
+// while a client on another address starts: the flood gets its address's
+// handshake slots (handshake_limit_per_address, 64) and nothing more, the
+// rest are closed at accept, and the client gets in and serves.
+func TestHandshakeFloodFromOneAddress(t *testing.T) {
+	t.Parallel()
+	o := defaultOpts()
+	r := newRig(t, o)
+	if code := r.client.Signal(t, syscall.SIGTERM, 5*time.Second); code != 0 {
+		t.Fatalf("tunnelc exit %d", code)
+	}
+	g0 := atoi(t, r.server.Status(t)["goroutines"])
+	const n = 2000
+	var conns []*net.TCPConn
+	defer func() {
+		for _, c := range conns {
+			c.Close()
+		}
+	}()
+	for i := range n {
+		c, err := r.pub.Dial(r.srv.Addr(sessionPort))
+		if err != nil {
+			t.Fatalf("flood dial %d: %v", i, err)
+		}
+		conns = append(conns, c)
+	}
+	g1 := atoi(t, r.server.Status(t)["goroutines"])
+	t.Logf("%d silent connections from one address: tunneld goroutines %d -> %d", n, g0, g1)
+	if g1 > g0+64*8 {
+		t.Errorf("a flood from one address grew tunneld from %d to %d goroutines", g0, g1)
+	}
+	r.startClient()
+	r.works("during the flood")
+	for _, c := range conns {
+		c.Close()
+	}
+	conns = nil
+	tt.Eventually(t, 10*time.Second, "tunneld's goroutines back after the flood", func() bool {
+		return atoi(t, r.server.Status(t)["goroutines"]) <= g0+16
+	})
+}

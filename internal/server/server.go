@@ -22,6 +22,7 @@ import (
 
 	"github.com/tunnel-dev/tunnel/internal/config"
 	"github.com/tunnel-dev/tunnel/internal/mux"
+	"github.com/tunnel-dev/tunnel/internal/sockopt"
 )
 
 // Server is a running tunneld. Start binds, Serve runs until its context
@@ -41,6 +42,7 @@ type Server struct {
 	wg      sync.WaitGroup // every goroutine the server starts
 	connSeq atomic.Uint64
 	leases  *leases
+	gate    *gate // bounds what unauthenticated peers cost
 }
 
 // New prepares a server. cfg must be validated and have a token.
@@ -70,7 +72,8 @@ func New(cfg *config.Server, log *slog.Logger) (*Server, error) {
 	if err != nil {
 		return nil, fmt.Errorf("%s: %w (tunneld must be able to write there; or set state_dir = \"\" to keep port leases in memory only)", cfg.File, err)
 	}
-	return &Server{cfg: cfg, log: log, opts: opts, sessions: map[string]*session{}, ports: map[int]*session{}, leases: ls}, nil
+	return &Server{cfg: cfg, log: log, opts: opts, sessions: map[string]*session{}, ports: map[int]*session{}, leases: ls,
+		gate: newGate(cfg.HandshakeLimit, cfg.HandshakeLimitPerAddress, cfg.FailedHandshakesPerMinute, log)}, nil
 }
 
 // Start binds the session listener.
@@ -128,7 +131,24 @@ func (s *Server) Pending() map[string]string {
 func (s *Server) Serve(ctx context.Context) error {
 	stop := context.AfterFunc(ctx, func() { s.ln.Close() })
 	defer stop()
+	sweepDone := make(chan struct{})
+	s.wg.Add(1)
+	go func() {
+		defer s.wg.Done()
+		t := time.NewTicker(s.gate.interval)
+		defer t.Stop()
+		for {
+			select {
+			case <-t.C:
+				s.gate.sweep()
+			case <-sweepDone:
+				s.gate.sweep()
+				return
+			}
+		}
+	}()
 	err := s.acceptLoop(ctx)
+	close(sweepDone)
 	s.ln.Close()
 
 	s.mu.Lock()
@@ -170,10 +190,17 @@ func (s *Server) acceptLoop(ctx context.Context) error {
 			return fmt.Errorf("accept sessions: %w", err)
 		}
 		delay = 0
+		done, why := s.gate.admit(addrOf(c.RemoteAddr()))
+		if why != "" {
+			// No goroutine, no log line of its own: the address's
+			// summary counts it (gate.sweep).
+			_ = sockopt.Abort(c)
+			continue
+		}
 		s.wg.Add(1)
 		go func() {
 			defer s.wg.Done()
-			s.handleConn(ctx, c)
+			s.handleConn(ctx, c, done)
 		}()
 	}
 }

@@ -60,12 +60,25 @@ type publicListener struct {
 }
 
 // handleConn runs one session from the first byte to the last. It owns c.
-func (s *Server) handleConn(ctx context.Context, c net.Conn) {
+// handshook is the gate's: it is called once, when the handshake is over,
+// with whether it failed.
+func (s *Server) handleConn(ctx context.Context, c net.Conn, handshook func(failed bool)) {
+	defer handshook(true) // a no-op once the handshake succeeded
 	remote := c.RemoteAddr().String()
+	addr := addrOf(c.RemoteAddr())
 	log := s.log.With("remote", remote)
+	// refused logs a refused handshake, unless the address is past its
+	// allowance of failures (then its summary counts it), and charges the
+	// failure at once: before the peer reads the refusal and tries again.
+	refused := func(msg string, args ...any) {
+		if s.gate.logRefusal(addr) {
+			log.Warn(msg, args...)
+		}
+		handshook(true)
+	}
 	c, err := mux.Handshake(c, s.opts)
 	if err != nil {
-		log.Warn("session refused", "err", err, "hint", tlsHint(err))
+		refused("session refused", "err", err, "hint", tlsHint(err))
 		return
 	}
 	ys, err := mux.Server(c, s.opts)
@@ -81,47 +94,47 @@ func (s *Server) handleConn(ctx context.Context, c net.Conn) {
 	cancel()
 	if err != nil {
 		// Garbage on the port ends here: yamux rejects a bad frame header.
-		log.Warn("session refused: no control stream", "err", err,
+		refused("session refused: no control stream", "err", err,
 			"hint", "is the peer tunnelc, and do both sides agree on TLS?")
 		return
 	}
 	if ctrl.StreamID() != 1 {
 		// The session allows one stream; it must be the client's first.
-		log.Warn("session refused: control stream has the wrong id", "id", ctrl.StreamID(),
+		refused("session refused: control stream has the wrong id", "id", ctrl.StreamID(),
 			"hint", "is the peer tunnelc?")
 		return
 	}
 	_ = ctrl.SetReadDeadline(time.Now().Add(s.opts.HandshakeTimeout))
 	var msg protocol.Control
 	if err := protocol.ReadFrame(ctrl, &msg); err != nil {
-		log.Warn("session refused: bad hello", "err", err)
+		refused("session refused: bad hello", "err", err)
 		return
 	}
 	_ = ctrl.SetReadDeadline(time.Time{})
 	hello := msg.Hello
 	switch {
 	case msg.Type != protocol.TypeHello:
-		s.refuse(ctrl, log, protocol.CodeBadRequest, fmt.Sprintf("expected hello, got %q", clip(msg.Type)))
+		s.refuse(ctrl, refused, protocol.CodeBadRequest, fmt.Sprintf("expected hello, got %q", clip(msg.Type)))
 		return
 	case hello == nil:
-		s.refuse(ctrl, log, protocol.CodeBadRequest, "hello message without a body: a client of another protocol version, or not tunnelc?")
+		s.refuse(ctrl, refused, protocol.CodeBadRequest, "hello message without a body: a client of another protocol version, or not tunnelc?")
 		return
 	}
 	// Not authenticated yet: the name is whatever the peer says, and as
 	// long as a frame allows; log no more of it than a real one can be.
 	log = log.With("client", clip(hello.Client))
 	if hello.Version != protocol.Version {
-		s.refuse(ctrl, log, protocol.CodeVersion, fmt.Sprintf(
+		s.refuse(ctrl, refused, protocol.CodeVersion, fmt.Sprintf(
 			"protocol version mismatch: client speaks %d, server speaks %d; run the same release of tunnelc and tunneld",
 			hello.Version, protocol.Version))
 		return
 	}
 	if !tokenOK(hello.Token, s.cfg.Token) {
-		s.refuse(ctrl, log, protocol.CodeAuth, "wrong token: set token in tunnel.toml (or TUNNEL_TOKEN) to the server's token")
+		s.refuse(ctrl, refused, protocol.CodeAuth, "wrong token: set token in tunnel.toml (or TUNNEL_TOKEN) to the server's token")
 		return
 	}
 	if hello.Client == "" || len(hello.Client) > 64 {
-		s.refuse(ctrl, log, protocol.CodeBadRequest, "client name must be 1 to 64 characters")
+		s.refuse(ctrl, refused, protocol.CodeBadRequest, "client name must be 1 to 64 characters")
 		return
 	}
 
@@ -138,6 +151,7 @@ func (s *Server) handleConn(ctx context.Context, c net.Conn) {
 		s.unregister(ss)
 		return
 	}
+	handshook(false)
 	ok := 0
 	for _, r := range results {
 		if r.OK {
@@ -208,8 +222,8 @@ func (s *Server) handleConn(ctx context.Context, c net.Conn) {
 	}
 }
 
-func (s *Server) refuse(ctrl *yamux.Stream, log *slog.Logger, code, message string) {
-	log.Warn("session refused", "code", code, "err", message)
+func (s *Server) refuse(ctrl *yamux.Stream, logf func(string, ...any), code, message string) {
+	logf("session refused", "code", code, "err", message)
 	_ = ctrl.SetWriteDeadline(time.Now().Add(s.opts.HandshakeTimeout))
 	_ = protocol.WriteFrame(ctrl, protocol.Control{Type: protocol.TypeError, Error: &protocol.Error{Code: code, Message: message}})
 	// Let the frame reach the client before the session is torn down.
