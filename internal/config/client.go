@@ -106,6 +106,10 @@ func ParseClient(file string, data []byte) (*Client, error) {
 	return c, nil
 }
 
+// MaxTunnels is the most tunnels one client may have: its hello, with
+// names of up to 64 characters, then fits in a protocol frame.
+const MaxTunnels = 256
+
 var nameRE = regexp.MustCompile(`^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$`)
 
 // Validate checks c; lines maps keys to file lines for the messages.
@@ -142,6 +146,10 @@ func (c *Client) Validate(lines map[string]int) error {
 	checkKeepAlive(ps, "keepalive.local", c.KeepAlive.Local)
 	if len(c.Tunnels) == 0 {
 		ps.add("tunnels", "no tunnels: add at least one [tunnels.NAME] table with local and remote_port")
+	}
+	if len(c.Tunnels) > MaxTunnels {
+		// The hello that asks for them must fit in one protocol frame.
+		ps.add("tunnels", "%d tunnels; one client may have at most %d (run more clients)", len(c.Tunnels), MaxTunnels)
 	}
 	for _, name := range c.TunnelNames() {
 		t := c.Tunnels[name]

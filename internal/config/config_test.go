@@ -5,6 +5,8 @@ import (
 	"fmt"
 	"os"
 	"strings"
+
+	"github.com/tunnel-dev/tunnel/internal/protocol"
 	"testing"
 	"time"
 )
@@ -276,5 +278,34 @@ func TestWeakServerTokenIsRefused(t *testing.T) {
 		if _, err := ParseServer("s.toml", []byte(fmt.Sprintf("token = %q\n", tok))); err != nil {
 			t.Errorf("token %q refused: %v", tok, err)
 		}
+	}
+}
+
+// A client with more tunnels than one hello can carry is a config error,
+// not a client that cannot send its hello and retries forever.
+func TestTooManyTunnels(t *testing.T) {
+	t.Setenv("TUNNEL_TOKEN", "")
+	var b strings.Builder
+	b.WriteString("server = \"h:1\"\ntoken = \"t\"\n")
+	for i := range MaxTunnels + 1 {
+		fmt.Fprintf(&b, "[tunnels.%s%03d]\nlocal = \"127.0.0.1:1\"\n", strings.Repeat("n", 60), i)
+	}
+	if _, err := ParseClient("c.toml", []byte(b.String())); err == nil || !strings.Contains(err.Error(), "257 tunnels; one client may have at most 256") {
+		t.Fatalf("error %v", err)
+	}
+	// The most a client may have fits in one hello.
+	c := DefaultClient()
+	c.Tunnels = map[string]*Tunnel{}
+	for i := range MaxTunnels {
+		c.Tunnels[fmt.Sprintf("%s%03d", strings.Repeat("n", 61), i)] = &Tunnel{Type: "tcp", Local: "127.0.0.1:1", RemotePort: 65535}
+	}
+	var reqs []protocol.TunnelRequest
+	for name, tn := range c.Tunnels {
+		reqs = append(reqs, protocol.TunnelRequest{Name: name, Type: tn.Type, RemotePort: tn.RemotePort, PreferPort: 65535})
+	}
+	hello := protocol.Control{Type: protocol.TypeHello, Hello: &protocol.Hello{Version: protocol.Version, Client: strings.Repeat("c", 64),
+		Token: strings.Repeat("t", 256), Tunnels: reqs}}
+	if _, err := protocol.AppendFrame(nil, hello); err != nil {
+		t.Fatalf("the largest hello a valid config makes: %v", err)
 	}
 }

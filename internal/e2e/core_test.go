@@ -299,6 +299,17 @@ func TestRefusals(t *testing.T) {
 			}
 		}
 	})
+	t.Run("more tunnels than a welcome can answer", func(t *testing.T) {
+		hello := &protocol.Hello{Version: protocol.Version, Client: "greedy", Token: tt.Token}
+		for i := range 800 { // as many as fit in one frame
+			hello.Tunnels = append(hello.Tunnels, protocol.TunnelRequest{Name: fmt.Sprintf("t%03d", i), Type: "tcp"})
+		}
+		r := rawControl(t, addr, protocol.Control{Type: protocol.TypeHello, Hello: hello})
+		if r.err == nil || r.err.Code != "bad_request" || !strings.Contains(r.err.Message, "800 tunnels in one hello") ||
+			!strings.Contains(r.err.Message, "max_tunnels_per_client (64)") {
+			t.Fatalf("reply %+v", r.err)
+		}
+	})
 	t.Run("half a hello", func(t *testing.T) {
 		for _, c := range []struct {
 			msg  protocol.Control

@@ -137,6 +137,14 @@ func (s *Server) handleConn(ctx context.Context, c net.Conn, handshook func(fail
 		s.refuse(ctrl, refused, protocol.CodeBadRequest, "client name must be 1 to 64 characters")
 		return
 	}
+	if n := len(hello.Tunnels); n > s.cfg.MaxTunnelsPerClient {
+		// Refused whole and said so: answering each would make a
+		// welcome larger than a frame may be, which could not be sent.
+		s.refuse(ctrl, refused, protocol.CodeBadRequest, fmt.Sprintf(
+			"%d tunnels in one hello, more than the server's max_tunnels_per_client (%d): configure fewer tunnels in this client",
+			n, s.cfg.MaxTunnelsPerClient))
+		return
+	}
 
 	ss := &session{srv: s, id: newID(), client: hello.Client, ys: ys, ctrl: ctrl}
 	ss.log = log.With("session", ss.id)
