@@ -161,6 +161,11 @@ func (r *Relay) pipe(dst, src net.Conn) {
 			}
 		}
 		if err != nil {
+			// A frozen relay passes nothing, a FIN included: one side's
+			// close must not tell the other that something happened.
+			if !r.wait() {
+				return
+			}
 			if tc, ok := dst.(*net.TCPConn); ok {
 				_ = tc.CloseWrite()
 			}
