@@ -71,9 +71,13 @@ func (g *gate) sourceLocked(addr netip.Addr) *source {
 		g.sources[addr] = src
 	}
 	now := g.now()
-	src.tokens = min(g.failBurst, src.tokens+now.Sub(src.refill).Seconds()*g.failRate)
-	src.refill = now
+	src.tokens, src.refill = g.tokensAt(src, now), now
 	return src
+}
+
+// tokensAt is src's bucket at now, refilled since its last look.
+func (g *gate) tokensAt(src *source, now time.Time) float64 {
+	return min(g.failBurst, src.tokens+now.Sub(src.refill).Seconds()*g.failRate)
 }
 
 // admit lets a new connection from addr start its handshake, or says why
@@ -147,8 +151,7 @@ func (g *gate) sweepLocked(full bool) {
 			src.suppressed, src.atDoor = 0, 0
 			src.logged = now
 		}
-		tokens := src.tokens + now.Sub(src.refill).Seconds()*g.failRate
-		idle := src.inHandshake == 0 && tokens >= g.failBurst && now.Sub(src.logged) >= g.interval
+		idle := src.inHandshake == 0 && g.tokensAt(src, now) >= g.failBurst && now.Sub(src.logged) >= g.interval
 		if idle || (full && src.inHandshake == 0) {
 			delete(g.sources, addr)
 		}
