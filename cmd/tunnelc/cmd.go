@@ -107,7 +107,8 @@ func newCheck() *cobra.Command {
 			}
 			w := cmd.OutOrStdout()
 			fmt.Fprintf(w, "%s: ok\n", cfg.File)
-			fmt.Fprintf(w, "server          %s as %q (tls: %v)\n", cfg.Server, cfg.Name, cfg.TLS.Enabled)
+			fmt.Fprintf(w, "server          %s as %q\n", cfg.Server, cfg.Name)
+			fmt.Fprintf(w, "tls             %s\n", cfg.TLS.Describe())
 			for _, name := range cfg.TunnelNames() {
 				t := cfg.Tunnels[name]
 				rp := fmt.Sprint(t.RemotePort)

@@ -2,6 +2,7 @@ package main
 
 import (
 	"crypto/rand"
+	"crypto/tls"
 	"encoding/hex"
 	"fmt"
 	"io"
@@ -14,6 +15,7 @@ import (
 	"github.com/tunnel-dev/tunnel/internal/cli"
 	"github.com/tunnel-dev/tunnel/internal/config"
 	"github.com/tunnel-dev/tunnel/internal/server"
+	"github.com/tunnel-dev/tunnel/internal/tlsconf"
 )
 
 func newRoot() *cobra.Command {
@@ -24,7 +26,7 @@ func newRoot() *cobra.Command {
 		SilenceUsage:  true,
 		SilenceErrors: true,
 	}
-	root.AddCommand(newServe(), newCheck())
+	root.AddCommand(newServe(), newCheck(), newFingerprint())
 	return root
 }
 
@@ -70,9 +72,9 @@ func newServe() *cobra.Command {
 			if err != nil {
 				return err
 			}
-			if cfg.Token == "" {
+			generated := cfg.Token == ""
+			if generated {
 				cfg.Token = randomToken()
-				printToken(cmd.ErrOrStderr(), cfg)
 			}
 			stopProfile, err := cli.CPUProfile(f.cpuprofile)
 			if err != nil {
@@ -82,6 +84,9 @@ func newServe() *cobra.Command {
 			srv, err := server.New(cfg, log)
 			if err != nil {
 				return err
+			}
+			if generated {
+				printToken(cmd.ErrOrStderr(), cfg, srv.Fingerprint())
 			}
 			ctx, stop := cli.SignalContext()
 			defer stop()
@@ -124,7 +129,8 @@ func newCheck() *cobra.Command {
 			}
 			w := cmd.OutOrStdout()
 			fmt.Fprintf(w, "%s: ok\n", cfg.File)
-			fmt.Fprintf(w, "sessions on     %s (tls: %v)\n", cfg.Listen, cfg.TLS.Enabled())
+			fmt.Fprintf(w, "sessions on     %s\n", cfg.Listen)
+			fmt.Fprintf(w, "tls             %s\n", cfg.TLS.Describe(cfg.StateDir))
 			fmt.Fprintf(w, "public ports    %v on %s, reported as %s\n", cfg.Ports, cfg.BindAddr, cfg.AdvertisedHost())
 			tok := "configured"
 			if cfg.Token == "" {
@@ -149,14 +155,58 @@ func randomToken() string {
 	return hex.EncodeToString(b[:])
 }
 
-// printToken tells the operator the generated token and the client line.
-func printToken(w io.Writer, cfg *config.Server) {
+// printToken tells the operator the generated token and how to connect.
+func printToken(w io.Writer, cfg *config.Server, fingerprint string) {
 	_, port, _ := net.SplitHostPort(cfg.Listen)
 	p, _ := strconv.Atoi(port)
 	fmt.Fprintf(w, "\nNo token configured: generated one for this run.\n"+
 		"  token: %s\n"+
-		"Connect a client with (server = %q in tunnel.toml):\n"+
-		"  TUNNEL_TOKEN=%s tunnelc up -c tunnel.toml\n\n",
-		cfg.Token, net.JoinHostPort(cfg.AdvertisedHost(), strconv.Itoa(p)), cfg.Token)
+		"Connect a client with this in tunnel.toml:\n"+
+		"  server = %q\n", cfg.Token, net.JoinHostPort(cfg.AdvertisedHost(), strconv.Itoa(p)))
+	if fingerprint != "" && cfg.TLS.Auto() {
+		fmt.Fprintf(w, "  [tls]\n  fingerprint = %q\n", fingerprint)
+	}
+	fmt.Fprintf(w, "and run:\n  TUNNEL_TOKEN=%s tunnelc up -c tunnel.toml\n\n", cfg.Token)
 	_ = os.Stderr.Sync()
+}
+
+func newFingerprint() *cobra.Command {
+	var f flags
+	cmd := &cobra.Command{
+		Use:   "fingerprint",
+		Short: "print the SHA-256 fingerprint of the server's TLS certificate, for clients to pin",
+		Long: "Prints the fingerprint of the certificate serve presents. With no cert_file configured that is\n" +
+			"the automatic certificate in state_dir, made now if serve has not made it yet. Clients trust\n" +
+			"it with fingerprint = \"sha256:...\" under [tls] in tunnel.toml.",
+		Args: cobra.NoArgs,
+		RunE: func(cmd *cobra.Command, _ []string) error {
+			cfg, err := f.load()
+			if err != nil {
+				return err
+			}
+			var der []byte
+			switch {
+			case !cfg.TLS.Enabled():
+				return &cli.ExitError{Code: cli.ExitConfig, Err: fmt.Errorf("%s: tls = \"off\": sessions have no certificate", cfg.File)}
+			case !cfg.TLS.Auto():
+				cert, err := tls.LoadX509KeyPair(cfg.TLS.CertFile, cfg.TLS.KeyFile)
+				if err != nil {
+					return &cli.ExitError{Code: cli.ExitConfig, Err: fmt.Errorf("%s: tls.cert_file: %w", cfg.File, err)}
+				}
+				der = cert.Certificate[0]
+			case cfg.StateDir == "":
+				return &cli.ExitError{Code: cli.ExitConfig, Err: fmt.Errorf("%s: no state_dir, so serve makes a new certificate at every start and there is none to pin: set state_dir (or run under systemd, which sets STATE_DIRECTORY)", cfg.File)}
+			default:
+				cert, _, err := server.AutoCert(cfg)
+				if err != nil {
+					return err
+				}
+				der = cert.Certificate[0]
+			}
+			fmt.Fprintln(cmd.OutOrStdout(), tlsconf.Fingerprint(der))
+			return nil
+		},
+	}
+	cmd.Flags().StringVarP(&f.config, "config", "c", "", "config file (default: embedded defaults)")
+	return cmd
 }

@@ -70,7 +70,13 @@ func run(ctx context.Context, bin string) error {
 	if err != nil {
 		return err
 	}
-	step("tunneld listening for sessions on %s, generated token %s…", ctrl, token[:8])
+	// No state_dir either: the TLS certificate is made for this run, and
+	// the client pins the fingerprint tunneld printed.
+	fingerprint, err := srv.wait(ctx, regexp.MustCompile(`fingerprint = "(sha256:[0-9a-f]+)"`))
+	if err != nil {
+		return err
+	}
+	step("tunneld listening for sessions on %s, generated token %s…, TLS certificate %s…", ctrl, token[:8], fingerprint[:19])
 
 	// 3. tunnelc with a one-tunnel config; the server picks the public port.
 	conf := filepath.Join(dir, "tunnel.toml")
@@ -80,7 +86,10 @@ name = "demo"
 [tunnels.web]
 local = %q
 remote_port = 0
-`, ctrl, ln.Addr().String())
+
+[tls]
+fingerprint = %q
+`, ctrl, ln.Addr().String(), fingerprint)
 	if err := os.WriteFile(conf, []byte(content), 0o600); err != nil {
 		return err
 	}

@@ -29,6 +29,7 @@ import (
 	"github.com/tunnel-dev/tunnel/internal/protocol"
 	"github.com/tunnel-dev/tunnel/internal/proxy"
 	"github.com/tunnel-dev/tunnel/internal/sockopt"
+	"github.com/tunnel-dev/tunnel/internal/tlsconf"
 )
 
 // healthyAfter is how long a session must live for the backoff to reset.
@@ -40,7 +41,12 @@ type PermanentError struct {
 	Msg  string
 }
 
-func (e *PermanentError) Error() string { return fmt.Sprintf("server refused: %s [%s]", e.Msg, e.Code) }
+func (e *PermanentError) Error() string {
+	if e.Code == "tls" {
+		return fmt.Sprintf("server not trusted: %s [%s]", e.Msg, e.Code)
+	}
+	return fmt.Sprintf("server refused: %s [%s]", e.Msg, e.Code)
+}
 
 // Client is a running tunnelc.
 type Client struct {
@@ -78,14 +84,44 @@ func New(cfg *config.Client, log *slog.Logger) (*Client, error) {
 		HandshakeTimeout:  cfg.HandshakeTimeout.D(),
 		Logger:            log,
 	}
-	if cfg.TLS.Enabled {
-		t, err := mux.ClientTLS(cfg.Server, cfg.TLS.ServerName, cfg.TLS.CAFile, cfg.TLS.InsecureSkipVerify)
-		if err != nil {
-			return nil, fmt.Errorf("%s: [tls]: %w", cfg.File, err)
-		}
-		opts.TLS = t
+	t, err := clientTLS(cfg)
+	if err != nil {
+		return nil, err
+	}
+	opts.TLS = t
+	switch {
+	case t == nil:
+		log.Warn("TLS is off: the token and all tunnel traffic cross the network in cleartext; remove tls = \"off\" from " + cfg.File + " unless something else encrypts the path")
+	case cfg.TLS.InsecureSkipVerify:
+		log.Warn("server certificate NOT verified (insecure_skip_verify): anyone on the path can pose as the server and read the token; pin its fingerprint instead (`tunneld fingerprint` on the server)")
 	}
 	return &Client{cfg: cfg, log: log.With("client", cfg.Name), opts: opts}, nil
+}
+
+// clientTLS builds the session's TLS from [tls] (nil when off).
+func clientTLS(cfg *config.Client) (*tls.Config, error) {
+	if !cfg.TLS.Enabled() {
+		return nil, nil
+	}
+	c := tlsconf.Client{ServerName: cfg.TLS.ServerName, Fingerprint: cfg.TLS.Fingerprint, Insecure: cfg.TLS.InsecureSkipVerify}
+	if c.ServerName == "" {
+		c.ServerName, _, _ = net.SplitHostPort(cfg.Server)
+	}
+	if cfg.TLS.CAFile != "" {
+		pool, err := tlsconf.LoadCAs(cfg.TLS.CAFile)
+		if err != nil {
+			return nil, fmt.Errorf("%s: tls.ca_file: %w", cfg.File, err)
+		}
+		c.RootCAs = pool
+	}
+	if cfg.TLS.CertFile != "" {
+		cert, err := tls.LoadX509KeyPair(cfg.TLS.CertFile, cfg.TLS.KeyFile)
+		if err != nil {
+			return nil, fmt.Errorf("%s: tls.cert_file: %w", cfg.File, err)
+		}
+		c.Cert = &cert
+	}
+	return c.Config(), nil
 }
 
 // Status returns a copy of the current status.
@@ -145,6 +181,13 @@ func (c *Client) Run(ctx context.Context) error {
 // untrusted certificate trusted, and a client retrying forever looks
 // connected to nobody.
 func (c *Client) tlsVerifyError(err error) *PermanentError {
+	var fe *tlsconf.FingerprintError
+	if errors.As(err, &fe) {
+		return &PermanentError{Code: "tls", Msg: fmt.Sprintf(
+			"the server presented a certificate with fingerprint %s, but tls.fingerprint in %s pins %s. "+
+				"If the server's certificate was replaced on purpose (compare `tunneld fingerprint` on the server), pin the new one; otherwise something is between you and the server",
+			fe.Got, c.cfg.File, fe.Want)}
+	}
 	var cv *tls.CertificateVerificationError
 	var ua x509.UnknownAuthorityError
 	var he x509.HostnameError
@@ -152,9 +195,14 @@ func (c *Client) tlsVerifyError(err error) *PermanentError {
 	if !errors.As(err, &cv) && !errors.As(err, &ua) && !errors.As(err, &he) && !errors.As(err, &ci) {
 		return nil
 	}
-	return &PermanentError{Code: "tls", Msg: fmt.Sprintf(
-		"the server's certificate did not verify (%v): set ca_file to the CA that signed it and server_name to a name it is issued for, under [tls] in %s",
-		unwrapAll(err), c.cfg.File)}
+	msg := fmt.Sprintf("the server's certificate did not verify (%v)", unwrapAll(err))
+	if fp := tlsconf.Presented(err); fp != "" {
+		msg += fmt.Sprintf("; it presented fingerprint %s. If that is your tunneld's own certificate (compare `tunneld fingerprint` on the server), pin it with fingerprint = %q under [tls] in %s; "+
+			"if it has a CA-signed certificate, set ca_file to that CA and server_name to a name it is issued for", fp, fp, c.cfg.File)
+	} else {
+		msg += fmt.Sprintf(": set ca_file to the CA that signed it and server_name to a name it is issued for, or pin its fingerprint, under [tls] in %s", c.cfg.File)
+	}
+	return &PermanentError{Code: "tls", Msg: msg}
 }
 
 // unwrapAll is the innermost error of a chain, for a message that names

@@ -1,11 +1,13 @@
 package config
 
 import (
-	"crypto/x509"
+	"crypto/tls"
 	"os"
 	"regexp"
 	"sort"
 	"time"
+
+	"github.com/tunnel-dev/tunnel/internal/tlsconf"
 )
 
 // Client is tunnelc's configuration (tunnel.toml).
@@ -29,14 +31,6 @@ type Client struct {
 	Tunnels   map[string]*Tunnel `toml:"tunnels"`
 
 	File string `toml:"-"`
-}
-
-// ClientTLS configures TLS towards the server.
-type ClientTLS struct {
-	Enabled            bool   `toml:"enabled"`
-	CAFile             string `toml:"ca_file"`
-	ServerName         string `toml:"server_name"`
-	InsecureSkipVerify bool   `toml:"insecure_skip_verify"`
 }
 
 // ClientKeepAlive holds the liveness settings of tunnelc's two legs.
@@ -131,16 +125,7 @@ func (c *Client) Validate(lines map[string]int) error {
 	if c.Reconnect.MaxDelay < c.Reconnect.MinDelay {
 		ps.add("reconnect", "need min_delay <= max_delay (have %s, %s)", c.Reconnect.MinDelay.D(), c.Reconnect.MaxDelay.D())
 	}
-	if !c.TLS.Enabled && (c.TLS.CAFile != "" || c.TLS.ServerName != "" || c.TLS.InsecureSkipVerify) {
-		ps.add("tls.enabled", "TLS options are set but enabled = false")
-	}
-	if c.TLS.Enabled && c.TLS.CAFile != "" && checkFile(ps, "tls.ca_file", c.TLS.CAFile) {
-		if pem, err := os.ReadFile(c.TLS.CAFile); err != nil {
-			ps.add("tls.ca_file", "%v", err)
-		} else if !x509.NewCertPool().AppendCertsFromPEM(pem) {
-			ps.add("tls.ca_file", "%s holds no PEM certificate", c.TLS.CAFile)
-		}
-	}
+	checkClientTLS(ps, &c.TLS)
 	checkLog(ps, c.Log)
 	checkSession(ps, c.KeepAlive.Session)
 	checkKeepAlive(ps, "keepalive.local", c.KeepAlive.Local)
@@ -178,4 +163,40 @@ func (c *Client) TunnelNames() []string {
 	}
 	sort.Strings(names)
 	return names
+}
+
+func checkClientTLS(ps *problems, t *ClientTLS) {
+	if t.Off {
+		if t.CAFile != "" || t.ServerName != "" || t.Fingerprint != "" || t.InsecureSkipVerify || t.CertFile != "" || t.KeyFile != "" {
+			ps.add("tls.enabled", "TLS options are set but enabled = false")
+		}
+		return
+	}
+	if t.Fingerprint != "" {
+		fp, err := tlsconf.ParseFingerprint(t.Fingerprint)
+		if err != nil {
+			ps.add("tls.fingerprint", "%v", err)
+		} else {
+			t.Fingerprint = fp
+		}
+	}
+	set := 0
+	for _, b := range []bool{t.CAFile != "", t.Fingerprint != "", t.InsecureSkipVerify} {
+		if b {
+			set++
+		}
+	}
+	if set > 1 {
+		ps.add("tls", "set only one of ca_file, fingerprint and insecure_skip_verify: each replaces the others' way of trusting the server")
+	}
+	if t.CAFile != "" {
+		checkCAFile(ps, "tls.ca_file", t.CAFile)
+	}
+	if (t.CertFile == "") != (t.KeyFile == "") {
+		ps.add("tls", "set both cert_file and key_file (a client certificate for a server that asks for one), or neither")
+	} else if t.CertFile != "" && checkFile(ps, "tls.cert_file", t.CertFile) && checkFile(ps, "tls.key_file", t.KeyFile) {
+		if _, err := tls.LoadX509KeyPair(t.CertFile, t.KeyFile); err != nil {
+			ps.add("tls.cert_file", "%s and key_file %s do not load as a certificate and its key: %v", t.CertFile, t.KeyFile, err)
+		}
+	}
 }

@@ -21,6 +21,7 @@ import (
 	"github.com/BurntSushi/toml"
 
 	"github.com/tunnel-dev/tunnel/internal/sockopt"
+	"github.com/tunnel-dev/tunnel/internal/tlsconf"
 )
 
 // Duration is a time.Duration written in TOML as a Go duration string ("15s").
@@ -269,6 +270,16 @@ func checkFile(ps *problems, key, path string) bool {
 		return false
 	}
 	return true
+}
+
+// checkCAFile adds a problem unless path holds PEM certificates.
+func checkCAFile(ps *problems, key, path string) {
+	if !checkFile(ps, key, path) {
+		return
+	}
+	if _, err := tlsconf.LoadCAs(path); err != nil {
+		ps.add(key, "%v", err)
+	}
 }
 
 func checkLog(ps *problems, l Log) {

@@ -309,3 +309,61 @@ func TestTooManyTunnels(t *testing.T) {
 		t.Fatalf("the largest hello a valid config makes: %v", err)
 	}
 }
+
+// TLS is on unless a config says tls = "off"; [tls] tunes it, and every
+// mistake in it names the file, the line and the key.
+func TestTLSForms(t *testing.T) {
+	t.Setenv("TUNNEL_TOKEN", "")
+	const head = "server = \"127.0.0.1:1\"\ntoken = \"x\"\n[tunnels.web]\nlocal = \"127.0.0.1:80\"\n"
+	fp := "sha256:" + strings.Repeat("0a", 32)
+	for _, tc := range []struct {
+		name, data string
+		want       ClientTLS
+		errs       []string
+	}{
+		{"default", head, ClientTLS{}, nil},
+		{"off", "tls = \"off\"\n" + head, ClientTLS{Off: true}, nil},
+		{"older spelling of off", head + "[tls]\nenabled = false\n", ClientTLS{Off: true}, nil},
+		{"pin in openssl's form", head + "[tls]\nfingerprint = \"SHA256:" + strings.ToUpper(strings.Repeat("0a:", 31)) + "0A\"\n", ClientTLS{Fingerprint: fp}, nil},
+		{"inline table", "tls = { fingerprint = \"" + fp + "\" }\n" + head, ClientTLS{Fingerprint: fp}, nil},
+		{"misspelt off", "tls = \"of\"\n" + head, ClientTLS{}, []string{"c.toml:1: tls:", `"off"`}},
+		{"unknown key", head + "[tls]\nfingerprnt = \"x\"\n", ClientTLS{}, []string{"c.toml:5: tls:", "unknown key tls.fingerprnt"}},
+		{"wrong type", head + "[tls]\nca_file = 3\n", ClientTLS{}, []string{"c.toml:5: tls:", "tls.ca_file: want a string"}},
+		{"bad fingerprint", head + "[tls]\nfingerprint = \"md5:00\"\n", ClientTLS{}, []string{"tls.fingerprint", "sha256:"}},
+		{"two ways to trust", head + "[tls]\nfingerprint = \"" + fp + "\"\ninsecure_skip_verify = true\n", ClientTLS{}, []string{"set only one of"}},
+		{"options with tls off", head + "[tls]\nenabled = false\nca_file = \"/x\"\n", ClientTLS{}, []string{"TLS options are set"}},
+		{"half a client certificate", head + "[tls]\ncert_file = \"/x\"\n", ClientTLS{}, []string{"set both cert_file and key_file"}},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			c, err := ParseClient("c.toml", []byte(tc.data))
+			if len(tc.errs) == 0 {
+				if err != nil {
+					t.Fatal(err)
+				}
+				if c.TLS != tc.want {
+					t.Errorf("tls %+v, want %+v", c.TLS, tc.want)
+				}
+				return
+			}
+			if err == nil {
+				t.Fatal("no error")
+			}
+			for _, w := range tc.errs {
+				if !strings.Contains(err.Error(), w) {
+					t.Errorf("error lacks %q: %v", w, err)
+				}
+			}
+		})
+	}
+	s, err := ParseServer("s.toml", []byte("tls = \"off\"\n"))
+	if err != nil || s.TLS.Enabled() {
+		t.Fatalf("server tls = off: %+v, %v", s, err)
+	}
+	if _, err := ParseServer("s.toml", []byte("listen = \"0.0.0.0:1\"\n[tls]\nclient_ca_file = \"/nonexistent/ca.pem\"\n")); err == nil ||
+		!strings.Contains(err.Error(), "s.toml:3: tls.client_ca_file") {
+		t.Errorf("missing client CA file: %v", err)
+	}
+	if s, err := ParseServer("s.toml", nil); err != nil || !s.TLS.Auto() {
+		t.Errorf("default server TLS is not the automatic certificate: %+v, %v", s.TLS, err)
+	}
+}

@@ -39,8 +39,10 @@ type Server struct {
 	// address may have per minute (a token bucket of that size); past it
 	// its connections are closed at accept until the bucket refills.
 	FailedHandshakesPerMinute int `toml:"failed_handshakes_per_minute"`
-	// StateDir keeps what must survive a restart (the port leases).
-	// Empty: $STATE_DIRECTORY when systemd sets it, else nothing is kept.
+	// StateDir keeps what must survive a restart: the automatic TLS
+	// certificate and the port leases. Empty: $STATE_DIRECTORY when
+	// systemd sets it, else nothing is kept (the certificate is new at
+	// every start).
 	StateDir string `toml:"state_dir"`
 	// PortLease is how long a port the server picked (remote_port = 0)
 	// stays reserved for its client and tunnel after the tunnel went down.
@@ -56,15 +58,6 @@ type Server struct {
 	// Ports is AllowPorts parsed by Validate.
 	Ports []PortRange `toml:"-"`
 }
-
-// ServerTLS turns on TLS for sessions when both files are set.
-type ServerTLS struct {
-	CertFile string `toml:"cert_file"`
-	KeyFile  string `toml:"key_file"`
-}
-
-// Enabled reports whether sessions use TLS.
-func (t ServerTLS) Enabled() bool { return t.CertFile != "" || t.KeyFile != "" }
 
 // ServerKeepAlive holds the liveness settings of tunneld's two legs.
 type ServerKeepAlive struct {
@@ -190,8 +183,8 @@ func (c *Server) Validate(lines map[string]int) error {
 		ps.add("port_lease", "%s is out of range (0 turns leases off; at most 8760h, a year)", c.PortLease.D())
 	}
 	if (c.TLS.CertFile == "") != (c.TLS.KeyFile == "") {
-		ps.add("tls", "set both cert_file and key_file, or neither")
-	} else if c.TLS.Enabled() {
+		ps.add("tls", "set both cert_file and key_file, or neither (tunneld then makes its own certificate in state_dir)")
+	} else if c.TLS.CertFile != "" {
 		// What serve would load: check finds it too, not serve alone.
 		certOK, keyOK := checkFile(ps, "tls.cert_file", c.TLS.CertFile), checkFile(ps, "tls.key_file", c.TLS.KeyFile)
 		if certOK && keyOK {
@@ -199,6 +192,9 @@ func (c *Server) Validate(lines map[string]int) error {
 				ps.add("tls.cert_file", "%s and key_file %s do not load as a certificate and its key: %v", c.TLS.CertFile, c.TLS.KeyFile, err)
 			}
 		}
+	}
+	if c.TLS.ClientCAFile != "" {
+		checkCAFile(ps, "tls.client_ca_file", c.TLS.ClientCAFile)
 	}
 	checkLog(ps, c.Log)
 	checkSession(ps, c.KeepAlive.Session)

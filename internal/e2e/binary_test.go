@@ -27,6 +27,7 @@ listen = "127.0.0.1:%d"
 token = "%s"
 bind_addr = "127.0.0.1"
 allow_ports = ["1024-65535"]
+state_dir = "%s"
 
 [log]
 level = "debug"
@@ -51,6 +52,9 @@ remote_port = %d
 [tunnels.picked]
 local = "%s"
 remote_port = 0
+
+[tls]
+fingerprint = "%s"
 `
 
 func writeFile(t *testing.T, dir, name, content string) string {
@@ -70,8 +74,15 @@ func TestBinariesEndToEnd(t *testing.T) {
 	dir := t.TempDir()
 	echo := tt.NewEcho(t)
 	ctrlPort, fixedPort := tt.FreePort(t), tt.FreePort(t)
-	srvConf := writeFile(t, dir, "tunneld.toml", fmt.Sprintf(serverTOML, ctrlPort, tt.Token))
-	cliConf := writeFile(t, dir, "tunnel.toml", fmt.Sprintf(clientTOML, ctrlPort, tt.Token, echo.Addr(), fixedPort, echo.Addr()))
+	srvConf := writeFile(t, dir, "tunneld.toml", fmt.Sprintf(serverTOML, ctrlPort, tt.Token, filepath.Join(dir, "state")))
+	// The automatic certificate, made before the first start as an
+	// operator would, to hand its fingerprint to the client.
+	out, err := exec.Command(filepath.Join(bin, "tunneld"), "fingerprint", "-c", srvConf).Output()
+	if err != nil {
+		t.Fatalf("tunneld fingerprint: %v", err)
+	}
+	fingerprint := strings.TrimSpace(string(out))
+	cliConf := writeFile(t, dir, "tunnel.toml", fmt.Sprintf(clientTOML, ctrlPort, tt.Token, echo.Addr(), fixedPort, echo.Addr(), fingerprint))
 
 	for _, c := range [][]string{
 		{"tunneld", "check", "-c", srvConf},
@@ -86,6 +97,9 @@ func TestBinariesEndToEnd(t *testing.T) {
 
 	srv := tt.Start(t, exec.Command(filepath.Join(bin, "tunneld"), "serve", "-c", srvConf))
 	srv.WaitOutput(t, 10*time.Second, `listening for sessions`)
+	if !strings.Contains(srv.Output(), "fingerprint="+fingerprint) {
+		t.Errorf("tunneld does not present the certificate `tunneld fingerprint` printed (%s):\n%s", fingerprint, srv.Output())
+	}
 	cl := tt.Start(t, exec.Command(filepath.Join(bin, "tunnelc"), "up", "-c", cliConf))
 	cl.WaitOutput(t, 10*time.Second, `msg="session up"`)
 	fixed := fmt.Sprintf("127.0.0.1:%d", fixedPort)
@@ -152,7 +166,7 @@ func TestBinariesEndToEnd(t *testing.T) {
 	// A client with a wrong token exits non-zero and says what to fix; the
 	// running session is not disturbed.
 	bad := writeFile(t, dir, "bad.toml", strings.Replace(
-		fmt.Sprintf(clientTOML, ctrlPort, "wrong-token", echo.Addr(), fixedPort, echo.Addr()),
+		fmt.Sprintf(clientTOML, ctrlPort, "wrong-token", echo.Addr(), fixedPort, echo.Addr(), fingerprint),
 		`name = "binary-test"`, `name = "intruder"`, 1))
 	intruder := tt.Start(t, exec.Command(filepath.Join(bin, "tunnelc"), "up", "-c", bad))
 	if code := intruder.Wait(t, 10*time.Second); code != cli.ExitRefused {
@@ -161,8 +175,21 @@ func TestBinariesEndToEnd(t *testing.T) {
 	if out := intruder.Output(); !strings.Contains(out, "token") {
 		t.Errorf("wrong-token exit does not mention the token:\n%s", out)
 	}
+	// A client whose pin does not match exits 77 at once, printing the
+	// fingerprint it expected and the one it was shown.
+	wrongPin := "sha256:" + strings.Repeat("0f", 32)
+	mispinned := writeFile(t, dir, "mispinned.toml", strings.Replace(
+		fmt.Sprintf(clientTOML, ctrlPort, tt.Token, echo.Addr(), fixedPort, echo.Addr(), wrongPin),
+		`name = "binary-test"`, `name = "mispinned"`, 1))
+	mp := tt.Start(t, exec.Command(filepath.Join(bin, "tunnelc"), "up", "-c", mispinned))
+	if code := mp.Wait(t, 10*time.Second); code != cli.ExitRefused {
+		t.Errorf("tunnelc with a wrong pin exited %d, want %d", code, cli.ExitRefused)
+	}
+	if out := mp.Output(); !strings.Contains(out, fingerprint) || !strings.Contains(out, wrongPin) {
+		t.Errorf("wrong-pin exit does not give both fingerprints:\n%s", out)
+	}
 	if err := tt.Ping(c, "still here", 5*time.Second); err != nil {
-		t.Errorf("open connection after the refused client: %v", err)
+		t.Errorf("open connection after the refused clients: %v", err)
 	}
 
 	// Bulk both ways through the session while the client stops: the frames

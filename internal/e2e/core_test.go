@@ -361,7 +361,7 @@ func TestRefusals(t *testing.T) {
 		if _, err := io.ReadAll(c); isTimeout(err) {
 			t.Fatal("server kept a garbage connection open")
 		}
-		srv.Logs.WaitFor(t, time.Second, "session refused: no control stream")
+		srv.Logs.WaitFor(t, time.Second, "session refused", "does not speak TLS")
 	})
 
 	// Nothing above disturbed the good client.

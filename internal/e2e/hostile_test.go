@@ -1,6 +1,7 @@
 package e2e
 
 import (
+	"crypto/tls"
 	"errors"
 	"fmt"
 	"io"
@@ -83,7 +84,7 @@ func TestPingFloodBeforeHello(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	c := nc.(*net.TCPConn)
+	c := tls.Client(nc, &tls.Config{InsecureSkipVerify: true, MinVersion: tls.VersionTLS13})
 	ping := make([]byte, 12)
 	ping[1], ping[3] = 2, 1 // version 0, type ping, flags SYN
 	flood := make([]byte, 0, 12*50_000)
@@ -184,7 +185,7 @@ func TestClientOpenedStreamsAreRefused(t *testing.T) {
 // session that opens stream 3 first is refused.
 func TestControlStreamMustBeFirst(t *testing.T) {
 	srv, wait := legit(t)
-	c, err := net.Dial("tcp", srv.Addr().String())
+	c, err := tt.DialSession(srv.Addr().String())
 	if err != nil {
 		t.Fatal(err)
 	}

@@ -28,11 +28,13 @@ func TestSilentServiceConnectionsCostAsIdle(t *testing.T) {
 	dir := t.TempDir()
 	silent := tt.NewService(t, tt.Silent)
 	ctrlPort, pubPort := tt.FreePort(t), tt.FreePort(t)
+	cert, key := tt.CertFiles(t)
 	srvConf := writeFile(t, dir, "tunneld.toml", fmt.Sprintf(
-		"listen = \"127.0.0.1:%d\"\ntoken = %q\nbind_addr = \"127.0.0.1\"\nallow_ports = [\"1024-65535\"]\n", ctrlPort, tt.Token))
+		"listen = \"127.0.0.1:%d\"\ntoken = %q\nbind_addr = \"127.0.0.1\"\nallow_ports = [\"1024-65535\"]\n[tls]\ncert_file = %q\nkey_file = %q\n",
+		ctrlPort, tt.Token, cert, key))
 	cliConf := writeFile(t, dir, "tunnel.toml", fmt.Sprintf(
-		"server = \"127.0.0.1:%d\"\ntoken = %q\nname = \"memory\"\n[tunnels.silent]\nlocal = %q\nremote_port = %d\n",
-		ctrlPort, tt.Token, silent.Addr(), pubPort))
+		"server = \"127.0.0.1:%d\"\ntoken = %q\nname = \"memory\"\n[tunnels.silent]\nlocal = %q\nremote_port = %d\n[tls]\nfingerprint = %q\n",
+		ctrlPort, tt.Token, silent.Addr(), pubPort, tt.Fingerprint()))
 	srv := tt.Start(t, exec.Command(filepath.Join(bin, "tunneld"), "serve", "-c", srvConf))
 	srv.WaitOutput(t, 10*time.Second, `listening for sessions`)
 	cl := tt.Start(t, exec.Command(filepath.Join(bin, "tunnelc"), "up", "-c", cliConf))

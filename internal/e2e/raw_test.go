@@ -1,13 +1,13 @@
 package e2e
 
 import (
-	"net"
 	"testing"
 	"time"
 
 	"github.com/hashicorp/yamux"
 
 	"github.com/tunnel-dev/tunnel/internal/protocol"
+	tt "github.com/tunnel-dev/tunnel/internal/tunneltest"
 )
 
 // raw is a hand-driven session: it speaks the handshake and then does
@@ -37,10 +37,10 @@ func rawControl(t *testing.T, addr string, first protocol.Control) *raw {
 	return r
 }
 
-// dialRaw is rawControl for a caller that closes the session itself (and
+// dialRaw (over TLS, as harness servers speak it) is rawControl for a caller that closes the session itself (and
 // must not have a cleanup keep it reachable).
 func dialRaw(addr string, first protocol.Control) (*raw, error) {
-	c, err := net.Dial("tcp", addr)
+	c, err := tt.DialSession(addr)
 	if err != nil {
 		return nil, err
 	}

@@ -130,7 +130,9 @@ func TestSystemdNotify(t *testing.T) {
 	}
 	t.Logf("tunneld: 3 watchdog pings in %s (WATCHDOG_USEC=400ms)", time.Since(start).Round(time.Millisecond))
 
-	conf := writeFile(t, t.TempDir(), "tunnel.toml", fmt.Sprintf("server = %q\n[tunnels.echo]\nlocal = %q\n", ctrl, echo.Addr()))
+	// The embedded defaults make a certificate for this run and log it.
+	fp := srv.WaitOutput(t, time.Second, `fingerprint=(sha256:[0-9a-f]{64})`)[1]
+	conf := writeFile(t, t.TempDir(), "tunnel.toml", fmt.Sprintf("server = %q\n[tunnels.echo]\nlocal = %q\n[tls]\nfingerprint = %q\n", ctrl, echo.Addr(), fp))
 	cn := newNotifySocket(t)
 	cmd = exec.Command(filepath.Join(bin, "tunnelc"), "up", "-c", conf)
 	cmd.Env = env(cn)

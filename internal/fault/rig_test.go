@@ -121,19 +121,22 @@ func (r *rig) session() string {
 }
 
 func (r *rig) writeConfigs(serverAddr string) {
+	cert, key := tt.CertFiles(r.t)
 	server := fmt.Sprintf(`listen = %q
 token = %q
 bind_addr = %q
 allow_ports = ["1024-65535"]
 handshake_timeout = "3s"
+tls = { cert_file = %q, key_file = %q }
 
 [log]
 level = "debug"
 
-`, r.srv.Addr(sessionPort), tt.Token, r.srv.IP) + r.session() + "\n" + r.o.publicKA.toml("keepalive.public")
+`, r.srv.Addr(sessionPort), tt.Token, r.srv.IP, cert, key) + r.session() + "\n" + r.o.publicKA.toml("keepalive.public")
 	client := fmt.Sprintf(`server = %q
 token = %q
 name = "faulty"
+tls = { fingerprint = %q }
 dial_timeout = %q
 handshake_timeout = "3s"
 
@@ -152,7 +155,7 @@ remote_port = %d
 local = %q
 remote_port = 0
 
-`, serverAddr, tt.Token, r.o.dialTimeout, r.o.maxDelay, r.loc.Addr(echoPort), fixedPort, r.loc.Addr(echoPort)) +
+`, serverAddr, tt.Token, tt.Fingerprint(), r.o.dialTimeout, r.o.maxDelay, r.loc.Addr(echoPort), fixedPort, r.loc.Addr(echoPort)) +
 		r.session() + "\n" + r.o.localKA.toml("keepalive.local") + "\n" + r.o.extra
 	for name, content := range map[string]string{"tunneld.toml": server, "tunnel.toml": client} {
 		if err := os.WriteFile(filepath.Join(r.dir, name), []byte(content), 0o600); err != nil {

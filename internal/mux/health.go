@@ -167,7 +167,8 @@ func (s *Session) Cause(err error) string {
 type watchConn struct {
 	net.Conn
 	rx       atomic.Uint64
-	lastRead atomic.Int64 // unix nanos of the last read that returned bytes
+	first    atomic.Uint32 // the first byte read, | 1<<8 once there is one
+	lastRead atomic.Int64  // unix nanos of the last read that returned bytes
 	info     atomic.Pointer[unix.TCPInfo]
 	cause    atomic.Pointer[string]
 	ka       time.Duration // keepalive idle + interval*count, for the message
@@ -207,6 +208,21 @@ func (w *watchConn) SyscallConn() (syscall.RawConn, error) {
 	return sc.SyscallConn()
 }
 
+// FirstByte is the first byte c received, if any: enough to tell a TLS
+// ClientHello from a session's first frame.
+func FirstByte(c net.Conn) (byte, bool) {
+	w := findWatch(c)
+	if w == nil {
+		return 0, false
+	}
+	v := w.first.Load()
+	return byte(v), v != 0
+}
+
+// TLSRecordHandshake is the first byte of every TLS ClientHello (the
+// record type "handshake").
+const TLSRecordHandshake = 0x16
+
 // findWatch digs the watchConn out from under TLS.
 func findWatch(c net.Conn) *watchConn {
 	if tc, ok := c.(*tlsConn); ok {
@@ -222,6 +238,9 @@ func findWatch(c net.Conn) *watchConn {
 func (w *watchConn) Read(p []byte) (int, error) {
 	n, err := w.rw.Read(p)
 	if n > 0 {
+		if w.rx.Load() == 0 {
+			w.first.Store(uint32(p[0]) | 1<<8)
+		}
 		w.rx.Add(uint64(n))
 		w.lastRead.Store(time.Now().UnixNano())
 	}

@@ -9,13 +9,11 @@ package mux
 import (
 	"context"
 	"crypto/tls"
-	"crypto/x509"
 	"errors"
 	"fmt"
 	"io"
 	"log/slog"
 	"net"
-	"os"
 	"strings"
 	"syscall"
 	"time"
@@ -76,6 +74,11 @@ func Dial(ctx context.Context, addr string, o Options) (net.Conn, error) {
 	tc := tls.Client(ck, o.TLS)
 	if err := tc.HandshakeContext(ctx); err != nil {
 		c.Close()
+		if errors.Is(err, io.EOF) || errors.Is(err, syscall.ECONNRESET) {
+			// A cleartext tunneld reads the ClientHello as a bad frame
+			// and hangs up.
+			return nil, fmt.Errorf("dial %s: tls handshake: %w (the server hung up: if it runs with tls = \"off\", both sides must agree)", addr, err)
+		}
 		return nil, fmt.Errorf("dial %s: tls handshake: %w", addr, err)
 	}
 	return newTLSConn(tc, ck), nil
@@ -224,36 +227,6 @@ func sessionIOError(msg string) bool {
 // ErrHeartbeat means the peer stopped answering the session heartbeat: the
 // path or the peer is frozen even if TCP still looks alive.
 var ErrHeartbeat = errors.New("heartbeat timeout")
-
-// ServerTLS loads a certificate and key for the session listener.
-func ServerTLS(certFile, keyFile string) (*tls.Config, error) {
-	cert, err := tls.LoadX509KeyPair(certFile, keyFile)
-	if err != nil {
-		return nil, fmt.Errorf("tls: load %s and %s: %w", certFile, keyFile, err)
-	}
-	return &tls.Config{Certificates: []tls.Certificate{cert}, MinVersion: tls.VersionTLS12}, nil
-}
-
-// ClientTLS builds the client's TLS config. serverName defaults to the host
-// of addr; caFile, when set, replaces the system roots.
-func ClientTLS(addr, serverName, caFile string, insecure bool) (*tls.Config, error) {
-	if serverName == "" {
-		serverName, _, _ = net.SplitHostPort(addr)
-	}
-	cfg := &tls.Config{ServerName: serverName, MinVersion: tls.VersionTLS12, InsecureSkipVerify: insecure}
-	if caFile != "" {
-		pem, err := os.ReadFile(caFile)
-		if err != nil {
-			return nil, fmt.Errorf("tls: read ca_file: %w", err)
-		}
-		pool := x509.NewCertPool()
-		if !pool.AppendCertsFromPEM(pem) {
-			return nil, fmt.Errorf("tls: ca_file %s holds no PEM certificate", caFile)
-		}
-		cfg.RootCAs = pool
-	}
-	return cfg, nil
-}
 
 // ErrSessionLost is returned by Stream.Read when the stream ended because
 // its session died, not because the peer closed it.

@@ -43,6 +43,8 @@ type Server struct {
 	connSeq atomic.Uint64
 	leases  *leases
 	gate    *gate // bounds what unauthenticated peers cost
+
+	fingerprint string // of the certificate presented at start; "" without TLS
 }
 
 // New prepares a server. cfg must be validated and have a token.
@@ -61,18 +63,16 @@ func New(cfg *config.Server, log *slog.Logger) (*Server, error) {
 		// server opens every data stream.
 		IncomingStreams: 1,
 	}
-	if cfg.TLS.Enabled() {
-		t, err := mux.ServerTLS(cfg.TLS.CertFile, cfg.TLS.KeyFile)
-		if err != nil {
-			return nil, fmt.Errorf("%s: [tls]: %w", cfg.File, err)
-		}
-		opts.TLS = t
+	tlsCfg, fingerprint, err := serverTLS(cfg, log)
+	if err != nil {
+		return nil, err
 	}
+	opts.TLS = tlsCfg
 	ls, err := openLeases(cfg.StateDir, cfg.PortLease.D(), log)
 	if err != nil {
 		return nil, fmt.Errorf("%s: %w (tunneld must be able to write there; or set state_dir = \"\" to keep port leases in memory only)", cfg.File, err)
 	}
-	return &Server{cfg: cfg, log: log, opts: opts, sessions: map[string]*session{}, ports: map[int]*session{}, leases: ls,
+	return &Server{cfg: cfg, log: log, opts: opts, fingerprint: fingerprint, sessions: map[string]*session{}, ports: map[int]*session{}, leases: ls,
 		gate: newGate(cfg.HandshakeLimit, cfg.HandshakeLimitPerAddress, cfg.FailedHandshakesPerMinute, log)}, nil
 }
 
@@ -92,8 +92,15 @@ func (s *Server) Start(ctx context.Context) error {
 	}
 	s.log.Info("listening for sessions", "addr", ln.Addr().String(), "tls", s.opts.TLS != nil,
 		"allow_ports", fmt.Sprint(s.cfg.Ports), "port_leases", leases)
+	if s.opts.TLS == nil {
+		s.log.Warn("TLS is off: tokens and all tunnel traffic cross the network in cleartext; remove tls = \"off\" from " + s.cfg.File + " unless something else encrypts the path")
+	}
 	return nil
 }
+
+// Fingerprint is the SHA-256 fingerprint of the certificate tunneld
+// presented at start ("" without TLS).
+func (s *Server) Fingerprint() string { return s.fingerprint }
 
 // Addr is the bound session address (after Start).
 func (s *Server) Addr() net.Addr { return s.ln.Addr() }

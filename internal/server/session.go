@@ -2,13 +2,13 @@ package server
 
 import (
 	"context"
+	"crypto/tls"
 	"errors"
 	"fmt"
 	"log/slog"
 	"math/rand/v2"
 	"net"
 	"strconv"
-	"strings"
 	"sync"
 	"syscall"
 	"time"
@@ -94,8 +94,11 @@ func (s *Server) handleConn(ctx context.Context, c net.Conn, handshook func(fail
 	cancel()
 	if err != nil {
 		// Garbage on the port ends here: yamux rejects a bad frame header.
-		refused("session refused: no control stream", "err", err,
-			"hint", "is the peer tunnelc, and do both sides agree on TLS?")
+		hint := "is the peer tunnelc?"
+		if b, ok := mux.FirstByte(c); ok && b == mux.TLSRecordHandshake && s.opts.TLS == nil {
+			hint = "the peer speaks TLS, and this server has tls = \"off\" in " + s.cfg.File + ": both sides must agree (TLS is the default)"
+		}
+		refused("session refused: no control stream", "err", err, "hint", hint)
 		return
 	}
 	if ctrl.StreamID() != 1 {
@@ -635,13 +638,20 @@ func clip(s string) string {
 
 // tlsHint turns the usual TLS handshake failures into what to fix.
 func tlsHint(err error) string {
-	msg := err.Error()
+	var rh tls.RecordHeaderError
+	var op *net.OpError
+	var cv *tls.CertificateVerificationError
+	var ne net.Error
 	switch {
-	case strings.Contains(msg, "first record does not look like a TLS handshake"):
-		return "the peer does not speak TLS: set enabled = true under [tls] in its tunnel.toml"
-	case strings.Contains(msg, "bad certificate"), strings.Contains(msg, "unknown certificate"):
-		return "the client rejected this server's certificate: check ca_file and server_name under [tls] in its tunnel.toml"
-	case errors.Is(err, context.DeadlineExceeded), strings.Contains(msg, "timeout"):
+	case errors.As(err, &rh):
+		return "the peer does not speak TLS: tunnelc speaks it unless its tunnel.toml says tls = \"off\" (or [tls] enabled = false); remove that"
+	case errors.As(err, &op) && op.Op == "remote error":
+		// crypto/tls reports an alert from the peer so; its type is
+		// unexported. In the handshake it is almost always this:
+		return "the client rejected this server's certificate: pin its fingerprint (`tunneld fingerprint`) or set ca_file and server_name under [tls] in its tunnel.toml"
+	case errors.As(err, &cv):
+		return "the client's certificate did not verify against tls.client_ca_file"
+	case errors.Is(err, context.DeadlineExceeded), errors.As(err, &ne) && ne.Timeout():
 		return "the peer sent no TLS handshake within handshake_timeout"
 	}
 	return "see the TLS error"

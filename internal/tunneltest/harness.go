@@ -2,13 +2,20 @@ package tunneltest
 
 import (
 	"context"
+	"crypto/tls"
+	"encoding/pem"
+	"net"
+	"os"
+	"path/filepath"
 	"runtime"
+	"sync"
 	"testing"
 	"time"
 
 	"github.com/tunnel-dev/tunnel/internal/client"
 	"github.com/tunnel-dev/tunnel/internal/config"
 	"github.com/tunnel-dev/tunnel/internal/server"
+	"github.com/tunnel-dev/tunnel/internal/tlsconf"
 )
 
 // Token is the shared secret of harness servers and clients.
@@ -24,6 +31,7 @@ func ServerConfig(t testing.TB, edit func(*config.Server)) *config.Server {
 	c.BindAddr = "127.0.0.1"
 	c.Token = Token
 	c.HandshakeTimeout = config.Duration(3 * time.Second)
+	c.TLS.CertFile, c.TLS.KeyFile = CertFiles(t)
 	// Every test client comes from 127.0.0.1: the per-address limits
 	// would turn the suite's own refused handshakes into refusals at
 	// accept. Tests of those limits set them.
@@ -36,6 +44,60 @@ func ServerConfig(t testing.TB, edit func(*config.Server)) *config.Server {
 		t.Fatal(err)
 	}
 	return c
+}
+
+// The harness's TLS certificate: one per test process, as making one per
+// test would cost every test a key generation for nothing.
+var harnessCert = sync.OnceValues(func() ([]byte, []byte) {
+	certPEM, keyPEM, err := tlsconf.NewSelfSigned([]string{"127.0.0.1"})
+	if err != nil {
+		panic(err)
+	}
+	return certPEM, keyPEM
+})
+
+// CertFiles writes the harness certificate and key into a temporary
+// directory of t: the files harness servers present.
+func CertFiles(t testing.TB) (certFile, keyFile string) {
+	t.Helper()
+	certPEM, keyPEM := harnessCert()
+	dir := t.TempDir()
+	certFile, keyFile = filepath.Join(dir, "cert.pem"), filepath.Join(dir, "key.pem")
+	if err := os.WriteFile(certFile, certPEM, 0o644); err != nil {
+		t.Fatal(err)
+	}
+	if err := os.WriteFile(keyFile, keyPEM, 0o600); err != nil {
+		t.Fatal(err)
+	}
+	return certFile, keyFile
+}
+
+// Fingerprint is the harness certificate's, which harness clients pin.
+func Fingerprint() string {
+	certPEM, _ := harnessCert()
+	b, _ := pem.Decode(certPEM)
+	return tlsconf.Fingerprint(b.Bytes)
+}
+
+// DialSession connects to a harness server's session port and completes
+// TLS as a harness client would, for tests that then speak the session
+// protocol by hand.
+func DialSession(addr string) (net.Conn, error) {
+	d := tls.Dialer{Config: tlsconf.Client{Fingerprint: Fingerprint()}.Config()}
+	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+	defer cancel()
+	return d.DialContext(ctx, "tcp", addr)
+}
+
+// Plain turns TLS off in a harness server or client config, for tests
+// that speak the session protocol by hand or attack the layer under TLS.
+func Plain[T *config.Server | *config.Client](c T) {
+	switch c := any(c).(type) {
+	case *config.Server:
+		c.TLS = config.ServerTLS{Off: true}
+	case *config.Client:
+		c.TLS = config.ClientTLS{Off: true}
+	}
 }
 
 // Server is an in-process tunneld.
@@ -91,6 +153,7 @@ func ClientConfig(t testing.TB, addr string, tunnels map[string]*config.Tunnel, 
 	c.Server = addr
 	c.Token = Token
 	c.Name = "test-client"
+	c.TLS.Fingerprint = Fingerprint()
 	c.HandshakeTimeout = config.Duration(3 * time.Second)
 	c.Reconnect = config.Reconnect{MinDelay: config.Duration(50 * time.Millisecond), MaxDelay: config.Duration(500 * time.Millisecond)}
 	c.Tunnels = tunnels
