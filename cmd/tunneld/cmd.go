@@ -72,7 +72,7 @@ func newServe() *cobra.Command {
 			if err != nil {
 				return err
 			}
-			generated := cfg.Token == ""
+			generated := cfg.Token == "" && len(cfg.Clients) == 0
 			if generated {
 				cfg.Token = randomToken()
 			}
@@ -132,11 +132,29 @@ func newCheck() *cobra.Command {
 			fmt.Fprintf(w, "sessions on     %s\n", cfg.Listen)
 			fmt.Fprintf(w, "tls             %s\n", cfg.TLS.Describe(cfg.StateDir))
 			fmt.Fprintf(w, "public ports    %v on %s, reported as %s\n", cfg.Ports, cfg.BindAddr, cfg.AdvertisedHost())
-			tok := "configured"
-			if cfg.Token == "" {
-				tok = "none: a random one is generated at start"
+			switch {
+			case len(cfg.Clients) > 0:
+				for _, e := range cfg.Clients {
+					auth := "token"
+					if !e.HasToken() {
+						auth = "certificate only"
+					} else if cfg.TLS.ClientCAFile != "" {
+						auth = "certificate and token"
+					}
+					conns := func(n int) string {
+						if n == 0 {
+							return "unlimited"
+						}
+						return fmt.Sprint(n)
+					}
+					fmt.Fprintf(w, "client %-8s %s; ports %v, at most %d tunnels, connections %s (per tunnel %s)\n",
+						e.Name, auth, e.Ports, e.MaxTunnels, conns(e.MaxConnections), conns(e.MaxConnectionsPerTunnel))
+				}
+			case cfg.Token == "":
+				fmt.Fprintf(w, "token           none: a random one is generated at start\n")
+			default:
+				fmt.Fprintf(w, "token           configured, shared by all clients (names are self-declared)\n")
 			}
-			fmt.Fprintf(w, "token           %s\n", tok)
 			ks := cfg.KeepAlive.Session
 			fmt.Fprintf(w, "session         keepalive %s/%s/%d (dead idle path found within %s), user_timeout %s, heartbeat every %s (timeout %s)\n",
 				ks.Idle.D(), ks.Interval.D(), ks.Count, ks.Sock().Bound(), ks.UserTimeout.D(), ks.HeartbeatInterval.D(), ks.HeartbeatTimeout.D())

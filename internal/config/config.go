@@ -159,6 +159,9 @@ var typeErrRE = regexp.MustCompile(`^toml: line (\d+) \(last key "([^"]*)"\): (.
 func keyLines(data []byte) map[string]int {
 	out := map[string]int{}
 	var table []string
+	// elem is the current array-of-tables element's indexed name
+	// ("clients[1]"), so that each element's keys have lines of their own.
+	elem := ""
 	arrays := map[string]int{}
 	inMulti := ""
 	for i, raw := range strings.Split(string(data), "\n") {
@@ -182,12 +185,15 @@ func keyLines(data []byte) map[string]int {
 			if _, ok := out[key]; !ok {
 				out[key] = ln
 			}
+			elem = fmt.Sprintf("%s[%d]", key, arrays[key])
+			out[elem] = ln
 			arrays[key]++
 			continue
 		}
 		if line[0] == '[' {
 			name := strings.TrimSpace(strings.TrimSuffix(strings.TrimSpace(stripComment(line[1:])), "]"))
 			table = splitKey(name)
+			elem = ""
 			out[strings.Join(table, ".")] = ln
 			continue
 		}
@@ -199,6 +205,9 @@ func keyLines(data []byte) map[string]int {
 		key := strings.Join(k, ".")
 		if _, ok := out[key]; !ok {
 			out[key] = ln
+		}
+		if elem != "" {
+			out[elem+"."+strings.Join(splitKey(strings.TrimSpace(line[:eq])), ".")] = ln
 		}
 		val := strings.TrimSpace(line[eq+1:])
 		for _, q := range []string{`"""`, `'''`} {

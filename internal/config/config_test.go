@@ -4,6 +4,7 @@ import (
 	"errors"
 	"fmt"
 	"os"
+	"path/filepath"
 	"strings"
 
 	"github.com/tunnel-dev/tunnel/internal/protocol"
@@ -365,5 +366,86 @@ func TestTLSForms(t *testing.T) {
 	}
 	if s, err := ParseServer("s.toml", nil); err != nil || !s.TLS.Auto() {
 		t.Errorf("default server TLS is not the automatic certificate: %+v, %v", s.TLS, err)
+	}
+}
+
+// [[clients]]: each entry's token from one place, strong and its own; its
+// ports within the server's; every mistake on its own line, and no message
+// ever holds a token.
+func TestClientEntries(t *testing.T) {
+	t.Setenv("TUNNEL_TOKEN", "")
+	dir := t.TempDir()
+	good := "f3a9c07e1b24d685f3a9c07e"
+	file := filepath.Join(dir, "tok")
+	if err := os.WriteFile(file, []byte(good+"x\n"), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	t.Setenv("CAROL_TOKEN", good+"y")
+	ok := fmt.Sprintf(`allow_ports = ["20000-29999"]
+[[clients]]
+name = "alice"
+token = %q
+allow_ports = ["20000-20009"]
+max_tunnels = 2
+[[clients]]
+name = "bob"
+token_file = %q
+[[clients]]
+name = "carol"
+token_env = "CAROL_TOKEN"
+max_connections_per_tunnel = 10
+`, good, file)
+	s, err := ParseServer("s.toml", []byte(ok))
+	if err != nil {
+		t.Fatal(err)
+	}
+	alice, bob, carol := s.Client("alice"), s.Client("bob"), s.Client("carol")
+	if !alice.TokenMatches(good) || alice.TokenMatches(good+"x") || !bob.TokenMatches(good+"x") || !carol.TokenMatches(good+"y") {
+		t.Error("tokens do not match their clients")
+	}
+	if fmt.Sprint(alice.Ports) != "[20000-20009]" || fmt.Sprint(bob.Ports) != "[20000-29999]" || alice.MaxTunnels != 2 || bob.MaxTunnels != 64 ||
+		carol.MaxConnectionsPerTunnel != 10 {
+		t.Errorf("allowances: %+v %+v %+v", alice, bob, carol)
+	}
+
+	weak := "aaaaaaaaaaaaaaaaaaab"
+	bad := fmt.Sprintf(`token = %q
+allow_ports = ["20000-29999"]
+[[clients]]
+name = "alice"
+token = %q
+[[clients]]
+name = "alice"
+token = %q
+allow_ports = ["80"]
+[[clients]]
+name = "dave"
+token = %q
+token_env = "X"
+[[clients]]
+name = "erin"
+`, good, weak, good, good)
+	_, err = ParseServer("s.toml", []byte(bad))
+	if err == nil {
+		t.Fatal("no error")
+	}
+	for _, want := range []string{
+		"s.toml:1: token: is set together with [[clients]]",
+		"s.toml:5: clients[0].token: (alice) the token from token is too weak",
+		"s.toml:7: clients[1].name: \"alice\" is used by two",
+		"s.toml:9: clients[1].allow_ports: 80 is not within the server's allow_ports",
+		"s.toml:10: clients[2]: (dave) set only one of token",
+		"s.toml:14: clients[3]: (erin) has no token",
+	} {
+		if !strings.Contains(err.Error(), want) {
+			t.Errorf("error lacks %q:\n%v", want, err)
+		}
+	}
+	if strings.Contains(err.Error(), weak) || strings.Contains(err.Error(), good) {
+		t.Errorf("a config error shows a token:\n%v", err)
+	}
+	dup := fmt.Sprintf("[[clients]]\nname = \"a\"\ntoken = %q\n[[clients]]\nname = \"b\"\ntoken = %q\n", good, good)
+	if _, err := ParseServer("s.toml", []byte(dup)); err == nil || !strings.Contains(err.Error(), `s.toml:6: clients[1].token: (b) has the same token as client "a"`) {
+		t.Errorf("shared token between clients: %v", err)
 	}
 }

@@ -30,6 +30,13 @@ type Server struct {
 	HandshakeTimeout Duration `toml:"handshake_timeout"`
 	// MaxTunnelsPerClient bounds how many public listeners one session may hold.
 	MaxTunnelsPerClient int `toml:"max_tunnels_per_client"`
+	// MaxConnectionsPerClient and MaxConnectionsPerTunnel bound concurrent
+	// public connections (0: no limit); [[clients]] may set their own.
+	MaxConnectionsPerClient int `toml:"max_connections_per_client"`
+	MaxConnectionsPerTunnel int `toml:"max_connections_per_tunnel"`
+	// Clients gives each client its own credentials and allowance. Empty:
+	// Token is shared by all clients, whose names are self-declared.
+	Clients []ClientEntry `toml:"clients"`
 	// HandshakeLimit bounds the session handshakes in progress at once;
 	// HandshakeLimitPerAddress the ones from one source address.
 	// Connections past either are closed at accept, costing nothing more.
@@ -196,6 +203,9 @@ func (c *Server) Validate(lines map[string]int) error {
 	if c.TLS.ClientCAFile != "" {
 		checkCAFile(ps, "tls.client_ca_file", c.TLS.ClientCAFile)
 	}
+	checkConnLimit(ps, "max_connections_per_client", c.MaxConnectionsPerClient)
+	checkConnLimit(ps, "max_connections_per_tunnel", c.MaxConnectionsPerTunnel)
+	c.validateClients(ps)
 	checkLog(ps, c.Log)
 	checkSession(ps, c.KeepAlive.Session)
 	checkKeepAlive(ps, "keepalive.public", c.KeepAlive.Public)

@@ -271,7 +271,7 @@ func TestRefusals(t *testing.T) {
 
 	t.Run("wrong token", func(t *testing.T) {
 		cl := tt.StartClient(t, tt.ClientConfig(t, addr, map[string]*config.Tunnel{"e": {Local: echo.Addr()}},
-			func(c *config.Client) { c.Name = "badtoken"; c.Token = "nope" }))
+			func(c *config.Client) { c.Name = "badtoken"; c.Token = tt.Secret("nope-wrong-token-77") }))
 		err := cl.Wait(t, 5*time.Second)
 		var perm *client.PermanentError
 		if !errors.As(err, &perm) || perm.Code != "auth" || !strings.Contains(err.Error(), "wrong token") {
@@ -328,7 +328,7 @@ func TestRefusals(t *testing.T) {
 		cl := tt.StartClient(t, tt.ClientConfig(t, addr, map[string]*config.Tunnel{"low": {Local: echo.Addr(), RemotePort: 1500}},
 			func(c *config.Client) { c.Name = "lowport" }))
 		err := cl.Wait(t, 5*time.Second)
-		if err == nil || !strings.Contains(err.Error(), "port 1500 is outside the server's allowed ports [20000-60000]") ||
+		if err == nil || !strings.Contains(err.Error(), "port 1500 is outside the ports this client may use, [20000-60000]") ||
 			!strings.Contains(err.Error(), "[tunnels.low]") {
 			t.Fatalf("client error %v", err)
 		}

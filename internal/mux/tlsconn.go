@@ -2,6 +2,7 @@ package mux
 
 import (
 	"crypto/tls"
+	"crypto/x509"
 	"net"
 	"sync"
 )
@@ -132,4 +133,22 @@ func (c *corker) flush() error {
 	_, err := c.watchConn.Write(c.pend)
 	c.pend = c.pend[:0]
 	return err
+}
+
+// PeerCertificate is the verified certificate the peer of a TLS session
+// conn presented, or nil (no TLS, or the peer sent none).
+func PeerCertificate(c net.Conn) *x509.Certificate {
+	var cs tls.ConnectionState
+	switch c := c.(type) {
+	case *tlsConn:
+		cs = c.ConnectionState()
+	case *tls.Conn:
+		cs = c.ConnectionState()
+	default:
+		return nil
+	}
+	if len(cs.VerifiedChains) == 0 || len(cs.VerifiedChains[0]) == 0 {
+		return nil
+	}
+	return cs.VerifiedChains[0][0]
 }

@@ -49,8 +49,8 @@ type Server struct {
 
 // New prepares a server. cfg must be validated and have a token.
 func New(cfg *config.Server, log *slog.Logger) (*Server, error) {
-	if cfg.Token == "" {
-		return nil, errors.New("server: no token")
+	if cfg.Token == "" && len(cfg.Clients) == 0 {
+		return nil, errors.New("server: no token and no [[clients]]")
 	}
 	opts := mux.Options{
 		KeepAlive:         cfg.KeepAlive.Session.Sock(),

@@ -10,6 +10,7 @@ import (
 	"net"
 	"strconv"
 	"sync"
+	"sync/atomic"
 	"syscall"
 	"time"
 	"unicode/utf8"
@@ -27,7 +28,9 @@ import (
 type session struct {
 	srv    *Server
 	id     string
-	client string
+	client string    // the authenticated identity's name
+	lim    *identity // what the client may do
+	conns  atomic.Int64
 	ys     *mux.Session
 	ctrl   *yamux.Stream
 	log    *slog.Logger
@@ -54,9 +57,16 @@ type session struct {
 var errServerShutdown = errors.New("server shutting down")
 
 type publicListener struct {
-	name string
-	port int
-	ln   net.Listener
+	name  string
+	port  int
+	ln    net.Listener
+	conns atomic.Int64
+
+	// Refusals at a connection limit are logged at most once per
+	// refusalLogEvery per tunnel, with a count.
+	refusedMu  sync.Mutex
+	refused    int
+	refusedLog time.Time
 }
 
 // handleConn runs one session from the first byte to the last. It owns c.
@@ -125,6 +135,7 @@ func (s *Server) handleConn(ctx context.Context, c net.Conn, handshook func(fail
 	}
 	// Not authenticated yet: the name is whatever the peer says, and as
 	// long as a frame allows; log no more of it than a real one can be.
+	base := log
 	log = log.With("client", clip(hello.Client))
 	if hello.Version != protocol.Version {
 		s.refuse(ctrl, refused, protocol.CodeVersion, fmt.Sprintf(
@@ -132,13 +143,18 @@ func (s *Server) handleConn(ctx context.Context, c net.Conn, handshook func(fail
 			hello.Version, protocol.Version))
 		return
 	}
-	if !tokenOK(hello.Token, s.cfg.Token) {
-		s.refuse(ctrl, refused, protocol.CodeAuth, "wrong token: set token in tunnel.toml (or TUNNEL_TOKEN) to the server's token")
+	id, err := s.authenticate(hello, mux.PeerCertificate(c))
+	if err != nil {
+		var ae *authError
+		if errors.As(err, &ae) {
+			s.refuse(ctrl, refused, ae.code, ae.msg)
+		}
 		return
 	}
-	if hello.Client == "" || len(hello.Client) > 64 {
-		s.refuse(ctrl, refused, protocol.CodeBadRequest, "client name must be 1 to 64 characters")
-		return
+	// From here on the client is who it authenticated as.
+	log = base.With("client", id.name)
+	if id.declared != "" {
+		log = log.With("declared_name", id.declared)
 	}
 	if n := len(hello.Tunnels); n > s.cfg.MaxTunnelsPerClient {
 		// Refused whole and said so: answering each would make a
@@ -149,7 +165,7 @@ func (s *Server) handleConn(ctx context.Context, c net.Conn, handshook func(fail
 		return
 	}
 
-	ss := &session{srv: s, id: newID(), client: hello.Client, ys: ys, ctrl: ctrl}
+	ss := &session{srv: s, id: newID(), client: id.name, lim: id, ys: ys, ctrl: ctrl}
 	ss.log = log.With("session", ss.id)
 	ss.ctx, ss.cancel = context.WithCancelCause(context.Background())
 	defer ss.cancel(nil)
@@ -257,7 +273,11 @@ func (s *Server) register(ss *session, reqs []protocol.TunnelRequest) []protocol
 	if old != nil {
 		ss.log.Info("taking over from older session of the same client", "old_session", old.id)
 		old.shutdown("replaced by session " + ss.id)
-		s.unregister(old) // its ports are free for us now; its goroutines wind down on their own
+		// Its ports are free for us now (its goroutines wind down on
+		// their own), and for us first: the sessions waiting for one of
+		// them hear of the ones we do not take only after we bound ours.
+		freed := s.release(old)
+		defer func() { s.freed(old, freed) }()
 	}
 
 	results := make([]protocol.TunnelResult, 0, len(reqs))
@@ -270,8 +290,8 @@ func (s *Server) register(ss *session, reqs []protocol.TunnelRequest) []protocol
 			res.Code, err = protocol.CodeInvalidTunnel, fmt.Errorf("tunnel name %q is empty or repeated", r.Name)
 		case r.Type != "tcp":
 			res.Code, err = protocol.CodeInvalidTunnel, fmt.Errorf("type %q is not supported (only tcp)", r.Type)
-		case len(ss.publicListeners()) >= s.cfg.MaxTunnelsPerClient:
-			res.Code, err = protocol.CodeInvalidTunnel, fmt.Errorf("more than %d tunnels (max_tunnels_per_client)", s.cfg.MaxTunnelsPerClient)
+		case len(ss.publicListeners()) >= ss.lim.maxTunnels:
+			res.Code, err = protocol.CodeInvalidTunnel, fmt.Errorf("more than %d tunnels, the most this client may have", ss.lim.maxTunnels)
 		default:
 			var pl *publicListener
 			pl, res.Code, err = s.bind(ss, r)
@@ -334,8 +354,8 @@ func (s *Server) bind(ss *session, r protocol.TunnelRequest) (*publicListener, s
 		return &publicListener{name: r.Name, port: port, ln: ln}, "", nil
 	}
 	if r.RemotePort != 0 {
-		if !s.cfg.PortAllowed(r.RemotePort) {
-			return nil, protocol.CodePortNotAllowed, fmt.Errorf("port %d is outside the server's allowed ports %v", r.RemotePort, s.cfg.Ports)
+		if !ss.lim.portAllowed(r.RemotePort) {
+			return nil, protocol.CodePortNotAllowed, fmt.Errorf("port %d is outside the ports this client may use, %v", r.RemotePort, ss.lim.ports)
 		}
 		return try(r.RemotePort)
 	}
@@ -350,22 +370,22 @@ func (s *Server) bind(ss *session, r protocol.TunnelRequest) (*publicListener, s
 		_, ok := s.leases.holder(port, ss.client, r.Name)
 		return ok
 	}
-	if p := s.leases.of(ss.client, r.Name); p != 0 && s.cfg.PortAllowed(p) {
+	if p := s.leases.of(ss.client, r.Name); p != 0 && ss.lim.portAllowed(p) {
 		if pl, _, err := try(p); err == nil {
 			return got(pl)
 		}
 	}
-	if p := r.PreferPort; p != 0 && s.cfg.PortAllowed(p) && !leasedToOther(p) {
+	if p := r.PreferPort; p != 0 && ss.lim.portAllowed(p) && !leasedToOther(p) {
 		if pl, _, err := try(p); err == nil {
 			return got(pl)
 		}
 	}
 	total := 0
-	for _, pr := range s.cfg.Ports {
+	for _, pr := range ss.lim.ports {
 		total += pr.Hi - pr.Lo + 1
 	}
 	nth := func(k int) int {
-		for _, pr := range s.cfg.Ports {
+		for _, pr := range ss.lim.ports {
 			if n := pr.Hi - pr.Lo + 1; k < n {
 				return pr.Lo + k
 			} else {
@@ -415,13 +435,17 @@ func (s *Server) bind(ss *session, r protocol.TunnelRequest) (*publicListener, s
 		}
 		return got(pl)
 	}
-	return nil, protocol.CodePortInUse, fmt.Errorf("no free port among the allowed ports %v (last try: %v)", s.cfg.Ports, lastErr)
+	return nil, protocol.CodePortInUse, fmt.Errorf("no free port among the ports this client may use, %v (last try: %v)", ss.lim.ports, lastErr)
 }
 
 // unregister forgets ss and the ports it held, if they are still its, and
 // tells the sessions waiting for one of those ports to try again now.
-func (s *Server) unregister(ss *session) {
+func (s *Server) unregister(ss *session) { s.freed(ss, s.release(ss)) }
+
+// release forgets ss and returns the ports it held.
+func (s *Server) release(ss *session) []int {
 	s.mu.Lock()
+	defer s.mu.Unlock()
 	if s.sessions[ss.client] == ss {
 		delete(s.sessions, ss.client)
 	}
@@ -432,16 +456,40 @@ func (s *Server) unregister(ss *session) {
 			freed = append(freed, port)
 		}
 	}
+	return freed
+}
+
+// freed ends ss's leases on ports and tells the other sessions waiting
+// for one of them to try again now.
+func (s *Server) freed(ss *session, ports []int) {
+	if len(ports) == 0 {
+		return
+	}
+	s.mu.Lock()
 	others := make([]*session, 0, len(s.sessions))
 	for _, o := range s.sessions {
 		others = append(others, o)
 	}
-	s.mu.Unlock()
-	if len(freed) > 0 {
-		s.leases.release(ss.client, freed)
-		for _, o := range others {
-			o.portsFreed(freed)
+	// A port the same client holds again (a takeover) keeps its lease
+	// running and is not free; one another client took meanwhile ends
+	// this client's hold on it all the same.
+	var ended, free []int
+	for _, p := range ports {
+		owner := s.ports[p]
+		if owner == nil || owner.client != ss.client {
+			ended = append(ended, p)
 		}
+		if owner == nil {
+			free = append(free, p)
+		}
+	}
+	s.mu.Unlock()
+	s.leases.release(ss.client, ended)
+	if len(free) == 0 {
+		return
+	}
+	for _, o := range others {
+		o.portsFreed(free)
 	}
 }
 
@@ -553,17 +601,24 @@ func (ss *session) acceptPublic(pl *publicListener) {
 			return
 		}
 		delay = 0
+		if limit, what := ss.takeConn(pl); limit > 0 {
+			_ = sockopt.Abort(c.(*net.TCPConn))
+			pl.noteRefused(log, limit, what)
+			continue
+		}
 		ss.wg.Add(1)
-		go ss.handlePublic(pl.name, c.(*net.TCPConn), log)
+		go ss.handlePublic(pl, c.(*net.TCPConn), log)
 	}
 }
 
 // handlePublic carries one public connection over a new stream. It owns pc
 // and calls ss.wg.Done once the connection is over.
-func (ss *session) handlePublic(tunnel string, pc *net.TCPConn, log *slog.Logger) {
+func (ss *session) handlePublic(pl *publicListener, pc *net.TCPConn, log *slog.Logger) {
+	tunnel := pl.name
 	joined := false
 	defer func() {
 		if !joined {
+			ss.releaseConn(pl)
 			ss.wg.Done()
 		}
 	}()
@@ -590,6 +645,7 @@ func (ss *session) handlePublic(tunnel string, pc *net.TCPConn, log *slog.Logger
 	// In the background: this goroutine, grown by the handshake, ends here.
 	proxy.Go(ss.ctx, pc, "public", &dialResult{Stream: mux.Stream{Stream: st}}, "stream", func(stats proxy.Stats, err error) {
 		defer ss.wg.Done()
+		defer ss.releaseConn(pl)
 		if errors.Is(err, errServerShutdown) {
 			log.Debug("public connection ended: server shutting down", "in", stats.AToB, "out", stats.BToA)
 			return
@@ -605,6 +661,48 @@ func (ss *session) handlePublic(tunnel string, pc *net.TCPConn, log *slog.Logger
 		}
 		log.Debug("public connection closed", "in", stats.AToB, "out", stats.BToA)
 	})
+}
+
+// takeConn counts a new public connection of pl against the client's and
+// the tunnel's limits; past one it counts nothing and returns the limit
+// and its name.
+func (ss *session) takeConn(pl *publicListener) (int, string) {
+	if n := ss.lim.maxConnsPerTunnel; n > 0 && pl.conns.Add(1) > int64(n) {
+		pl.conns.Add(-1)
+		return n, "max_connections_per_tunnel"
+	} else if n == 0 {
+		pl.conns.Add(1)
+	}
+	if n := ss.lim.maxConns; n > 0 && ss.conns.Add(1) > int64(n) {
+		ss.conns.Add(-1)
+		pl.conns.Add(-1)
+		return n, "max_connections (per client)"
+	} else if n == 0 {
+		ss.conns.Add(1)
+	}
+	return 0, ""
+}
+
+func (ss *session) releaseConn(pl *publicListener) {
+	pl.conns.Add(-1)
+	ss.conns.Add(-1)
+}
+
+// refusalLogEvery bounds the log lines of a tunnel at its connection limit.
+const refusalLogEvery = 10 * time.Second
+
+func (pl *publicListener) noteRefused(log *slog.Logger, limit int, what string) {
+	pl.refusedMu.Lock()
+	pl.refused++
+	if time.Since(pl.refusedLog) < refusalLogEvery {
+		pl.refusedMu.Unlock()
+		return
+	}
+	n := pl.refused
+	pl.refused, pl.refusedLog = 0, time.Now()
+	pl.refusedMu.Unlock()
+	log.Warn("public connections refused: the client is at its connection limit", "limit", what, "max", limit, "refused", n,
+		"hint", "raise "+what+" in tunneld.toml if this load is expected")
 }
 
 // portHeldError refuses a port another client holds. The client is told

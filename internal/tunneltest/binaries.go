@@ -127,6 +127,7 @@ func Start(t testing.TB, cmd *exec.Cmd) *Proc {
 		if strings.Contains(p.Output(), "WARNING: DATA RACE") {
 			t.Errorf("%s reported a data race", p.Name)
 		}
+		CheckSecrets(t, "the output of "+p.Name, p.Output())
 		if t.Failed() {
 			t.Logf("--- output of %s:\n%s", p.Name, p.Output())
 		}

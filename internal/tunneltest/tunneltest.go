@@ -113,13 +113,47 @@ type Logs struct {
 	done bool
 }
 
-// NewLogs returns a sink and a logger writing to it at debug level.
+// secrets are strings no log line may hold: the harness token, and what
+// tests register with Secret.
+var secrets = struct {
+	sync.Mutex
+	list []string
+}{list: []string{Token}}
+
+// Secret registers s as a credential: a test whose harness logs or
+// daemons' output contain it fails. It returns s.
+func Secret(s string) string {
+	secrets.Lock()
+	defer secrets.Unlock()
+	secrets.list = append(secrets.list, s)
+	return s
+}
+
+// CheckSecrets fails t if text, the output of what, holds a registered
+// secret.
+func CheckSecrets(t testing.TB, what, text string) {
+	t.Helper()
+	secrets.Lock()
+	defer secrets.Unlock()
+	for _, s := range secrets.list {
+		for _, line := range strings.Split(text, "\n") {
+			if strings.Contains(line, s) {
+				t.Errorf("a credential appears in %s: %s", what, line)
+			}
+		}
+	}
+}
+
+// NewLogs returns a sink and a logger writing to it at debug level. At
+// the test's end its lines are checked for credentials (CheckSecrets).
 func NewLogs(t testing.TB) (*Logs, *slog.Logger) {
 	l := &Logs{t: t}
 	t.Cleanup(func() {
 		l.mu.Lock()
 		l.done = true
+		text := l.buf.String()
 		l.mu.Unlock()
+		CheckSecrets(t, "the logs", text)
 	})
 	return l, slog.New(slog.NewTextHandler(l, &slog.HandlerOptions{Level: slog.LevelDebug}))
 }
