@@ -1,6 +1,7 @@
 package e2e
 
 import (
+	"net"
 	"testing"
 	"time"
 
@@ -44,6 +45,11 @@ func dialRaw(addr string, first protocol.Control) (*raw, error) {
 	if err != nil {
 		return nil, err
 	}
+	return rawOver(c, first)
+}
+
+// rawOver is dialRaw over a connection the caller made (cleartext, say).
+func rawOver(c net.Conn, first protocol.Control) (*raw, error) {
 	cfg := yamux.DefaultConfig()
 	cfg.EnableKeepAlive = false
 	cfg.LogOutput = nil

@@ -158,6 +158,14 @@ func NewLogs(t testing.TB) (*Logs, *slog.Logger) {
 	return l, slog.New(slog.NewTextHandler(l, &slog.HandlerOptions{Level: slog.LevelDebug}))
 }
 
+// Len is how many bytes of log the sink holds: memory the test process
+// keeps for the test, which a heap measurement may need to discount.
+func (l *Logs) Len() int {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	return l.buf.Cap()
+}
+
 func (l *Logs) Write(p []byte) (int, error) {
 	l.mu.Lock()
 	defer l.mu.Unlock()
