@@ -337,7 +337,14 @@ sys_start_tunnel() {
 	if [[ -n ${TUNNEL_TLS:-} ]]; then
 		# Appended tables: the templates end with tables of their own.
 		printf '\n[tls]\ncert_file = "%s"\nkey_file = "%s"\n' "$RUNDIR/cert.pem" "$RUNDIR/key.pem" >>"$RUNDIR/tunneld.toml"
-		printf '\n[tls]\nenabled = true\nca_file = "%s"\n' "$RUNDIR/cert.pem" >>"$RUNDIR/tunnel.toml"
+		printf '\n[tls]\nca_file = "%s"\n' "$RUNDIR/cert.pem" >>"$RUNDIR/tunnel.toml"
+	else
+		# Plain TCP, to compare with frp-notls: TLS is tunnel's default,
+		# so say so before the templates' tables.
+		local f
+		for f in "$RUNDIR/tunneld.toml" "$RUNDIR/tunnel.toml"; do
+			{ printf 'tls = "off"\n'; cat "$f"; } >"$f.tmp" && mv "$f.tmp" "$f"
+		done
 	fi
 	spawn tunneld "$d/tunneld" serve -c "$RUNDIR/tunneld.toml"
 	SERVER_PID=$LAST_PID; SYS_PIDS+=("$LAST_PID")
