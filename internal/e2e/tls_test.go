@@ -151,6 +151,15 @@ func TestAutomaticCertificate(t *testing.T) {
 		t.Errorf("mispinned client's error does not give both fingerprints: %s", msg)
 	}
 	srv.Logs.WaitFor(t, 5*time.Second, "session refused", "rejected this server's certificate")
+
+	// The explicit opt-out connects, and says at start what it gives up.
+	insecure := tt.StartClient(t, tt.ClientConfig(t, addr, tunnels(), func(c *config.Client) {
+		c.Name = "insecure"
+		c.TLS = config.ClientTLS{InsecureSkipVerify: true}
+	}))
+	insecure.WaitUp(t, 5*time.Second)
+	insecure.Logs.WaitFor(t, time.Second, "NOT verified", "insecure_skip_verify", "pin its fingerprint")
+	insecure.Stop(t)
 	unpinned.Stop(t)
 	mispinned.Stop(t)
 	cl.Stop(t)

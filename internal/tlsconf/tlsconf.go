@@ -27,6 +27,7 @@ import (
 	"path/filepath"
 	"strings"
 	"sync"
+	"syscall"
 	"time"
 )
 
@@ -245,27 +246,35 @@ func LoadOrCreateAuto(dir string, names []string) (cert tls.Certificate, created
 		// what clients may have pinned.
 		return tls.Certificate{}, false, fmt.Errorf("automatic certificate %s and key %s do not load (fix or remove both to make a new one, which clients must then pin again): %w", certPath, keyPath, err)
 	}
-	if err := os.MkdirAll(filepath.Dir(certPath), 0o700); err != nil {
+	if err := os.MkdirAll(dir, 0o700); err != nil {
 		return tls.Certificate{}, false, err
 	}
 	certPEM, keyPEM, err := newSelfSigned(names)
 	if err != nil {
 		return tls.Certificate{}, false, err
 	}
-	// The key goes first and the certificate is linked into place last,
-	// exclusively: of two servers starting on one state directory, one
-	// wins and the other loads what it made.
-	if err := writeAtomic(keyPath, keyPEM, 0o600); err != nil {
-		return tls.Certificate{}, false, err
-	}
-	tmp, err := writeTemp(certPath, certPEM, 0o644)
+	// Both files are written into a directory of their own, which is
+	// then renamed into place: the pair appears whole or not at all, and
+	// of two servers starting on one state directory the second's rename
+	// fails and it loads the first's pair.
+	tmp, err := os.MkdirTemp(dir, ".tls-*")
 	if err != nil {
 		return tls.Certificate{}, false, err
 	}
-	defer os.Remove(tmp)
-	if err := os.Link(tmp, certPath); err != nil && !errors.Is(err, os.ErrExist) {
+	defer os.RemoveAll(tmp)
+	if err := writeFile(filepath.Join(tmp, filepath.Base(keyPath)), keyPEM, 0o600); err != nil {
 		return tls.Certificate{}, false, err
-	} else if err != nil {
+	}
+	if err := writeFile(filepath.Join(tmp, filepath.Base(certPath)), certPEM, 0o644); err != nil {
+		return tls.Certificate{}, false, err
+	}
+	if err := os.Chmod(tmp, 0o700); err != nil {
+		return tls.Certificate{}, false, err
+	}
+	if err := os.Rename(tmp, filepath.Dir(certPath)); err != nil {
+		if !errors.Is(err, syscall.ENOTEMPTY) && !errors.Is(err, os.ErrExist) {
+			return tls.Certificate{}, false, err
+		}
 		cert, err = tls.LoadX509KeyPair(certPath, keyPath)
 		return cert, false, err
 	}
@@ -308,16 +317,13 @@ func newSelfSigned(names []string) (certPEM, keyPEM []byte, err error) {
 		pem.EncodeToMemory(&pem.Block{Type: "PRIVATE KEY", Bytes: kb}), nil
 }
 
-func writeTemp(path string, data []byte, mode os.FileMode) (string, error) {
-	f, err := os.CreateTemp(filepath.Dir(path), ".tmp-*")
+// writeFile writes and syncs a new file.
+func writeFile(path string, data []byte, mode os.FileMode) error {
+	f, err := os.OpenFile(path, os.O_WRONLY|os.O_CREATE|os.O_EXCL, mode)
 	if err != nil {
-		return "", err
+		return err
 	}
-	name := f.Name()
-	err = f.Chmod(mode)
-	if err == nil {
-		_, err = f.Write(data)
-	}
+	_, err = f.Write(data)
 	if err == nil {
 		err = f.Sync()
 	}
@@ -325,10 +331,9 @@ func writeTemp(path string, data []byte, mode os.FileMode) (string, error) {
 		err = cerr
 	}
 	if err != nil {
-		os.Remove(name)
-		return "", fmt.Errorf("write %s: %w", path, err)
+		return fmt.Errorf("write %s: %w", path, err)
 	}
-	return name, nil
+	return nil
 }
 
 // addNames puts names into the certificate as IP or DNS names.
@@ -342,16 +347,4 @@ func addNames(tmpl *x509.Certificate, names []string) {
 			tmpl.DNSNames = append(tmpl.DNSNames, n)
 		}
 	}
-}
-
-func writeAtomic(path string, data []byte, mode os.FileMode) error {
-	tmp, err := writeTemp(path, data, mode)
-	if err != nil {
-		return err
-	}
-	if err := os.Rename(tmp, path); err != nil {
-		os.Remove(tmp)
-		return err
-	}
-	return nil
 }
