@@ -51,13 +51,25 @@ func newGate(max, maxPerAddr int, failuresPerMinute int, log *slog.Logger) *gate
 	}
 }
 
+// addrOf is the source the gate counts a connection against: the IPv4
+// address, or the /64 an IPv6 address is in, as one host or site usually
+// has a whole /64 and could otherwise pose as 2^64 sources.
 func addrOf(a net.Addr) netip.Addr {
 	if ta, ok := a.(*net.TCPAddr); ok {
 		if ip, ok := netip.AddrFromSlice(ta.IP); ok {
-			return ip.Unmap()
+			return sourceOf(ip)
 		}
 	}
 	return netip.Addr{}
+}
+
+func sourceOf(ip netip.Addr) netip.Addr {
+	ip = ip.Unmap()
+	if ip.Is6() {
+		p, _ := ip.Prefix(64)
+		return p.Addr()
+	}
+	return ip
 }
 
 // sourceLocked returns addr's entry, making one (with a full bucket).
@@ -140,14 +152,24 @@ func (g *gate) sweep() {
 }
 
 // sweepLocked; full also drops entries that still remember refusals, for
-// when the table is full.
+// when the table is full. A full sweep happens when tens of thousands of
+// addresses are refusing handshakes at once: it sums their refusals into
+// one line, as one line per address would flood the log from under the
+// gate's lock.
 func (g *gate) sweepLocked(full bool) {
 	now := g.now()
+	var addrs, suppressed, atDoor int
 	for addr, src := range g.sources {
 		if src.suppressed > 0 || src.atDoor > 0 {
-			g.log.Warn("handshakes refused from address", "addr", addr.String(),
-				"failed_not_logged", src.suppressed, "closed_at_accept", src.atDoor,
-				"since", src.logged.Format(time.RFC3339))
+			if full {
+				addrs++
+				suppressed += src.suppressed
+				atDoor += src.atDoor
+			} else {
+				g.log.Warn("handshakes refused from address", "addr", addr.String(),
+					"failed_not_logged", src.suppressed, "closed_at_accept", src.atDoor,
+					"since", src.logged.Format(time.RFC3339))
+			}
 			src.suppressed, src.atDoor = 0, 0
 			src.logged = now
 		}
@@ -155,5 +177,9 @@ func (g *gate) sweepLocked(full bool) {
 		if idle || (full && src.inHandshake == 0) {
 			delete(g.sources, addr)
 		}
+	}
+	if addrs > 0 {
+		g.log.Warn("handshakes refused from many addresses (the gate's table of addresses was full: a distributed flood?)",
+			"addresses", addrs, "failed_not_logged", suppressed, "closed_at_accept", atDoor, "table_size", maxSources)
 	}
 }

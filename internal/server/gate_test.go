@@ -114,3 +114,45 @@ func TestGateForgets(t *testing.T) {
 		t.Fatalf("%d idle addresses still remembered after a sweep", n)
 	}
 }
+
+// An IPv6 host has a /64 to spread over: the gate counts the /64, so it
+// cannot pose as many sources.
+func TestGateCountsIPv6ByPrefix(t *testing.T) {
+	g, _, _ := testGate(100, 2, 100)
+	for i, a := range []string{"2001:2::1", "2001:2::ffff:1", "2001:2:0:0:8000::1"} {
+		_, why := g.admit(sourceOf(netip.MustParseAddr(a)))
+		if want := i >= 2; (why != "") != want {
+			t.Fatalf("%s (attempt %d): refused %q, want refused %v", a, i, why, want)
+		}
+	}
+	if _, why := g.admit(sourceOf(netip.MustParseAddr("2001:2:0:1::1"))); why != "" {
+		t.Fatalf("another /64 refused: %q", why)
+	}
+	if got := sourceOf(netip.MustParseAddr("::ffff:198.18.1.2")); got != addrA {
+		t.Fatalf("a v4-mapped address counts as %s, want %s", got, addrA)
+	}
+}
+
+// A full table is swept in one go, and its refusals are summed into one
+// log line rather than one per address.
+func TestGateFullTableLogsOneLine(t *testing.T) {
+	g, _, logs := testGate(1<<20, 1, 1)
+	for i := range maxSources {
+		a := netip.AddrFrom4([4]byte{198, 18, byte(i >> 8), byte(i)})
+		done, _ := g.admit(a)
+		done(true)          // its one failure: its bucket is empty
+		_, _ = g.admit(a)   // closed at accept
+		_ = g.logRefusal(a) // not logged in full
+	}
+	if n := len(g.sources); n != maxSources {
+		t.Fatalf("%d sources, want %d", n, maxSources)
+	}
+	_, _ = g.admit(netip.AddrFrom4([4]byte{198, 19, 0, 1}))
+	if n := len(g.sources); n != 1 {
+		t.Errorf("%d sources after the full sweep, want 1", n)
+	}
+	out := logs.String()
+	if n := strings.Count(out, "\n"); n != 1 || !strings.Contains(out, "addresses=65536") || !strings.Contains(out, "closed_at_accept=65536") {
+		t.Fatalf("full sweep logged %d lines:\n%.500s", n, out)
+	}
+}
