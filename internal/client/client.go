@@ -181,6 +181,10 @@ func (c *Client) Run(ctx context.Context) error {
 // untrusted certificate trusted, and a client retrying forever looks
 // connected to nobody.
 func (c *Client) tlsVerifyError(err error) *PermanentError {
+	if errors.Is(err, tlsconf.ErrClientCertRequired) {
+		return &PermanentError{Code: "tls", Msg: fmt.Sprintf(
+			"the server requires a client certificate: set cert_file and key_file under [tls] in %s to a certificate its operator issued for this client", c.cfg.File)}
+	}
 	var fe *tlsconf.FingerprintError
 	if errors.As(err, &fe) {
 		return &PermanentError{Code: "tls", Msg: fmt.Sprintf(
@@ -372,7 +376,11 @@ func (c *Client) handshake(ys *mux.Session) (*yamux.Stream, *protocol.Welcome, e
 	}
 	var m protocol.Control
 	if err := protocol.ReadFrame(ctrl, &m); err != nil {
-		return nil, nil, fmt.Errorf("read welcome (is %s a tunneld, and do both sides agree on TLS?): %w", c.cfg.Server, err)
+		hint := "is %s a tunneld, and do both sides agree on TLS?"
+		if c.cfg.TLS.CertFile != "" {
+			hint = "is %s a tunneld, and does it trust this client's certificate?"
+		}
+		return nil, nil, fmt.Errorf("read welcome ("+hint+"): %w", c.cfg.Server, err)
 	}
 	_ = ctrl.SetDeadline(time.Time{})
 	switch {

@@ -215,10 +215,24 @@ func TestMutualTLS(t *testing.T) {
 	}
 	srv.Logs.WaitFor(t, time.Second, "session up", "client=carol")
 
+	// Without a certificate: the client stops and says what it lacks.
 	nocert := tt.StartClient(t, tt.ClientConfig(t, addr, tunnels, func(c *config.Client) { c.Name = "nocert" }))
+	if msg := refusedTLS(t, nocert); !strings.Contains(msg, "requires a client certificate") || !strings.Contains(msg, "cert_file") {
+		t.Errorf("client without a certificate: %s", msg)
+	}
 	srv.Logs.WaitFor(t, 5*time.Second, "session refused", "tls handshake")
-	nocert.Logs.WaitFor(t, 5*time.Second, "reconnecting")
-	nocert.Stop(t)
+
+	// With one from another CA: refused in TLS, and the client keeps
+	// trying (the server's CA list may be about to change) and says why.
+	stranger := testcert.New(t, "other-ca").Issue(t, "carol")
+	strangerCert, strangerKey := stranger.Write(t, dir, "stranger")
+	untrusted := tt.StartClient(t, tt.ClientConfig(t, addr, tunnels, func(c *config.Client) {
+		c.Name = "untrusted"
+		c.TLS.CertFile, c.TLS.KeyFile = strangerCert, strangerKey
+	}))
+	untrusted.Logs.WaitFor(t, 5*time.Second, "reconnecting", "does it trust this client's certificate")
+	srv.Logs.WaitFor(t, 5*time.Second, "session refused", "did not verify against tls.client_ca_file")
+	untrusted.Stop(t)
 
 	mallory := tt.StartClient(t, tt.ClientConfig(t, addr, tunnels, func(c *config.Client) {
 		c.Name = "carol"

@@ -54,6 +54,10 @@ func ParseFingerprint(s string) (string, error) {
 	return "sha256:" + hex.EncodeToString(b), nil
 }
 
+// ErrClientCertRequired is a server asking for a client certificate of a
+// client that has none.
+var ErrClientCertRequired = errors.New("the server requires a client certificate")
+
 // FingerprintError is a server certificate that does not match the pinned
 // fingerprint.
 type FingerprintError struct {
@@ -93,8 +97,15 @@ type Client struct {
 // Config returns the client side's config.
 func (c Client) Config() *tls.Config {
 	cfg := &tls.Config{ServerName: c.ServerName, RootCAs: c.RootCAs, MinVersion: tls.VersionTLS13, InsecureSkipVerify: c.Insecure}
-	if c.Cert != nil {
-		cfg.Certificates = []tls.Certificate{*c.Cert}
+	cert := c.Cert
+	// Asked for a certificate it does not have, the client stops and says
+	// so, instead of sending none and learning only that the server hung
+	// up.
+	cfg.GetClientCertificate = func(*tls.CertificateRequestInfo) (*tls.Certificate, error) {
+		if cert == nil {
+			return nil, ErrClientCertRequired
+		}
+		return cert, nil
 	}
 	if c.Fingerprint != "" {
 		want := c.Fingerprint
