@@ -309,7 +309,13 @@ func (c *Client) runSession(ctx context.Context) error {
 	c.status.Connected, c.status.Session, c.status.Public, c.status.Pending = true, ss.id, public, pending
 	c.status.Sessions++
 	c.mu.Unlock()
-	ss.log.Info("session up", "server", c.cfg.Server, "tunnels", len(public), "pending", len(pending))
+	if welcome.Client != "" {
+		// The server names this client by its credentials; the configured
+		// name is only a label.
+		ss.log.Info("session up", "server", c.cfg.Server, "tunnels", len(public), "pending", len(pending), "authenticated_as", welcome.Client)
+	} else {
+		ss.log.Info("session up", "server", c.cfg.Server, "tunnels", len(public), "pending", len(pending))
+	}
 
 	// On shutdown the server closes the session when it reads the goodbye
 	// (see protocol.Goodbye); closeLater only bounds the wait.

@@ -123,8 +123,8 @@ func (c *Server) validateClients(ps *problems) {
 		if len(e.AllowPorts) == 0 {
 			e.Ports = append(e.Ports, c.Ports...)
 		}
-		if e.MaxTunnels < 0 || e.MaxTunnels > 4096 {
-			ps.add(key+".max_tunnels", "%d is out of range (0 for max_tunnels_per_client; else 1..4096)", e.MaxTunnels)
+		if e.MaxTunnels < 0 || e.MaxTunnels > MaxTunnels {
+			ps.add(key+".max_tunnels", "%d is out of range (0 for max_tunnels_per_client; else 1..%d)", e.MaxTunnels, MaxTunnels)
 		}
 		if e.MaxTunnels == 0 {
 			e.MaxTunnels = c.MaxTunnelsPerClient

@@ -185,7 +185,7 @@ func TestRangesNameKeyAndBounds(t *testing.T) {
 	_, err := ParseServer("s.toml", []byte(srv))
 	for _, want := range []string{
 		"s.toml:2: handshake_timeout: 2562047h0m0s is out of range (100ms..5m0s)",
-		"s.toml:3: max_tunnels_per_client: 100000 is out of range (1..4096)",
+		"s.toml:3: max_tunnels_per_client: 100000 is out of range (1..256)",
 		"s.toml:4: port_lease: -1s is out of range",
 		"keepalive.session.user_timeout: 2562047h0m0s is out of range (0s..1h0m0s",
 		"keepalive.session.heartbeat_interval: 24h0m0s is too large",

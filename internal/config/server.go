@@ -174,8 +174,9 @@ func (c *Server) Validate(lines map[string]int) error {
 		c.Ports = append(c.Ports, r)
 	}
 	checkRange(ps, "handshake_timeout", c.HandshakeTimeout, 100*time.Millisecond, 5*time.Minute, "")
-	if c.MaxTunnelsPerClient < 1 || c.MaxTunnelsPerClient > 4096 {
-		ps.add("max_tunnels_per_client", "%d is out of range (1..4096)", c.MaxTunnelsPerClient)
+	if c.MaxTunnelsPerClient < 1 || c.MaxTunnelsPerClient > MaxTunnels {
+		// A client's hello and the server's welcome must fit a frame.
+		ps.add("max_tunnels_per_client", "%d is out of range (1..%d)", c.MaxTunnelsPerClient, MaxTunnels)
 	}
 	if c.HandshakeLimit < 1 || c.HandshakeLimit > 1<<20 {
 		ps.add("handshake_limit", "%d is out of range (1..1048576)", c.HandshakeLimit)

@@ -194,6 +194,24 @@ func TestBadInputOnTheSessionPort(t *testing.T) {
 				t.Fatalf("answer %+v, %v: want a bad_request naming max_tunnels_per_client", e, err)
 			}
 		}, []string{"session refused", "1000 tunnels in one hello"}},
+
+		{"a 60 KB tunnel name", false, func(t *testing.T, addr string) {
+			ys, st := controlStream(t, addr)
+			defer ys.Close()
+			hello := protocol.Hello{Version: protocol.Version, Client: "long", Token: tt.Token,
+				Tunnels: []protocol.TunnelRequest{{Name: strings.Repeat("x", 60<<10), Type: "tcp"}}}
+			if err := protocol.WriteFrame(st, protocol.Control{Type: protocol.TypeHello, Hello: &hello}); err != nil {
+				t.Fatal(err)
+			}
+			_ = st.SetReadDeadline(time.Now().Add(closedBound))
+			var m protocol.Control
+			if err := protocol.ReadFrame(st, &m); err != nil || m.Welcome == nil || len(m.Welcome.Tunnels) != 1 {
+				t.Fatalf("answer %+v, %v: want a welcome with one result", m, err)
+			}
+			if r := m.Welcome.Tunnels[0]; r.OK || r.Code != protocol.CodeInvalidTunnel || len(r.Name) > 100 || len(r.Error) > 300 {
+				t.Fatalf("result %+v: want invalid_tunnel with the name clipped", r)
+			}
+		}, []string{"tunnel refused", "code=invalid_tunnel", "(61440 bytes)"}},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
 			srv, pub, wait := legitWith(t, tc.plain)

@@ -56,6 +56,7 @@ func TestPerClientCredentials(t *testing.T) {
 		func(c *config.Client) { c.Name = "laptop"; c.Token = aliceToken }))
 	alicePub := alice.WaitUp(t, 5*time.Second)["web"]
 	srv.Logs.WaitFor(t, time.Second, "session up", "client=alice", "declared_name=laptop")
+	alice.Logs.WaitFor(t, time.Second, "session up", "authenticated_as=alice")
 
 	// Bob, with his own valid token, says he is alice and asks for her
 	// port: he is bob, and her port is held.

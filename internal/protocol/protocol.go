@@ -125,6 +125,10 @@ type TunnelRequest struct {
 type Welcome struct {
 	Session string         `json:"session"`
 	Tunnels []TunnelResult `json:"tunnels"`
+	// Client is the name the server knows the client by, when that is
+	// not the name the client declared (per-client credentials or a
+	// client certificate decide it).
+	Client string `json:"client,omitempty"`
 }
 
 // TunnelResult is the outcome for one TunnelRequest.

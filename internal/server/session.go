@@ -8,6 +8,7 @@ import (
 	"log/slog"
 	"math/rand/v2"
 	"net"
+	"regexp"
 	"strconv"
 	"sync"
 	"sync/atomic"
@@ -171,7 +172,7 @@ func (s *Server) handleConn(ctx context.Context, c net.Conn, handshook func(fail
 	defer ss.cancel(nil)
 	results := s.register(ss, hello.Tunnels)
 	if err := ss.send(protocol.Control{Type: protocol.TypeWelcome,
-		Welcome: &protocol.Welcome{Session: ss.id, Tunnels: results}}); err != nil {
+		Welcome: fitWelcome(&protocol.Welcome{Session: ss.id, Tunnels: results, Client: authenticatedAs(id)})}); err != nil {
 		ss.log.Warn("session lost during handshake", "err", err)
 		ss.shutdown("")
 		ss.wg.Wait()
@@ -286,8 +287,11 @@ func (s *Server) register(ss *session, reqs []protocol.TunnelRequest) []protocol
 		res := protocol.TunnelResult{Name: r.Name}
 		var err error
 		switch {
-		case r.Name == "" || seen[r.Name]:
-			res.Code, err = protocol.CodeInvalidTunnel, fmt.Errorf("tunnel name %q is empty or repeated", r.Name)
+		case !tunnelNameRE.MatchString(r.Name):
+			res.Name = clip(r.Name)
+			res.Code, err = protocol.CodeInvalidTunnel, fmt.Errorf("tunnel name %q is not a valid name (letters, digits, '.', '_', '-'; at most 64)", res.Name)
+		case seen[r.Name]:
+			res.Code, err = protocol.CodeInvalidTunnel, fmt.Errorf("tunnel name %q is repeated", r.Name)
 		case r.Type != "tcp":
 			res.Code, err = protocol.CodeInvalidTunnel, fmt.Errorf("type %q is not supported (only tcp)", r.Type)
 		case len(ss.publicListeners()) >= ss.lim.maxTunnels:
@@ -308,7 +312,7 @@ func (s *Server) register(ss *session, reqs []protocol.TunnelRequest) []protocol
 		seen[r.Name] = true
 		if err != nil {
 			res.Error = err.Error()
-			log := ss.log.With("tunnel", r.Name, "code", res.Code, "err", err)
+			log := ss.log.With("tunnel", res.Name, "code", res.Code, "err", err)
 			var held *portHeldError
 			if errors.As(err, &held) {
 				log = log.With("holder", held.holder)
@@ -661,6 +665,39 @@ func (ss *session) handlePublic(pl *publicListener, pc *net.TCPConn, log *slog.L
 		}
 		log.Debug("public connection closed", "in", stats.AToB, "out", stats.BToA)
 	})
+}
+
+// tunnelNameRE is what tunnelc's config accepts as a tunnel name.
+var tunnelNameRE = regexp.MustCompile(`^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$`)
+
+// fitWelcome shortens w's error messages until it fits a frame: a welcome
+// too large to send would leave the client with nothing. Names and
+// addresses are bounded (at most max_tunnels_per_client results, names of
+// at most 64 bytes), so only the messages can need it.
+func fitWelcome(w *protocol.Welcome) *protocol.Welcome {
+	for budget := 512; ; budget /= 2 {
+		if _, err := protocol.AppendFrame(nil, protocol.Control{Type: protocol.TypeWelcome, Welcome: w}); err == nil || budget < 8 {
+			return w
+		}
+		for i := range w.Tunnels {
+			if e := w.Tunnels[i].Error; len(e) > budget {
+				cut := budget
+				for cut > 0 && !utf8.RuneStart(e[cut]) {
+					cut--
+				}
+				w.Tunnels[i].Error = e[:cut] + "…"
+			}
+		}
+	}
+}
+
+// authenticatedAs is the name to tell a client in its welcome: its
+// identity, when that is not what it declared.
+func authenticatedAs(id *identity) string {
+	if id.declared == "" {
+		return ""
+	}
+	return id.name
 }
 
 // takeConn counts a new public connection of pl against the client's and
