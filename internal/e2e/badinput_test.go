@@ -44,15 +44,7 @@ func controlStream(t *testing.T, addr string) (*yamux.Session, *yamux.Stream) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	cfg := yamux.DefaultConfig()
-	cfg.EnableKeepAlive = false
-	cfg.LogOutput = nil
-	cfg.Logger = testLogger{}
-	ys, err := yamux.Client(c, cfg)
-	if err != nil {
-		t.Fatal(err)
-	}
-	st, err := ys.OpenStream()
+	ys, st, err := openControl(c)
 	if err != nil {
 		t.Fatal(err)
 	}

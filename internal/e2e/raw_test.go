@@ -38,8 +38,9 @@ func rawControl(t *testing.T, addr string, first protocol.Control) *raw {
 	return r
 }
 
-// dialRaw (over TLS, as harness servers speak it) is rawControl for a caller that closes the session itself (and
-// must not have a cleanup keep it reachable).
+// dialRaw is rawControl, over TLS as harness servers speak it, for a
+// caller that closes the session itself (and must not have a cleanup keep
+// it reachable).
 func dialRaw(addr string, first protocol.Control) (*raw, error) {
 	c, err := tt.DialSession(addr)
 	if err != nil {
@@ -48,8 +49,9 @@ func dialRaw(addr string, first protocol.Control) (*raw, error) {
 	return rawOver(c, first)
 }
 
-// rawOver is dialRaw over a connection the caller made (cleartext, say).
-func rawOver(c net.Conn, first protocol.Control) (*raw, error) {
+// openControl starts a hand-driven session on c and opens its control
+// stream; on error c is closed.
+func openControl(c net.Conn) (*yamux.Session, *yamux.Stream, error) {
 	cfg := yamux.DefaultConfig()
 	cfg.EnableKeepAlive = false
 	cfg.LogOutput = nil
@@ -57,11 +59,20 @@ func rawOver(c net.Conn, first protocol.Control) (*raw, error) {
 	ys, err := yamux.Client(c, cfg)
 	if err != nil {
 		c.Close()
-		return nil, err
+		return nil, nil, err
 	}
 	st, err := ys.OpenStream()
 	if err != nil {
 		ys.Close()
+		return nil, nil, err
+	}
+	return ys, st, nil
+}
+
+// rawOver is dialRaw over a connection the caller made (cleartext, say).
+func rawOver(c net.Conn, first protocol.Control) (*raw, error) {
+	ys, st, err := openControl(c)
+	if err != nil {
 		return nil, err
 	}
 	_ = st.SetDeadline(time.Now().Add(5 * time.Second))
