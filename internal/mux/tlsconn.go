@@ -135,20 +135,15 @@ func (c *corker) flush() error {
 	return err
 }
 
-// PeerCertificate is the verified certificate the peer of a TLS session
-// conn presented, or nil (no TLS, or the peer sent none).
-func PeerCertificate(c net.Conn) *x509.Certificate {
-	var cs tls.ConnectionState
+// PeerCertificates is the certificate chain the peer of a TLS session
+// conn presented, leaf first, as sent: nil without TLS or when it sent
+// none. The caller verifies it.
+func PeerCertificates(c net.Conn) []*x509.Certificate {
 	switch c := c.(type) {
 	case *tlsConn:
-		cs = c.ConnectionState()
+		return c.ConnectionState().PeerCertificates
 	case *tls.Conn:
-		cs = c.ConnectionState()
-	default:
-		return nil
+		return c.ConnectionState().PeerCertificates
 	}
-	if len(cs.VerifiedChains) == 0 || len(cs.VerifiedChains[0]) == 0 {
-		return nil
-	}
-	return cs.VerifiedChains[0][0]
+	return nil
 }

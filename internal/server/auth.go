@@ -6,6 +6,7 @@ import (
 
 	"github.com/tunnel-dev/tunnel/internal/config"
 	"github.com/tunnel-dev/tunnel/internal/protocol"
+	"github.com/tunnel-dev/tunnel/internal/tlsconf"
 )
 
 // identity is who a session authenticated as, and what it may do.
@@ -41,8 +42,17 @@ const wrongToken = "wrong token: set token in tunnel.toml (or TUNNEL_TOKEN) to t
 
 // authenticate decides who hello (with the peer's verified certificate,
 // when the server asks for one) comes from.
-func (s *Server) authenticate(hello *protocol.Hello, cert *x509.Certificate) (*identity, error) {
+func (s *Server) authenticate(hello *protocol.Hello, chain []*x509.Certificate) (*identity, error) {
 	cfg := s.cfg
+	var cert *x509.Certificate
+	if s.clientCAs != nil {
+		leaf, err := tlsconf.VerifyClient(chain, s.clientCAs)
+		if err != nil {
+			return nil, &authError{protocol.CodeAuth, fmt.Sprintf(
+				"this client's certificate is not one the server trusts (%v): ask the server's operator for a certificate signed by its tls.client_ca_file, and set cert_file and key_file under [tls]", err)}
+		}
+		cert = leaf
+	}
 	if len(cfg.Clients) == 0 {
 		if !tokenOK(hello.Token, cfg.Token) {
 			return nil, &authError{protocol.CodeAuth, wrongToken}

@@ -11,6 +11,7 @@ import (
 	"context"
 	"crypto/rand"
 	"crypto/subtle"
+	"crypto/x509"
 	"encoding/hex"
 	"errors"
 	"fmt"
@@ -44,7 +45,8 @@ type Server struct {
 	leases  *leases
 	gate    *gate // bounds what unauthenticated peers cost
 
-	fingerprint string // of the certificate presented at start; "" without TLS
+	fingerprint string         // of the certificate presented at start; "" without TLS
+	clientCAs   *x509.CertPool // client certificates must chain to these; nil: none asked for
 }
 
 // New prepares a server. cfg must be validated and have a token.
@@ -63,7 +65,7 @@ func New(cfg *config.Server, log *slog.Logger) (*Server, error) {
 		// server opens every data stream.
 		IncomingStreams: 1,
 	}
-	tlsCfg, fingerprint, err := serverTLS(cfg, log)
+	tlsCfg, clientCAs, fingerprint, err := serverTLS(cfg, log)
 	if err != nil {
 		return nil, err
 	}
@@ -72,7 +74,7 @@ func New(cfg *config.Server, log *slog.Logger) (*Server, error) {
 	if err != nil {
 		return nil, fmt.Errorf("%s: %w (tunneld must be able to write there; or set state_dir = \"\" to keep port leases in memory only)", cfg.File, err)
 	}
-	return &Server{cfg: cfg, log: log, opts: opts, fingerprint: fingerprint, sessions: map[string]*session{}, ports: map[int]*session{}, leases: ls,
+	return &Server{cfg: cfg, log: log, opts: opts, fingerprint: fingerprint, clientCAs: clientCAs, sessions: map[string]*session{}, ports: map[int]*session{}, leases: ls,
 		gate: newGate(cfg.HandshakeLimit, cfg.HandshakeLimitPerAddress, cfg.FailedHandshakesPerMinute, log)}, nil
 }
 

@@ -144,7 +144,7 @@ func (s *Server) handleConn(ctx context.Context, c net.Conn, handshook func(fail
 			hello.Version, protocol.Version))
 		return
 	}
-	id, err := s.authenticate(hello, mux.PeerCertificate(c))
+	id, err := s.authenticate(hello, mux.PeerCertificates(c))
 	if err != nil {
 		var ae *authError
 		if errors.As(err, &ae) {
@@ -775,7 +775,6 @@ func clip(s string) string {
 func tlsHint(err error) string {
 	var rh tls.RecordHeaderError
 	var op *net.OpError
-	var cv *tls.CertificateVerificationError
 	var ne net.Error
 	switch {
 	case errors.As(err, &rh):
@@ -784,8 +783,6 @@ func tlsHint(err error) string {
 		// crypto/tls reports an alert from the peer so; its type is
 		// unexported. In the handshake it is almost always this:
 		return "the client rejected this server's certificate: pin its fingerprint (`tunneld fingerprint`) or set ca_file and server_name under [tls] in its tunnel.toml"
-	case errors.As(err, &cv):
-		return "the client's certificate did not verify against tls.client_ca_file"
 	case errors.Is(err, context.DeadlineExceeded), errors.As(err, &ne) && ne.Timeout():
 		return "the peer sent no TLS handshake within handshake_timeout"
 	}

@@ -12,16 +12,17 @@ import (
 )
 
 // serverTLS builds the session listener's TLS (nil when off) and returns
-// the fingerprint of the certificate it presents.
-func serverTLS(cfg *config.Server, log *slog.Logger) (*tls.Config, string, error) {
+// the CAs client certificates must chain to (nil: none asked for) and the
+// fingerprint of the certificate it presents.
+func serverTLS(cfg *config.Server, log *slog.Logger) (*tls.Config, *x509.CertPool, string, error) {
 	if !cfg.TLS.Enabled() {
-		return nil, "", nil
+		return nil, nil, "", nil
 	}
 	var clientCAs *x509.CertPool
 	if cfg.TLS.ClientCAFile != "" {
 		pool, err := tlsconf.LoadCAs(cfg.TLS.ClientCAFile)
 		if err != nil {
-			return nil, "", fmt.Errorf("%s: tls.client_ca_file: %w", cfg.File, err)
+			return nil, nil, "", fmt.Errorf("%s: tls.client_ca_file: %w", cfg.File, err)
 		}
 		clientCAs = pool
 	}
@@ -30,15 +31,15 @@ func serverTLS(cfg *config.Server, log *slog.Logger) (*tls.Config, string, error
 			log.Error("TLS certificate reload failed", "err", err)
 		})
 		if err != nil {
-			return nil, "", fmt.Errorf("%s: [tls]: %w", cfg.File, err)
+			return nil, nil, "", fmt.Errorf("%s: [tls]: %w", cfg.File, err)
 		}
 		fp := tlsconf.Fingerprint(fc.Current().Certificate[0])
 		log.Info("TLS certificate", "cert_file", cfg.TLS.CertFile, "fingerprint", fp, "client_certificates", clientCAs != nil)
-		return tlsconf.Server(fc.Get, clientCAs), fp, nil
+		return tlsconf.Server(fc.Get, clientCAs), clientCAs, fp, nil
 	}
 	cert, created, err := AutoCert(cfg)
 	if err != nil {
-		return nil, "", err
+		return nil, nil, "", err
 	}
 	fp := tlsconf.Fingerprint(cert.Certificate[0])
 	switch {
@@ -50,7 +51,7 @@ func serverTLS(cfg *config.Server, log *slog.Logger) (*tls.Config, string, error
 	default:
 		log.Info("TLS certificate", "cert_file", filepath.Join(cfg.StateDir, tlsconf.AutoCertFile), "fingerprint", fp, "client_certificates", clientCAs != nil)
 	}
-	return tlsconf.Server(func(*tls.ClientHelloInfo) (*tls.Certificate, error) { return &cert, nil }, clientCAs), fp, nil
+	return tlsconf.Server(func(*tls.ClientHelloInfo) (*tls.Certificate, error) { return &cert, nil }, clientCAs), clientCAs, fp, nil
 }
 
 // AutoCert loads, or makes on first use, the automatic certificate in the

@@ -69,15 +69,35 @@ func (e *FingerprintError) Error() string {
 }
 
 // Server returns the server side's config presenting cert. clientCAs,
-// when not nil, makes a client certificate signed by one of them
-// mandatory.
+// when not nil, makes a client certificate mandatory; the caller must
+// check it with VerifyClient. TLS only asks for it (naming the CAs): a
+// certificate that fails inside the handshake can only be answered with
+// an alert, which the client cannot tell from other failures, while a
+// session can refuse it in words the client shows its operator.
 func Server(cert func(*tls.ClientHelloInfo) (*tls.Certificate, error), clientCAs *x509.CertPool) *tls.Config {
 	c := &tls.Config{GetCertificate: cert, MinVersion: tls.VersionTLS13}
 	if clientCAs != nil {
-		c.ClientAuth = tls.RequireAndVerifyClientCert
+		c.ClientAuth = tls.RequireAnyClientCert
 		c.ClientCAs = clientCAs
 	}
 	return c
+}
+
+// VerifyClient checks a client's certificate chain (leaf first, as the
+// peer sent it) against roots for client authentication and returns the
+// leaf.
+func VerifyClient(chain []*x509.Certificate, roots *x509.CertPool) (*x509.Certificate, error) {
+	if len(chain) == 0 {
+		return nil, errors.New("no client certificate")
+	}
+	opts := x509.VerifyOptions{Roots: roots, Intermediates: x509.NewCertPool(), KeyUsages: []x509.ExtKeyUsage{x509.ExtKeyUsageClientAuth}}
+	for _, c := range chain[1:] {
+		opts.Intermediates.AddCert(c)
+	}
+	if _, err := chain[0].Verify(opts); err != nil {
+		return nil, err
+	}
+	return chain[0], nil
 }
 
 // Client describes how tunnelc trusts the server and who it says it is.
