@@ -74,6 +74,7 @@ type Session struct {
 	// writeMu is held by whoever writes to conn: the send loop, or a
 	// caller writing its own frame directly (local patch, see tryDirect).
 	writeMu sync.Mutex
+	direct  directWatch // bounds direct writes (local patch)
 
 	// recvDoneCh is closed when recv() exits to avoid a race
 	// between stream registration and stream shutdown
@@ -494,8 +495,16 @@ func (s *Session) waitForSendErr(hdr header, body []byte, errCh chan error) erro
 // switches per frame, which dominated small request/response exchanges.
 // Frames of one stream stay in order: each caller waits for its frame to
 // be written before it sends the next, whichever path wrote it.
+//
+// The write is bounded by ConnectionWriteTimeout, as a caller of the send
+// loop is by its timer: a watchdog (directWatch) cuts it with a past write
+// deadline if it is still running then. A conn without deadlines always
+// goes through the send loop, so that no caller can block past the
+// timeout (upstream's TestSession_ConnectionWriteTimeout). A direct write
+// that times out has sent part of a frame: the session ends.
 func (s *Session) tryDirect(hdr header, body []byte) (bool, error) {
-	if len(s.sendCh) > 0 || !s.writeMu.TryLock() {
+	dl, ok := s.conn.(writeDeadliner)
+	if !ok || len(s.sendCh) > 0 || !s.writeMu.TryLock() {
 		return false, nil
 	}
 	select {
@@ -504,6 +513,7 @@ func (s *Session) tryDirect(hdr header, body []byte) (bool, error) {
 		return true, ErrSessionShutdown
 	default:
 	}
+	s.direct.start(dl, s.config.ConnectionWriteTimeout)
 	var err error
 	switch bw, ok := s.conn.(buffersWriter); {
 	case len(body) == 0:
@@ -514,6 +524,7 @@ func (s *Session) tryDirect(hdr header, body []byte) (bool, error) {
 		buf := make([]byte, 0, len(hdr)+len(body))
 		_, err = s.conn.Write(append(append(buf, hdr...), body...))
 	}
+	s.direct.stop(dl)
 	s.writeMu.Unlock()
 	if err != nil {
 		s.logger.Printf("[ERR] yamux: Failed to write frame: %v", err)
@@ -533,6 +544,55 @@ type connError struct{ err error }
 
 func (e *connError) Error() string   { return "session shutdown: " + e.err.Error() }
 func (e *connError) Unwrap() []error { return []error{ErrSessionShutdown, e.err} }
+
+// writeDeadliner is a conn whose writes can be bounded (a net.Conn).
+type writeDeadliner interface {
+	SetWriteDeadline(time.Time) error
+}
+
+// directWatch bounds direct writes (local patch). One timer serves every
+// direct write of the session, as they take turns under writeMu; setting a
+// deadline around each write instead cost about a microsecond per frame.
+type directWatch struct {
+	mu      sync.Mutex
+	timer   *time.Timer
+	conn    writeDeadliner
+	writing bool // a direct write is in progress
+	fired   bool // the watchdog cut it (or just missed it)
+}
+
+func (w *directWatch) start(conn writeDeadliner, d time.Duration) {
+	w.mu.Lock()
+	w.conn, w.writing, w.fired = conn, true, false
+	if w.timer == nil {
+		w.timer = time.AfterFunc(d, w.expire)
+	} else {
+		w.timer.Reset(d)
+	}
+	w.mu.Unlock()
+}
+
+func (w *directWatch) expire() {
+	w.mu.Lock()
+	defer w.mu.Unlock()
+	if w.writing {
+		w.fired = true
+		_ = w.conn.SetWriteDeadline(time.Unix(1, 0))
+	}
+}
+
+// stop ends the watch; a deadline the watchdog set just as the write
+// finished is cleared, so that it cannot fail the next write.
+func (w *directWatch) stop(conn writeDeadliner) {
+	w.timer.Stop()
+	w.mu.Lock()
+	w.writing = false
+	fired := w.fired
+	w.mu.Unlock()
+	if fired {
+		_ = conn.SetWriteDeadline(time.Time{})
+	}
+}
 
 // buffersWriter is a conn that can write several buffers in one syscall
 // (writev), such as a wrapper around *net.TCPConn using net.Buffers.
@@ -773,7 +833,10 @@ func (s *Session) ponger() {
 		case id := <-s.pongCh:
 			hdr := header(make([]byte, headerSize))
 			hdr.encode(typePing, flagACK, 0, id)
-			if err := s.sendNoWait(hdr); err != nil {
+			// A reply that cannot be queued in time is dropped, as the
+			// peer's ping then fails anyway; the next one is tried
+			// afresh (found by upstream's TestSession_PingOfDeath).
+			if err := s.sendNoWait(hdr); errors.Is(err, ErrSessionShutdown) {
 				return
 			}
 		case <-s.shutdownCh:
