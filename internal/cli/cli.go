@@ -5,6 +5,7 @@ package cli
 
 import (
 	"context"
+	"errors"
 	"fmt"
 	"io"
 	"log/slog"
@@ -73,7 +74,8 @@ func Main(run func() error) int {
 		return 0
 	}
 	fmt.Fprintln(os.Stderr, "error:", err)
-	if e, ok := err.(*ExitError); ok {
+	var e *ExitError
+	if errors.As(err, &e) {
 		return e.Code
 	}
 	return ExitFailure

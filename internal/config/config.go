@@ -8,7 +8,6 @@ package config
 
 import (
 	"bytes"
-	_ "embed"
 	"errors"
 	"fmt"
 	"log/slog"

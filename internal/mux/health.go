@@ -333,8 +333,6 @@ func Cause(err error) string {
 	switch {
 	case err == nil:
 		return "closed"
-	case errors.Is(err, yamux.ErrKeepAliveTimeout):
-		return "heartbeat timeout"
 	case errors.Is(err, syscall.ETIMEDOUT), errors.Is(err, os.ErrDeadlineExceeded):
 		return "tcp timeout (keepalive or user_timeout)"
 	case errors.Is(err, yamux.ErrSessionShutdown), errors.Is(err, net.ErrClosed):

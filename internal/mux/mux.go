@@ -224,9 +224,6 @@ func sessionIOError(msg string) bool {
 	return false
 }
 
-// ErrHeartbeat means the peer stopped answering the session heartbeat: the
-// path or the peer is frozen even if TCP still looks alive.
-var ErrHeartbeat = errors.New("heartbeat timeout")
 
 // ErrSessionLost is returned by Stream.Read when the stream ended because
 // its session died, not because the peer closed it.

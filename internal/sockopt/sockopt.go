@@ -42,14 +42,6 @@ func (k KeepAlive) Config() net.KeepAliveConfig {
 	return net.KeepAliveConfig{Enable: true, Idle: k.Idle, Interval: k.Interval, Count: k.Count}
 }
 
-// Apply sets k on c.
-func Apply(c *net.TCPConn, k KeepAlive) error {
-	if err := c.SetKeepAliveConfig(k.Config()); err != nil {
-		return fmt.Errorf("set keepalive: %w", err)
-	}
-	return nil
-}
-
 // SetUserTimeout sets TCP_USER_TIMEOUT: how long transmitted data may stay
 // unacknowledged (or a zero window unopened) before the kernel aborts the
 // connection. Zero restores the kernel default.
