@@ -235,9 +235,8 @@ func TestStreamReadTellsSessionLossFromEOF(t *testing.T) {
 
 func TestCause(t *testing.T) {
 	for err, want := range map[error]string{
-		yamux.ErrKeepAliveTimeout: "heartbeat timeout",
-		io.EOF:                    "closed by peer",
-		nil:                       "closed",
+		io.EOF: "closed by peer",
+		nil:    "closed",
 	} {
 		if got := Cause(err); got != want {
 			t.Errorf("Cause(%v) = %q, want %q", err, got, want)
