@@ -224,7 +224,6 @@ func sessionIOError(msg string) bool {
 	return false
 }
 
-
 // ErrSessionLost is returned by Stream.Read when the stream ended because
 // its session died, not because the peer closed it.
 var ErrSessionLost error = sessionLost{}
