@@ -21,6 +21,7 @@ lint:
 	$(GO) vet ./...
 	$(GO) -C third_party/yamux vet .
 	$(GO) run $(STATICCHECK) ./...
+	./scripts/check-imports
 
 # The yamux fork (third_party/yamux) is its own module, tested on its own:
 # its tests check the streams' window books from inside the package.
