@@ -15,7 +15,7 @@ func newRoot() *cobra.Command {
 	root := &cobra.Command{
 		Use:           "tunnelc",
 		Short:         "tunnel client: serves local services on a tunneld's public ports",
-		Version:       cli.Version,
+		Version:       cli.VersionLine(),
 		SilenceUsage:  true,
 		SilenceErrors: true,
 	}

@@ -22,7 +22,7 @@ func newRoot() *cobra.Command {
 	root := &cobra.Command{
 		Use:           "tunneld",
 		Short:         "tunnel server: exposes services of tunnelc clients on public ports",
-		Version:       cli.Version,
+		Version:       cli.VersionLine(),
 		SilenceUsage:  true,
 		SilenceErrors: true,
 	}

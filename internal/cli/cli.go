@@ -12,14 +12,32 @@ import (
 	"os"
 	"os/signal"
 	"runtime"
+	"runtime/debug"
 	"runtime/pprof"
 	"syscall"
 
 	"github.com/tunnel-dev/tunnel/internal/config"
+
+	"github.com/tunnel-dev/tunnel/internal/mux"
 )
 
 // Version is set at build time (-ldflags "-X .../internal/cli.Version=...").
 var Version = "dev"
+
+// VersionLine is what --version prints: the build, the yamux it carries
+// (our fork, not upstream's release: scanners and users should know) and
+// the Go release.
+func VersionLine() string {
+	ymx := mux.YamuxVersion()
+	if bi, ok := debug.ReadBuildInfo(); ok {
+		for _, d := range bi.Deps {
+			if d.Path == "github.com/hashicorp/yamux" && d.Replace == nil {
+				ymx = "yamux " + d.Version // built without the fork: say so
+			}
+		}
+	}
+	return fmt.Sprintf("%s (%s, %s)", Version, ymx, runtime.Version())
+}
 
 // ExitError carries a process exit code out of a command's RunE.
 type ExitError struct {

@@ -6,6 +6,7 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
+	"regexp"
 	"strings"
 	"sync"
 	"syscall"
@@ -233,7 +234,8 @@ func TestBinariesConfigErrorsAndVersion(t *testing.T) {
 	dir := t.TempDir()
 	for _, name := range []string{"tunneld", "tunnelc"} {
 		out, err := exec.Command(filepath.Join(bin, name), "--version").CombinedOutput()
-		if err != nil || !strings.Contains(string(out), "test") {
+		// The build, and that it carries our yamux fork, not upstream's release.
+		if err != nil || !strings.Contains(string(out), "test") || !regexp.MustCompile(`yamux v\d+\.\d+\.\d+ \+ \d+ local patches`).Match(out) {
 			t.Errorf("%s --version: %v %q", name, err, out)
 		}
 	}

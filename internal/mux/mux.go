@@ -224,6 +224,12 @@ func sessionIOError(msg string) bool {
 	return false
 }
 
+// YamuxVersion names the yamux sessions run on: upstream's release and
+// how many local patches the fork adds (third_party/yamux/PATCHES.md).
+func YamuxVersion() string {
+	return fmt.Sprintf("yamux %s + %d local patches", yamux.Upstream, yamux.LocalPatches)
+}
+
 // ErrSessionLost is returned by Stream.Read when the stream ended because
 // its session died, not because the peer closed it.
 var ErrSessionLost error = sessionLost{}
