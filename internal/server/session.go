@@ -598,7 +598,16 @@ func (ss *session) acceptPublic(pl *publicListener) {
 			if isResourceErr(err) {
 				delay = min(max(2*delay, 5*time.Millisecond), time.Second)
 				log.Warn("public accept failed; retrying", "err", err, "delay", delay)
-				time.Sleep(delay)
+				// With the session's context: an ending session must not
+				// wait out a backoff (its listener's close ends Accept, not
+				// this sleep).
+				t := time.NewTimer(delay)
+				select {
+				case <-t.C:
+				case <-ss.ctx.Done():
+					t.Stop()
+					return
+				}
 				continue
 			}
 			log.Error("public listener failed", "err", err)
