@@ -63,8 +63,8 @@ type Session struct {
 	HeartbeatTimeout  Duration `toml:"heartbeat_timeout"`
 }
 
-// Default keepalive settings (DESIGN.md): a dead session is found within
-// 30 s, a dead public or local peer within 60 s.
+// Default keepalive settings (the README's liveness section): a dead
+// session is found within 30 s, a dead public or local peer within 60 s.
 var (
 	DefaultSession = Session{
 		KeepAlive:         KeepAlive{Idle: Duration(15 * time.Second), Interval: Duration(5 * time.Second), Count: 3},
@@ -326,8 +326,9 @@ func checkSession(ps *problems, s Session) {
 	checkKeepAlive(ps, "keepalive.session", s.KeepAlive)
 	checkRange(ps, "keepalive.session.user_timeout", s.UserTimeout, 0, time.Hour, "; 0 leaves the kernel's default of about 15 minutes")
 	if s.KeepAlive.Idle > 0 && s.UserTimeout > 0 && s.UserTimeout.D() > 2*s.Sock().Bound() {
-		// FAULTS.md: TCP_USER_TIMEOUT replaces the keepalive count, so a
-		// large value delays idle detection to itself.
+		// Linux lets TCP_USER_TIMEOUT replace the keepalive count when
+		// both are set (tcp_keepalive_timer), so a large value delays the
+		// detection of a dead idle session to itself.
 		ps.add("keepalive.session.user_timeout", "%s is more than twice idle+interval*count (%s); it would delay detection of a dead idle session to %s", s.UserTimeout.D(), s.Sock().Bound(), s.UserTimeout.D())
 	}
 	if s.HeartbeatInterval < 0 || (s.HeartbeatInterval > 0 && s.HeartbeatInterval < Duration(100*time.Millisecond)) {

@@ -128,7 +128,7 @@ func TestBinariesEndToEnd(t *testing.T) {
 		t.Error(err)
 	}
 
-	// The defaults of DESIGN.md, read back from the binaries' sockets while
+	// The README's keepalive defaults, read back from the binaries' sockets while
 	// a connection is open on every leg.
 	c := tt.Dial(t, fixed)
 	if err := tt.Ping(c, "keepalive", 5*time.Second); err != nil {

@@ -22,7 +22,8 @@ func TestMain(m *testing.M) {
 	os.Exit(code)
 }
 
-// ka is a keepalive setting; its bound is what DESIGN.md promises.
+// ka is a keepalive setting; its bound is idle + interval*count, the time
+// the README promises a dead idle peer is found within.
 type ka struct {
 	idle, intvl time.Duration
 	count       int
@@ -38,7 +39,7 @@ func (k ka) toml(table string) string {
 var (
 	shortKA = ka{2 * time.Second, time.Second, 3} // 5 s
 	// slack covers the log line, process scheduling under -race and the
-	// kernel timer's granularity (FAULTS.md measured ≤ 0.1 s).
+	// kernel timer's granularity (measured at most 0.1 s on this kernel).
 	slack = 1500 * time.Millisecond
 )
 
