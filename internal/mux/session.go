@@ -1,0 +1,156 @@
+package mux
+
+import (
+	"fmt"
+	"net"
+	"sync/atomic"
+	"time"
+
+	"github.com/hashicorp/yamux"
+)
+
+// Session is a yamux session with the project's own heartbeat, which judges
+// the peer by whether anything at all arrives rather than by how fast a
+// ping is answered.
+//
+// yamux's keepalive sends its ping on the same queue as data and ends the
+// session when one answer is later than ConnectionWriteTimeout. Under load
+// the answer waits behind every queued frame on both ends: measured here
+// (TestHeartbeatUnderLoad, 8 connections on an 8 Mbit/s link), yamux's
+// 1 s/2 s keepalive killed a healthy session 2 s into the transfer. A
+// saturated session receives data all the time, so "nothing received for
+// interval + timeout" cannot be fooled by load, and still catches a frozen
+// relay or a hung peer, which send nothing.
+type Session struct {
+	*yamux.Session
+	conn  *watchConn
+	o     Options
+	cause atomic.Pointer[string]
+	done  chan struct{}
+}
+
+// Client starts the yamux client side on c (from Dial). The session owns c.
+func Client(c net.Conn, o Options) (*Session, error) {
+	ys, err := yamux.Client(c, yamuxConfig(o))
+	if err != nil {
+		return nil, err
+	}
+	return newSession(ys, c, o), nil
+}
+
+// Server starts the yamux server side on c (from Listen and Handshake).
+func Server(c net.Conn, o Options) (*Session, error) {
+	ys, err := yamux.Server(c, yamuxConfig(o))
+	if err != nil {
+		return nil, err
+	}
+	return newSession(ys, c, o), nil
+}
+
+func newSession(ys *yamux.Session, c net.Conn, o Options) *Session {
+	s := &Session{Session: ys, conn: findWatch(c), o: o, done: make(chan struct{})}
+	go s.monitor()
+	return s
+}
+
+// Done is closed when the session's monitor has stopped, after the session
+// closed.
+func (s *Session) Done() <-chan struct{} { return s.done }
+
+// DefaultStreamWindow is the receive window of a stream. yamux's 256 KiB
+// caps one stream near 4 Gbit/s on loopback here; 4 MiB roughly doubles
+// that (docs/performance.md). Memory is only committed while a reader lags.
+const DefaultStreamWindow = 4 << 20
+
+func yamuxConfig(o Options) *yamux.Config {
+	cfg := yamux.DefaultConfig()
+	cfg.LogOutput = nil
+	cfg.Logger = yamuxLogger{o.Logger}
+	// Our monitor is the heartbeat; see Session.
+	cfg.EnableKeepAlive = false
+	// A stream write waits in yamux's send queue at most this long. On a
+	// slow link megabytes queue legitimately, so this is only a backstop:
+	// a dead session is closed by the monitor, which unblocks every write.
+	cfg.ConnectionWriteTimeout = max(2*(o.HeartbeatInterval+o.HeartbeatTimeout), 2*time.Minute)
+	cfg.IncomingStreamLimit = o.IncomingStreams
+	cfg.MaxStreamWindowSize = DefaultStreamWindow
+	if o.StreamWindow > 0 {
+		cfg.MaxStreamWindowSize = max(o.StreamWindow, 256<<10) // yamux's minimum
+	}
+	return cfg
+}
+
+// monitor pings every HeartbeatInterval and closes the session when nothing
+// has been received for HeartbeatInterval + HeartbeatTimeout. It also
+// samples the socket's TCP state so a kernel timeout can be explained.
+func (s *Session) monitor() {
+	defer close(s.done)
+	hb := s.o.HeartbeatInterval > 0
+	tick := 250 * time.Millisecond // TCP_INFO sampling, for Cause
+	if hb {
+		tick = min(s.o.HeartbeatInterval, s.o.HeartbeatTimeout) / 4
+		tick = min(max(tick, 10*time.Millisecond), 250*time.Millisecond)
+	}
+	t := time.NewTicker(tick)
+	defer t.Stop()
+	pings := make(chan struct{}, 1)
+	if hb {
+		go s.pinger(pings)
+	}
+	var lastRx uint64
+	lastSeen, lastPing := time.Now(), time.Now()
+	for {
+		select {
+		case <-s.CloseChan():
+			close(pings)
+			return
+		case now := <-t.C:
+			if s.conn != nil {
+				if rx := s.conn.rx.Load(); rx != lastRx {
+					lastRx, lastSeen = rx, now
+				}
+				s.conn.sample()
+			}
+			if !hb {
+				continue
+			}
+			if now.Sub(lastPing) >= s.o.HeartbeatInterval {
+				lastPing = now
+				select {
+				case pings <- struct{}{}:
+				default: // the last ping is still on its way
+				}
+			}
+			if s.conn != nil && now.Sub(lastSeen) >= s.o.HeartbeatInterval+s.o.HeartbeatTimeout {
+				c := fmt.Sprintf("heartbeat timeout: nothing received for %s (heartbeat every %s, timeout %s)",
+					now.Sub(lastSeen).Round(100*time.Millisecond), s.o.HeartbeatInterval, s.o.HeartbeatTimeout)
+				s.cause.CompareAndSwap(nil, &c)
+				s.Session.Close()
+			}
+		}
+	}
+}
+
+// pinger sends one ping per request. Its answer only has to arrive; the
+// round trip time does not matter.
+func (s *Session) pinger(reqs <-chan struct{}) {
+	for range reqs {
+		_, _ = s.Ping()
+	}
+}
+
+// Cause explains why the session ended, given the error its accept loop
+// returned: the heartbeat, a TCP timeout told apart by the socket's last
+// state (keepalive probes unanswered, or data unacknowledged past
+// TCP_USER_TIMEOUT), a reset or close by the peer, or a local close.
+func (s *Session) Cause(err error) string {
+	if c := s.cause.Load(); c != nil {
+		return *c
+	}
+	if s.conn != nil {
+		if c := s.conn.cause.Load(); c != nil {
+			return *c
+		}
+	}
+	return Cause(err)
+}
