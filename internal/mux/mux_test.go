@@ -13,6 +13,7 @@ import (
 	"net"
 	"os"
 	"runtime"
+	"strings"
 	"sync"
 	"syscall"
 	"testing"
@@ -759,3 +760,55 @@ func (r levelRecorder) Handle(_ context.Context, rec slog.Record) error {
 }
 func (r levelRecorder) WithAttrs([]slog.Attr) slog.Handler { return r }
 func (r levelRecorder) WithGroup(string) slog.Handler      { return r }
+
+// Close leaves nothing of a session running: its monitor, its heartbeat
+// pinger and the fork's receive, send and ping-reply goroutines are all
+// gone when Close returns, for each of 1,000 sessions opened and closed.
+func TestCloseLeavesNoGoroutine(t *testing.T) {
+	o := testOptions()
+	o.HeartbeatInterval = 20 * time.Millisecond // pinging while it is closed
+	g0 := runtime.NumGoroutine()
+	for i := range 1000 {
+		cc, sc := connPair(t, o, o)
+		cli, err := Client(cc, o)
+		if err != nil {
+			t.Fatal(err)
+		}
+		srv, err := Server(sc, o)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if i%100 == 0 {
+			time.Sleep(3 * o.HeartbeatInterval) // let some heartbeats run
+		}
+		cli.Close()
+		srv.Close()
+		for _, s := range []*Session{cli, srv} {
+			select {
+			case <-s.Done():
+			default:
+				t.Fatalf("session %d: Close returned with its monitor still running", i)
+			}
+		}
+	}
+	stacks := func() string {
+		buf := make([]byte, 1<<20)
+		return string(buf[:runtime.Stack(buf, true)])
+	}
+	// The fork's receive loop, when it is the one that saw the conn
+	// close, calls Close itself after signalling that it is done, and
+	// may run on for the rest of the other Close: moments, not more.
+	for deadline := time.Now().Add(2 * time.Second); ; time.Sleep(10 * time.Millisecond) {
+		st := stacks()
+		if !strings.Contains(st, "hashicorp/yamux.(*Session)") && !strings.Contains(st, "hashicorp/yamux.(*Stream)") &&
+			!strings.Contains(st, "internal/mux.(*Session)") {
+			break
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("goroutines of closed sessions still run 2 s later:\n%s", st)
+		}
+	}
+	if g := runtime.NumGoroutine(); g > g0+2 {
+		t.Errorf("goroutines %d after 1,000 sessions, %d before", g, g0)
+	}
+}

@@ -53,6 +53,15 @@ func newSession(ys *yamux.Session, c net.Conn, o Options) *Session {
 	return s
 }
 
+// Close closes the session and waits for its monitor and heartbeat
+// goroutines: when it returns, nothing of the session runs on (the fork's
+// Close waits for its own).
+func (s *Session) Close() error {
+	err := s.Session.Close()
+	<-s.done
+	return err
+}
+
 // Done is closed when the session's monitor has stopped, after the session
 // closed.
 func (s *Session) Done() <-chan struct{} { return s.done }
@@ -94,8 +103,14 @@ func (s *Session) monitor() {
 	t := time.NewTicker(tick)
 	defer t.Stop()
 	pings := make(chan struct{}, 1)
+	pingerDone := make(chan struct{})
 	if hb {
-		go s.pinger(pings)
+		go func() {
+			defer close(pingerDone)
+			s.pinger(pings)
+		}()
+	} else {
+		close(pingerDone)
 	}
 	var lastRx uint64
 	lastSeen, lastPing := time.Now(), time.Now()
@@ -103,6 +118,7 @@ func (s *Session) monitor() {
 		select {
 		case <-s.CloseChan():
 			close(pings)
+			<-pingerDone // its Ping ends with the session
 			return
 		case now := <-t.C:
 			if s.conn != nil {
