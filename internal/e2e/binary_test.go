@@ -18,9 +18,8 @@ import (
 )
 
 func TestMain(m *testing.M) {
-	code := m.Run()
-	tt.RemoveBinaries()
-	os.Exit(code)
+	defer tt.RemoveBinaries() // the test wrapper exits with m.Run's code
+	m.Run()
 }
 
 const serverTOML = `# as configs/tunneld.toml, on loopback

@@ -17,9 +17,8 @@ import (
 
 func TestMain(m *testing.M) {
 	tt.SweepNamespaces()
-	code := m.Run()
-	tt.RemoveBinaries()
-	os.Exit(code)
+	defer tt.RemoveBinaries() // the test wrapper exits with m.Run's code
+	m.Run()
 }
 
 // ka is a keepalive setting; its bound is idle + interval*count, the time
