@@ -46,16 +46,6 @@ func (e *ClientEntry) TokenMatches(token string) bool {
 // alone authenticates it).
 func (e *ClientEntry) HasToken() bool { return e.hasToken }
 
-// PortAllowed reports whether the client may have port p.
-func (e *ClientEntry) PortAllowed(p int) bool {
-	for _, r := range e.Ports {
-		if r.Contains(p) {
-			return true
-		}
-	}
-	return false
-}
-
 // validateClients checks [[clients]] and loads their tokens.
 func (c *Server) validateClients(ps *problems) {
 	if len(c.Clients) == 0 {

@@ -253,8 +253,11 @@ func parseRange(s string) (PortRange, error) {
 }
 
 // PortAllowed reports whether clients may ask for port p.
-func (c *Server) PortAllowed(p int) bool {
-	for _, r := range c.Ports {
+func (c *Server) PortAllowed(p int) bool { return InRanges(c.Ports, p) }
+
+// InRanges reports whether p is in one of rs.
+func InRanges(rs []PortRange, p int) bool {
+	for _, r := range rs {
 		if r.Contains(p) {
 			return true
 		}

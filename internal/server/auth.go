@@ -23,14 +23,7 @@ type identity struct {
 	maxConnsPerTunnel int
 }
 
-func (id *identity) portAllowed(p int) bool {
-	for _, r := range id.ports {
-		if r.Contains(p) {
-			return true
-		}
-	}
-	return false
-}
+func (id *identity) portAllowed(p int) bool { return config.InRanges(id.ports, p) }
 
 // authError refuses a hello; msg goes to the peer, so it says what to fix
 // and never what a credential was or whom the server knows.
