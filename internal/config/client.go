@@ -106,6 +106,11 @@ const MaxTunnels = 256
 
 var nameRE = regexp.MustCompile(`^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$`)
 
+// ValidName reports whether s is a valid client or tunnel name: letters,
+// digits, '.', '_', '-', at most 64 bytes. tunneld checks what a hello
+// asks for with it too.
+func ValidName(s string) bool { return nameRE.MatchString(s) }
+
 // Validate checks c; lines maps keys to file lines for the messages.
 func (c *Client) Validate(lines map[string]int) error {
 	ps := &problems{file: c.File, lines: lines}

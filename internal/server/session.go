@@ -8,7 +8,6 @@ import (
 	"log/slog"
 	"math/rand/v2"
 	"net"
-	"regexp"
 	"strconv"
 	"sync"
 	"sync/atomic"
@@ -18,6 +17,7 @@ import (
 
 	"github.com/hashicorp/yamux"
 
+	"github.com/tunnel-dev/tunnel/internal/config"
 	"github.com/tunnel-dev/tunnel/internal/mux"
 	"github.com/tunnel-dev/tunnel/internal/protocol"
 	"github.com/tunnel-dev/tunnel/internal/proxy"
@@ -287,7 +287,7 @@ func (s *Server) register(ss *session, reqs []protocol.TunnelRequest) []protocol
 		res := protocol.TunnelResult{Name: r.Name}
 		var err error
 		switch {
-		case !tunnelNameRE.MatchString(r.Name):
+		case !config.ValidName(r.Name):
 			res.Name = clip(r.Name)
 			res.Code, err = protocol.CodeInvalidTunnel, fmt.Errorf("tunnel name %q is not a valid name (letters, digits, '.', '_', '-'; at most 64)", res.Name)
 		case seen[r.Name]:
@@ -675,9 +675,6 @@ func (ss *session) handlePublic(pl *publicListener, pc *net.TCPConn, log *slog.L
 		log.Debug("public connection closed", "in", stats.AToB, "out", stats.BToA)
 	})
 }
-
-// tunnelNameRE is what tunnelc's config accepts as a tunnel name.
-var tunnelNameRE = regexp.MustCompile(`^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$`)
 
 // fitWelcome shortens w's error messages until it fits a frame: a welcome
 // too large to send would leave the client with nothing. Names and
