@@ -687,11 +687,7 @@ func fitWelcome(w *protocol.Welcome) *protocol.Welcome {
 		}
 		for i := range w.Tunnels {
 			if e := w.Tunnels[i].Error; len(e) > budget {
-				cut := budget
-				for cut > 0 && !utf8.RuneStart(e[cut]) {
-					cut--
-				}
-				w.Tunnels[i].Error = e[:cut] + "…"
+				w.Tunnels[i].Error = runePrefix(e, budget) + "…"
 			}
 		}
 	}
@@ -770,11 +766,18 @@ func clip(s string) string {
 	if len(s) <= clipLen {
 		return s
 	}
-	cut := clipLen
-	for cut > 0 && !utf8.RuneStart(s[cut]) {
-		cut--
+	return fmt.Sprintf("%s…(%d bytes)", runePrefix(s, clipLen), len(s))
+}
+
+// runePrefix is at most the first n bytes of s, cut on a rune boundary.
+func runePrefix(s string, n int) string {
+	if len(s) <= n {
+		return s
 	}
-	return fmt.Sprintf("%s…(%d bytes)", s[:cut], len(s))
+	for n > 0 && !utf8.RuneStart(s[n]) {
+		n--
+	}
+	return s[:n]
 }
 
 // tlsHint turns the usual TLS handshake failures into what to fix.
