@@ -706,18 +706,14 @@ func authenticatedAs(id *identity) string {
 // the tunnel's limits; past one it counts nothing and returns the limit
 // and its name.
 func (ss *session) takeConn(pl *publicListener) (int, string) {
-	if n := ss.lim.maxConnsPerTunnel; n > 0 && pl.conns.Add(1) > int64(n) {
-		pl.conns.Add(-1)
+	perTunnel, perClient := pl.conns.Add(1), ss.conns.Add(1)
+	if n := ss.lim.maxConnsPerTunnel; n > 0 && perTunnel > int64(n) {
+		ss.releaseConn(pl)
 		return n, "max_connections_per_tunnel"
-	} else if n == 0 {
-		pl.conns.Add(1)
 	}
-	if n := ss.lim.maxConns; n > 0 && ss.conns.Add(1) > int64(n) {
-		ss.conns.Add(-1)
-		pl.conns.Add(-1)
+	if n := ss.lim.maxConns; n > 0 && perClient > int64(n) {
+		ss.releaseConn(pl)
 		return n, "max_connections (per client)"
-	} else if n == 0 {
-		ss.conns.Add(1)
 	}
 	return 0, ""
 }
