@@ -71,13 +71,8 @@ func backToBaselineLogs(t *testing.T, what string, g0 int, h0 uint64, logs []*tt
 // test plays the attacker; wait returns the transfer's error.
 func legit(t *testing.T) (srv *tt.Server, wait func() error) {
 	t.Helper()
-	echo := tt.NewEcho(t)
-	srv = tt.StartServer(t, tt.ServerConfig(t, nil))
-	cl := tt.StartClient(t, tt.ClientConfig(t, srv.Addr().String(), map[string]*config.Tunnel{"echo": {Local: echo.Addr()}}, nil))
-	pub := cl.WaitUp(t, hangBound)["echo"]
-	done := make(chan error, 1)
-	go func() { done <- tt.RoundTrip(tt.Dial(t, pub), 32<<20) }()
-	return srv, func() error { return <-done }
+	srv, _, wait = legitWith(t, false)
+	return srv, wait
 }
 
 // A peer that floods yamux pings before any hello and never reads: each
