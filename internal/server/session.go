@@ -470,10 +470,6 @@ func (s *Server) freed(ss *session, ports []int) {
 		return
 	}
 	s.mu.Lock()
-	others := make([]*session, 0, len(s.sessions))
-	for _, o := range s.sessions {
-		others = append(others, o)
-	}
 	// A port the same client holds again (a takeover) keeps its lease
 	// running and is not free; one another client took meanwhile ends
 	// this client's hold on it all the same.
@@ -487,11 +483,15 @@ func (s *Server) freed(ss *session, ports []int) {
 			free = append(free, p)
 		}
 	}
+	var others []*session
+	if len(free) > 0 {
+		others = make([]*session, 0, len(s.sessions))
+		for _, o := range s.sessions {
+			others = append(others, o)
+		}
+	}
 	s.mu.Unlock()
 	s.leases.release(ss.client, ended)
-	if len(free) == 0 {
-		return
-	}
 	for _, o := range others {
 		o.portsFreed(free)
 	}
