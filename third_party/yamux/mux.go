@@ -59,6 +59,13 @@ type Config struct {
 	// one control stream and nothing else sets 1, so an unauthenticated
 	// or rogue peer cannot make it hold streams and their windows.
 	IncomingStreamLimit int
+
+	// DeliverBufferSize (local patch) is the receive loop's buffer for
+	// handing frames to a stream's sink (Stream.NotifyReadableOrDeliver):
+	// the most of a frame one sink call gets. Match it to what the sink
+	// writes in one call; 0 means 256 KiB. It is allocated on the first
+	// delivery, so sessions that never deliver do not pay for it.
+	DeliverBufferSize int
 }
 
 func (c *Config) Clone() *Config {

@@ -187,7 +187,7 @@ func (s *Session) OpenStream() (*Stream, error) {
 // first, so the peer's AcceptStream returns with first already in the
 // stream: a peer that bounds the wait for a stream's first bytes then
 // measures from their arrival, not from a SYN that crossed a congested
-// session seconds earlier (tunnel patch, see PATCHES.md).
+// session seconds earlier (local patch, see PATCHES.md).
 func (s *Session) OpenStreamWith(first []byte) (*Stream, error) {
 	return s.openStream(first)
 }
@@ -490,7 +490,7 @@ func (s *Session) waitForSendErr(hdr header, body []byte, errCh chan error) erro
 }
 
 // tryDirect writes one frame on the caller's goroutine when nobody is
-// writing and nothing is queued. Local patch (see PATCHES.md): upstream
+// writing and nothing is queued. local patch (see PATCHES.md): upstream
 // hands every frame to the send loop and waits for it, two goroutine
 // switches per frame, which dominated small request/response exchanges.
 // Frames of one stream stay in order: each caller waits for its frame to
@@ -635,7 +635,7 @@ func (s *Session) send() {
 
 func (s *Session) sendLoop() error {
 	defer close(s.sendDoneCh)
-	// Local patch (see PATCHES.md): a frame's header and body go out in one
+	// local patch (see PATCHES.md): a frame's header and body go out in one
 	// write, and frames already queued behind it join the same write, up to
 	// sendBatch bytes. Upstream writes header and body separately: two
 	// syscalls per frame, and a wakeup of the writer between every pair.
@@ -795,7 +795,7 @@ func (s *Session) handlePing(hdr header) error {
 	flags := hdr.Flags()
 	pingID := hdr.Length()
 
-	// Check if this is a query. Local patch: the reply is queued for the
+	// Check if this is a query. local patch: the reply is queued for the
 	// session's one ping replier, and dropped when the queue is full.
 	// Upstream starts a goroutine per ping, each waiting up to the write
 	// timeout: a peer that floods pings and never reads made a server
@@ -873,7 +873,7 @@ func (s *Session) incomingStream(id uint32) error {
 		return s.sendNoWait(hdr)
 	}
 
-	// Local patch: the peer opens streams with its own parity (a client
+	// local patch: the peer opens streams with its own parity (a client
 	// odd ids, a server even ones) and never stream 0; anything else is
 	// a protocol error, not a stream to accept.
 	if id == 0 || (id%2 == 1) != (atomic.LoadUint32(&s.nextStreamID)%2 == 0) {
@@ -887,7 +887,7 @@ func (s *Session) incomingStream(id uint32) error {
 	s.streamLock.Lock()
 	defer s.streamLock.Unlock()
 
-	// Local patch: past the peer's stream allowance, refuse before
+	// local patch: past the peer's stream allowance, refuse before
 	// allocating. The RST is only queued if there is room: a peer
 	// flooding SYNs must not block the receive loop on its replies.
 	if lim := s.config.IncomingStreamLimit; lim > 0 && s.incoming >= lim {
@@ -968,11 +968,14 @@ func (s *Session) establishStream(id uint32) {
 // streams never park with a sink do not pay for it.
 func (s *Session) sinkBuffer() []byte {
 	if s.sinkBuf == nil {
-		s.sinkBuf = make([]byte, sinkBufferSize)
+		n := s.config.DeliverBufferSize
+		if n <= 0 {
+			n = defaultDeliverBufferSize
+		}
+		s.sinkBuf = make([]byte, n)
 	}
 	return s.sinkBuf
 }
 
-// sinkBufferSize matches the tunnel's copy buffer: a bulk frame is written
-// to its socket in one syscall.
-const sinkBufferSize = 256 << 10
+// defaultDeliverBufferSize is Config.DeliverBufferSize's default.
+const defaultDeliverBufferSize = 256 << 10

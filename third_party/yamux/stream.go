@@ -169,7 +169,7 @@ START:
 	return n, err
 
 WAIT:
-	// tunnel patch: a shut-down session can deliver nothing more. Without
+	// local patch: a shut-down session can deliver nothing more. Without
 	// this check the loop below spins (shutdownCh is closed, the state is
 	// still established until forceClose runs), and many such readers
 	// starve Session.Close. See hashicorp/yamux PR 176.
@@ -233,7 +233,7 @@ START:
 	case streamClosed:
 		s.stateLock.Unlock()
 		if s.session.IsClosed() {
-			// Local patch: a session's close moves its streams to
+			// local patch: a session's close moves its streams to
 			// streamClosed; say why, as every other path does.
 			return 0, ErrSessionShutdown
 		}
@@ -274,7 +274,7 @@ START:
 	return int(max), err
 
 WAIT:
-	// tunnel patch: see Read.
+	// local patch: see Read.
 	select {
 	case <-s.session.shutdownCh:
 		return 0, ErrSessionShutdown
@@ -329,7 +329,7 @@ func (s *Stream) sendWindowUpdate() error {
 	s.controlHdrLock.Lock()
 	defer s.controlHdrLock.Unlock()
 
-	// Determine the flags if any. Local patch: before recvLock, not under
+	// Determine the flags if any. local patch: before recvLock, not under
 	// it: Read takes recvLock under stateLock, and with window updates
 	// sent from another goroutine (see deliver) the two orders deadlock.
 	// Flags are only set when the update is sent regardless of delta.
@@ -432,7 +432,7 @@ SEND_CLOSE:
 
 	s.stateLock.Unlock()
 	s.sendClose()
-	// Local patch: not the read hook. Ending our writing makes nothing
+	// local patch: not the read hook. Ending our writing makes nothing
 	// readable; a close that completes a remote one (streamClosed) found
 	// the stream readable already, and its hook was fired then.
 	s.wakeWaiting()
@@ -442,7 +442,7 @@ SEND_CLOSE:
 	return nil
 }
 
-// Reset aborts the stream. Local patch (see PATCHES.md): the stream is
+// Reset aborts the stream. local patch (see PATCHES.md): the stream is
 // forgotten at once and the peer gets a RST frame, so its reads and writes
 // fail with ErrConnectionReset instead of ending on a clean FIN that would
 // pass a truncated transfer off as complete.
@@ -490,7 +490,7 @@ func (s *Stream) closeTimeout() {
 func (s *Stream) forceClose() {
 	s.stateLock.Lock()
 	s.state = streamClosed
-	// Local patch: a close timer left running would keep the stream, its
+	// local patch: a close timer left running would keep the stream, its
 	// buffers and the whole session reachable for StreamCloseTimeout (5
 	// minutes by default) after the session closed.
 	if s.closeTimer != nil {
@@ -541,7 +541,7 @@ func (s *Stream) processFlags(flags uint16) error {
 			closeStream = true
 			s.notifyWaiting()
 		case streamReset:
-			// Local patch: a FIN that crossed our Reset on the wire is
+			// local patch: a FIN that crossed our Reset on the wire is
 			// expected, not a protocol error that ends the session.
 		default:
 			s.session.logger.Printf("[ERR] yamux: unexpected FIN flag in state %d", s.state)
@@ -558,7 +558,7 @@ func (s *Stream) processFlags(flags uint16) error {
 
 // NotifyReadable arranges for f to be called once, when the stream has
 // data to read, has ended or was reset, or its session closed — at once if
-// that is already so. Local patch (see PATCHES.md): it lets a reader wait
+// that is already so. local patch (see PATCHES.md): it lets a reader wait
 // without a goroutine. f runs on the session's receive loop or under
 // stream locks, so it must not block (start a goroutine).
 func (s *Stream) NotifyReadable(f func()) {
@@ -705,7 +705,7 @@ func (s *Stream) readData(hdr header, flags uint16, conn io.Reader) error {
 	s.recvLock.Lock()
 
 	if s.overrun || length > s.recvWindow {
-		// Local patch: a peer that overruns one stream's window loses that
+		// local patch: a peer that overruns one stream's window loses that
 		// stream, not the session. The frame's length is honoured (its body
 		// is read and dropped), so framing stays intact and every other
 		// stream goes on; upstream ends the session, and with it every

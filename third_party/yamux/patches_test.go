@@ -1,0 +1,479 @@
+package yamux
+
+// Tests of the local patches' API (Reset, NotifyReadable, OpenStreamWith,
+// NotifyReadableOrDeliver, the window overrun), on real loopback sockets,
+// used as package mux and package proxy of the tunnel use them.
+
+import (
+	"bytes"
+	"encoding/binary"
+	"errors"
+	"fmt"
+	"hash/crc32"
+	"io"
+	mrand "math/rand/v2"
+	"os"
+	"runtime"
+	"testing"
+	"time"
+)
+
+// openPair opens a stream on cli, writes first on it (the peer sees a
+// stream with its first frame) and returns it with srv's accepted end.
+func openPair(t *testing.T, cli, srv *Session, first string) (*Stream, *Stream) {
+	t.Helper()
+	accepted := make(chan *Stream, 1)
+	go func() {
+		if st, err := srv.AcceptStream(); err == nil {
+			accepted <- st
+		}
+	}()
+	a, err := cli.OpenStream()
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := a.Write([]byte(first)); err != nil {
+		t.Fatal(err)
+	}
+	select {
+	case sa := <-accepted:
+		return a, sa
+	case <-time.After(5 * time.Second):
+		t.Fatal("stream not accepted")
+		return nil, nil
+	}
+}
+
+// Reset reaches the peer as a reset: its read fails with
+// ErrConnectionReset after the data it had, and so does its next write;
+// the session lives on and forgets the stream on both ends.
+func TestStreamResetReachesPeer(t *testing.T) {
+	cli, srv := tcpSessions(t, initialStreamWindow)
+	a, sa := openPair(t, cli, srv, "partial")
+	buf := make([]byte, 7)
+	if _, err := io.ReadFull(sa, buf); err != nil {
+		t.Fatal(err)
+	}
+	if err := a.Reset(); err != nil {
+		t.Fatal(err)
+	}
+	_ = sa.SetReadDeadline(time.Now().Add(5 * time.Second))
+	if _, err := sa.Read(buf); !errors.Is(err, ErrConnectionReset) {
+		t.Fatalf("peer read after reset: %v, want ErrConnectionReset", err)
+	}
+	if _, err := sa.Write([]byte("late")); err == nil {
+		t.Error("peer write after reset succeeded")
+	}
+	if cli.IsClosed() || srv.IsClosed() {
+		t.Fatal("a stream reset closed the session")
+	}
+	deadline := time.Now().Add(5 * time.Second)
+	for cli.NumStreams()+srv.NumStreams() != 0 {
+		if time.Now().After(deadline) {
+			t.Fatalf("%d streams left after the reset", cli.NumStreams()+srv.NumStreams())
+		}
+		time.Sleep(time.Millisecond)
+	}
+}
+
+// NotifyReadable fires once when data arrives, at once when data is
+// already there, and on the peer's close; Readable agrees.
+func TestStreamNotifyReadable(t *testing.T) {
+	cli, srv := tcpSessions(t, initialStreamWindow)
+	a, sa := openPair(t, cli, srv, "1")
+	fired := make(chan struct{}, 4)
+	hook := func() { fired <- struct{}{} }
+	// Data already there: at once.
+	sa.NotifyReadable(hook)
+	select {
+	case <-fired:
+	case <-time.After(5 * time.Second):
+		t.Fatal("no call with data already buffered")
+	}
+	if !sa.Readable() {
+		t.Fatal("Readable is false with data buffered")
+	}
+	if _, err := io.ReadFull(sa, make([]byte, 1)); err != nil {
+		t.Fatal(err)
+	}
+	if sa.Readable() {
+		t.Fatal("Readable is true on a drained stream")
+	}
+	// Idle: no call until data arrives, then exactly one. Nothing can make
+	// the hook fire early but a bug, so a short look suffices to catch it
+	// often without making the test wait on a clock.
+	sa.NotifyReadable(hook)
+	select {
+	case <-fired:
+		t.Fatal("called on an idle stream")
+	case <-time.After(20 * time.Millisecond):
+	}
+	if _, err := a.Write([]byte("2")); err != nil {
+		t.Fatal(err)
+	}
+	select {
+	case <-fired:
+	case <-time.After(5 * time.Second):
+		t.Fatal("no call when data arrived")
+	}
+	// A second arrival after the hook fired must not call it again: wait
+	// until that arrival is buffered (Readable sees both bytes), then look.
+	if _, err := a.Write([]byte("3")); err != nil {
+		t.Fatal(err)
+	}
+	waitBuffered(t, sa, 2)
+	if len(fired) != 0 {
+		t.Fatal("called more than once")
+	}
+	if _, err := io.ReadFull(sa, make([]byte, 2)); err != nil {
+		t.Fatal(err)
+	}
+	// The peer's close makes it readable (EOF).
+	sa.NotifyReadable(hook)
+	a.Close()
+	select {
+	case <-fired:
+	case <-time.After(5 * time.Second):
+		t.Fatal("no call on the peer's close")
+	}
+	if _, err := sa.Read(make([]byte, 1)); err != io.EOF {
+		t.Fatalf("read after close: %v", err)
+	}
+}
+
+// waitBuffered waits until s has n bytes buffered.
+func waitBuffered(t *testing.T, s *Stream, n int) {
+	t.Helper()
+	deadline := time.Now().Add(5 * time.Second)
+	for {
+		s.recvLock.Lock()
+		got := 0
+		if s.recvBuf != nil {
+			got = s.recvBuf.Len()
+		}
+		s.recvLock.Unlock()
+		if got >= n {
+			return
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("%d bytes buffered, want %d", got, n)
+		}
+		time.Sleep(time.Millisecond)
+	}
+}
+
+// A stream opened with its first bytes announces itself with them: the SYN
+// rides on the data frame, so the peer never holds a stream whose first
+// bytes are still queued behind other streams' data. Read off the wire.
+func TestOpenStreamWithSendsSYNOnData(t *testing.T) {
+	srv, raw := rawServer(t, func(c *Config) { c.MaxStreamWindowSize = testWindow })
+
+	const first = "stream header"
+	st, err := srv.OpenStreamWith([]byte(first))
+	if err != nil {
+		t.Fatal(err)
+	}
+	_ = raw.SetReadDeadline(time.Now().Add(5 * time.Second))
+	next := func() (typ byte, flags uint16, id, length uint32) {
+		t.Helper()
+		var h [headerSize]byte
+		if _, err := io.ReadFull(raw, h[:]); err != nil {
+			t.Fatal(err)
+		}
+		return h[1], binary.BigEndian.Uint16(h[2:4]), binary.BigEndian.Uint32(h[4:8]), binary.BigEndian.Uint32(h[8:12])
+	}
+	typ, flags, id, length := next()
+	if typ != typeData || flags != flagSYN || id != st.StreamID() || length != uint32(len(first)) {
+		t.Fatalf("first frame: type %d flags %#x stream %d length %d; want data, SYN, stream %d, length %d", typ, flags, id, length, st.StreamID(), len(first))
+	}
+	body := make([]byte, length)
+	if _, err := io.ReadFull(raw, body); err != nil {
+		t.Fatal(err)
+	}
+	if string(body) != first {
+		t.Fatalf("first frame carries %q, want %q", body, first)
+	}
+	// Then the window the stream was opened with, as OpenStream announces it.
+	typ, flags, id, length = next()
+	if typ != typeWindowUpdate || flags != 0 || id != st.StreamID() || length != testWindow-initialStreamWindow {
+		t.Fatalf("second frame: type %d flags %#x stream %d delta %d; want a window update of %d", typ, flags, id, length, testWindow-initialStreamWindow)
+	}
+}
+
+// A parked reader with a deliver function gets every byte in order: while
+// deliver takes all, past many windows (the window must reopen without a
+// Read); while it takes part or nothing, through the buffer and the wake-up,
+// as package proxy uses it. Hashes compare what was sent and what arrived.
+func TestStreamDeliver(t *testing.T) {
+	for _, tc := range []struct {
+		name string
+		take func(r *mrand.Rand, n int) int
+	}{
+		{"takes all", func(_ *mrand.Rand, n int) int { return n }},
+		{"takes part", func(r *mrand.Rand, n int) int {
+			switch r.IntN(4) {
+			case 0:
+				return 0
+			case 1:
+				return r.IntN(n + 1)
+			}
+			return n
+		}},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			cli, srv := tcpSessions(t, testWindow)
+			a, sa := openPair(t, cli, srv, "x")
+
+			// CRC-32C, not SHA-256: the check must be cheap enough that the
+			// receive loop outpaces the window-update goroutine, as it does
+			// with a socket behind deliver (that race once stalled bulk).
+			got := crc32.New(crc32.MakeTable(crc32.Castagnoli))
+			r := mrand.New(mrand.NewPCG(1, 2))
+			var delivered, woken int
+			deliver := func(p []byte) (int, error) {
+				n := tc.take(r, len(p))
+				got.Write(p[:n])
+				delivered++
+				return n, nil
+			}
+			done := make(chan error, 1)
+			var wake func()
+			wake = func() {
+				go func() {
+					woken++
+					buf := make([]byte, 64<<10)
+					for sa.Readable() {
+						n, err := sa.Read(buf)
+						got.Write(buf[:n])
+						if err == io.EOF {
+							done <- nil
+							return
+						}
+						if err != nil {
+							done <- err
+							return
+						}
+					}
+					sa.NotifyReadableOrDeliver(wake, deliver)
+				}()
+			}
+			// The first byte is already buffered: this drains it and parks.
+			wake()
+
+			want := crc32.New(crc32.MakeTable(crc32.Castagnoli))
+			want.Write([]byte("x"))
+			src := mrand.New(mrand.NewPCG(3, 4))
+			chunk := make([]byte, 256<<10)
+			const total = 48 << 20
+			for sent := 0; sent < total; sent += len(chunk) {
+				for i := range chunk {
+					chunk[i] = byte(src.Uint32())
+				}
+				want.Write(chunk)
+				if _, err := a.Write(chunk); err != nil {
+					t.Fatal(err)
+				}
+			}
+			a.Close()
+			select {
+			case err := <-done:
+				if err != nil {
+					t.Fatal(err)
+				}
+			case <-time.After(30 * time.Second):
+				t.Fatal("stalled: the sender's window never reopened, or a wake-up was lost")
+			}
+			if !bytes.Equal(got.Sum(nil), want.Sum(nil)) {
+				t.Fatal("data differs from what was sent")
+			}
+			t.Logf("%d deliveries, %d wake-ups", delivered, woken)
+			if delivered == 0 {
+				t.Fatal("nothing went through deliver")
+			}
+		})
+	}
+}
+
+// Many short streams, each one byte and a close, read by parked readers as
+// package proxy reads them: the wake-up on the close races the reader's
+// window update. A lock-order inversion between the two once stalled the
+// receive loop for good (found by the tunnel's TestSlowLocalService, 300
+// refused dials).
+func TestStreamDeliverShortStreams(t *testing.T) {
+	cli, srv := tcpSessions(t, initialStreamWindow)
+	const n = 5000
+	ended := make(chan error, n)
+	go func() {
+		for i := 0; i < n; i++ {
+			sa, err := srv.AcceptStream()
+			if err != nil {
+				return
+			}
+			var wake func()
+			wake = func() {
+				go func() {
+					buf := make([]byte, 1) // a Read, and its window update, per byte
+					for sa.Readable() {
+						if _, err := sa.Read(buf); err != nil {
+							if err == io.EOF {
+								err = nil
+							}
+							sa.Close()
+							ended <- err
+							return
+						}
+					}
+					sa.NotifyReadableOrDeliver(wake, func(p []byte) (int, error) { return len(p), nil })
+				}()
+			}
+			wake()
+		}
+	}()
+	go func() {
+		for i := 0; i < n; i++ {
+			a, err := cli.OpenStreamWith([]byte("x"))
+			for j := 0; err == nil && j < 8; j++ {
+				_, err = a.Write([]byte("y"))
+			}
+			if err == nil {
+				a.Close()
+			}
+			if err != nil {
+				ended <- err
+				return
+			}
+		}
+	}()
+	timeout := time.After(30 * time.Second)
+	for i := 0; i < n; i++ {
+		select {
+		case err := <-ended:
+			if err != nil {
+				t.Fatal(err)
+			}
+		case <-timeout:
+			// A deadlock: the cleanup's Close would hang on the same
+			// locks and the run would end at go test's own timeout with
+			// less to go on. Report with every stack and stop here.
+			stacks := make([]byte, 4<<20)
+			stacks = stacks[:runtime.Stack(stacks, true)]
+			fmt.Fprintf(os.Stderr, "%d of %d streams ended; the receive loop is stuck\n%s", i, n, stacks)
+			panic(t.Name() + ": the receive loop is stuck")
+		}
+	}
+}
+
+// A peer that overruns one stream's receive window loses that stream — it
+// is reset — and nothing else: the session and its other streams go on.
+// The frames are written by hand, as a misbehaving peer would.
+func TestWindowOverrunResetsOnlyThatStream(t *testing.T) {
+	// The initial window: accepting cannot widen it, so the overrun does
+	// not depend on when the test accepts.
+	srv, raw := rawServer(t, nil)
+
+	data := func(flags uint16, id uint32, body []byte) []byte {
+		return append(frame(typeData, flags, id, uint32(len(body))), body...)
+	}
+	// Stream 1 opens and then sends more than the 256 KiB initial window;
+	// stream 3 opens after it and sends a little.
+	var out []byte
+	out = append(out, data(flagSYN, 1, []byte("a"))...)
+	out = append(out, data(0, 1, make([]byte, 300<<10))...)
+	out = append(out, data(0, 1, []byte("more, dropped too"))...)
+	out = append(out, data(flagSYN, 3, []byte("still here"))...)
+	go func() { _, _ = raw.Write(out) }()
+
+	accept := func() *Stream {
+		t.Helper()
+		st, err := srv.AcceptStream()
+		if err != nil {
+			t.Fatalf("accept: %v (the session ended)", err)
+		}
+		return st
+	}
+	s1, s3 := accept(), accept()
+	if s1.StreamID() != 1 || s3.StreamID() != 3 {
+		t.Fatalf("accepted streams %d and %d, want 1 and 3", s1.StreamID(), s3.StreamID())
+	}
+	_ = s3.SetReadDeadline(time.Now().Add(5 * time.Second))
+	buf := make([]byte, 64)
+	n, err := s3.Read(buf)
+	if err != nil || string(buf[:n]) != "still here" {
+		t.Fatalf("stream 3 read %q, %v; want its data", buf[:n], err)
+	}
+	// The overrun stream is reset: a RST goes to the peer, and its reader
+	// sees the reset rather than any of the overrun bytes.
+	_ = raw.SetReadDeadline(time.Now().Add(5 * time.Second))
+	for {
+		var h [headerSize]byte
+		if _, err := io.ReadFull(raw, h[:]); err != nil {
+			t.Fatalf("no RST for stream 1 on the wire: %v", err)
+		}
+		typ, flags := h[1], binary.BigEndian.Uint16(h[2:4])
+		id, length := binary.BigEndian.Uint32(h[4:8]), binary.BigEndian.Uint32(h[8:12])
+		if typ == typeData {
+			if _, err := io.CopyN(io.Discard, raw, int64(length)); err != nil {
+				t.Fatal(err)
+			}
+		}
+		if id == 1 && typ == typeWindowUpdate && flags&flagRST != 0 {
+			break
+		}
+	}
+	_ = s1.SetReadDeadline(time.Now().Add(5 * time.Second))
+	var got []byte
+	for {
+		n, err := s1.Read(buf)
+		got = append(got, buf[:n]...)
+		if err != nil {
+			if !errors.Is(err, ErrConnectionReset) {
+				t.Fatalf("stream 1 ended with %v, want a reset", err)
+			}
+			break
+		}
+	}
+	if len(got) > 1 {
+		t.Fatalf("stream 1 read %d bytes; only the 1 before the overrun may arrive", len(got))
+	}
+	if srv.IsClosed() {
+		t.Fatal("the session ended")
+	}
+}
+
+// A sink gets a frame in pieces of at most Config.DeliverBufferSize.
+func TestDeliverBufferSize(t *testing.T) {
+	const size = 1000
+	srv, raw := rawServer(t, func(c *Config) { c.DeliverBufferSize = size })
+	if _, err := raw.Write(append(frame(typeData, flagSYN, 1, 1), 'x')); err != nil {
+		t.Fatal(err)
+	}
+	st, err := srv.AcceptStream()
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := io.ReadFull(st, make([]byte, 1)); err != nil {
+		t.Fatal(err)
+	}
+	calls := make(chan int, 16)
+	woken := make(chan struct{}, 1)
+	st.NotifyReadableOrDeliver(func() { woken <- struct{}{} },
+		func(p []byte) (int, error) { calls <- len(p); return len(p), nil })
+	body := bytes.Repeat([]byte{'y'}, 5*size+1)
+	if _, err := raw.Write(append(frame(typeData, 0, 1, uint32(len(body))), body...)); err != nil {
+		t.Fatal(err)
+	}
+	for total := 0; total < len(body); {
+		select {
+		case n := <-calls:
+			if n > size {
+				t.Fatalf("the sink got %d bytes in one call; DeliverBufferSize is %d", n, size)
+			}
+			total += n
+		case <-time.After(5 * time.Second):
+			t.Fatalf("the sink got %d of %d bytes", total, len(body))
+		}
+	}
+	if len(woken) != 0 {
+		t.Fatal("the sink took everything, yet the reader was woken")
+	}
+}
