@@ -22,8 +22,6 @@ import (
 	"sync/atomic"
 	"time"
 
-	"github.com/hashicorp/yamux"
-
 	"github.com/tunnel-dev/tunnel/internal/config"
 	"github.com/tunnel-dev/tunnel/internal/mux"
 	"github.com/tunnel-dev/tunnel/internal/protocol"
@@ -82,7 +80,10 @@ func New(cfg *config.Client, log *slog.Logger) (*Client, error) {
 		HeartbeatInterval: cfg.KeepAlive.Session.HeartbeatInterval.D(),
 		HeartbeatTimeout:  cfg.KeepAlive.Session.HeartbeatTimeout.D(),
 		HandshakeTimeout:  cfg.HandshakeTimeout.D(),
-		Logger:            log,
+		// A parked stream's data goes straight into the joined socket,
+		// a copy buffer's worth per write.
+		DeliverBuffer: proxy.BufSize,
+		Logger:        log,
 	}
 	t, err := clientTLS(cfg)
 	if err != nil {
@@ -235,7 +236,7 @@ type session struct {
 	c       *Client
 	id      string
 	ys      *mux.Session
-	ctrl    *yamux.Stream
+	ctrl    *mux.Stream
 	log     *slog.Logger
 	tmu     sync.RWMutex // guards tunnels: a pending tunnel joins it later
 	tunnels map[string]*config.Tunnel
@@ -359,8 +360,8 @@ func (c *Client) runSession(ctx context.Context) error {
 }
 
 // handshake sends hello and reads the answer, each under a deadline.
-func (c *Client) handshake(ys *mux.Session) (*yamux.Stream, *protocol.Welcome, error) {
-	ctrl, err := ys.OpenStream()
+func (c *Client) handshake(ys *mux.Session) (*mux.Stream, *protocol.Welcome, error) {
+	ctrl, err := ys.Open()
 	if err != nil {
 		return nil, nil, fmt.Errorf("open control stream: %w", err)
 	}
@@ -475,7 +476,7 @@ func (ss *session) readControl() {
 // stream waits for acceptance longer than StreamOpenTimeout.
 func (ss *session) acceptLoop() error {
 	for {
-		st, err := ss.ys.AcceptStream()
+		st, err := ss.ys.Accept()
 		if err != nil {
 			return err
 		}
@@ -487,22 +488,21 @@ func (ss *session) acceptLoop() error {
 // handleStream serves one data stream. It owns st.
 //
 // It calls ss.wg.Done once the connection is over.
-func (ss *session) handleStream(st *yamux.Stream) {
+func (ss *session) handleStream(s *mux.Stream) {
 	joined := false
 	defer func() {
 		if !joined {
 			ss.wg.Done()
 		}
 	}()
-	s := mux.Stream{Stream: st}
-	_ = st.SetReadDeadline(time.Now().Add(ss.c.opts.HandshakeTimeout))
+	_ = s.SetReadDeadline(time.Now().Add(ss.c.opts.HandshakeTimeout))
 	var h protocol.StreamHeader
-	if err := protocol.ReadFrame(st, &h); err != nil {
+	if err := protocol.ReadFrame(s, &h); err != nil {
 		s.Abort()
 		ss.log.Warn("bad stream header", "err", err)
 		return
 	}
-	_ = st.SetReadDeadline(time.Time{})
+	_ = s.SetReadDeadline(time.Time{})
 	log := ss.log.With("tunnel", h.Tunnel, "conn", h.Conn, "peer", h.RemoteAddr)
 	t := ss.tunnel(h.Tunnel)
 	if t == nil {
@@ -514,7 +514,7 @@ func (ss *session) handleStream(st *yamux.Stream) {
 		ss.refuseStream(s, log, fmt.Sprintf("tunnel %q: dial %s: %v", h.Tunnel, t.Local, unwrapOp(err)))
 		return
 	}
-	if _, err := st.Write([]byte{protocol.DialOK}); err != nil {
+	if _, err := s.Write([]byte{protocol.DialOK}); err != nil {
 		_ = sockopt.Abort(local)
 		s.Abort()
 		log.Info("stream gone before the local service answered", "err", err)
@@ -530,21 +530,24 @@ func (ss *session) handleStream(st *yamux.Stream) {
 			log.Debug("connection ended: client shutting down", "in", stats.AToB, "out", stats.BToA)
 			return
 		case err != nil:
-			log.Info("connection aborted", "cause", proxy.Cause(err), "err", err, "in", stats.AToB, "out", stats.BToA)
+			log.Info("connection aborted", "cause", mux.Cause(err), "err", err, "in", stats.AToB, "out", stats.BToA)
 			return
 		}
 		log.Debug("connection closed", "in", stats.AToB, "out", stats.BToA)
 	})
 }
 
-func (ss *session) refuseStream(s mux.Stream, log *slog.Logger, msg string) {
+func (ss *session) refuseStream(s *mux.Stream, log *slog.Logger, msg string) {
 	log.Warn("local service unreachable; public connection reset", "err", msg)
 	_ = s.SetWriteDeadline(time.Now().Add(ss.c.opts.HandshakeTimeout))
 	_, err := s.Write([]byte{protocol.DialFailed})
 	if err == nil {
 		_ = protocol.WriteFrame(s, protocol.Error{Code: "dial", Message: msg})
 	}
-	_ = s.Close()
+	// A half-close: the server resets the stream once it has read why.
+	// A full close would reset it here if public data arrived meanwhile,
+	// and that reset could overtake the reason.
+	_ = s.CloseWrite()
 }
 
 // unwrapOp drops net.OpError's repetition of the address.

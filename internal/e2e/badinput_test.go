@@ -13,9 +13,8 @@ import (
 	"testing"
 	"time"
 
-	"github.com/hashicorp/yamux"
-
 	"github.com/tunnel-dev/tunnel/internal/config"
+	"github.com/tunnel-dev/tunnel/internal/mux"
 	"github.com/tunnel-dev/tunnel/internal/protocol"
 	tt "github.com/tunnel-dev/tunnel/internal/tunneltest"
 )
@@ -38,7 +37,7 @@ func waitClosed(t *testing.T, c net.Conn) {
 
 // controlStream completes TLS and opens the control stream of a session
 // to addr, as tunnelc would, and hands both to the caller.
-func controlStream(t *testing.T, addr string) (*yamux.Session, *yamux.Stream) {
+func controlStream(t *testing.T, addr string) (*mux.Session, *mux.Stream) {
 	t.Helper()
 	c, err := tt.DialSession(addr)
 	if err != nil {
@@ -53,7 +52,7 @@ func controlStream(t *testing.T, addr string) (*yamux.Session, *yamux.Stream) {
 
 // readRefusal reads the server's answer on a control stream: an error
 // message, or the end of the stream.
-func readRefusal(st *yamux.Stream) (*protocol.Error, error) {
+func readRefusal(st *mux.Stream) (*protocol.Error, error) {
 	_ = st.SetReadDeadline(time.Now().Add(closedBound))
 	var m protocol.Control
 	if err := protocol.ReadFrame(st, &m); err != nil {
@@ -98,12 +97,12 @@ func TestBadInputOnTheSessionPort(t *testing.T) {
 
 		{"cleartext session to the TLS port", false, func(t *testing.T, addr string) {
 			c := tt.Dial(t, addr)
-			ys, err := yamux.Client(c, nil)
+			ys, err := mux.Client(c, mux.Options{})
 			if err != nil {
 				t.Fatal(err)
 			}
 			defer ys.Close()
-			st, err := ys.OpenStream()
+			st, err := ys.Open()
 			if err == nil {
 				_ = protocol.WriteFrame(st, protocol.Control{Type: protocol.TypeHello, Hello: &protocol.Hello{Version: protocol.Version, Client: "plain", Token: tt.Token}})
 			}
@@ -132,19 +131,19 @@ func TestBadInputOnTheSessionPort(t *testing.T) {
 						return
 					}
 					select {
-					case <-ys.CloseChan():
+					case <-ys.Closed():
 						return
 					case <-time.After(time.Second):
 					}
 				}
 			}()
 			select {
-			case <-ys.CloseChan():
+			case <-ys.Closed():
 			case <-time.After(closedBound):
 				t.Fatal("a hello at 1 byte per second kept its session")
 			}
 			<-done
-		}, []string{"session refused: bad hello", "deadline"}},
+		}, []string{"session refused: bad hello", "i/o timeout"}},
 
 		{"an oversized length prefix", false, func(t *testing.T, addr string) {
 			ys, st := controlStream(t, addr)
@@ -153,7 +152,7 @@ func TestBadInputOnTheSessionPort(t *testing.T) {
 			if _, err := readRefusal(st); err == nil {
 				t.Fatal("a 4 GB frame was answered")
 			}
-			<-ys.CloseChan()
+			<-ys.Closed()
 		}, []string{"session refused: bad hello", "frame too large"}},
 
 		{"10,000 tunnels in one hello", false, func(t *testing.T, addr string) {
@@ -168,7 +167,7 @@ func TestBadInputOnTheSessionPort(t *testing.T) {
 			if _, err := readRefusal(st); err == nil {
 				t.Fatal("a hello larger than a frame was answered")
 			}
-			<-ys.CloseChan()
+			<-ys.Closed()
 		}, []string{"session refused: bad hello", "frame too large"}},
 
 		{"1,000 tunnels in a hello that fits a frame", false, func(t *testing.T, addr string) {

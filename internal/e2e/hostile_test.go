@@ -17,9 +17,8 @@ import (
 
 	"golang.org/x/sys/unix"
 
-	"github.com/hashicorp/yamux"
-
 	"github.com/tunnel-dev/tunnel/internal/config"
+	"github.com/tunnel-dev/tunnel/internal/mux"
 	"github.com/tunnel-dev/tunnel/internal/protocol"
 	tt "github.com/tunnel-dev/tunnel/internal/tunneltest"
 )
@@ -197,12 +196,12 @@ func TestClientOpenedStreamsAreRefused(t *testing.T) {
 		t.Fatalf("handshake: %+v", r.err)
 	}
 	for i := range 100 {
-		st, err := r.ys.OpenStream()
+		st, err := r.ys.Open()
 		if err != nil {
 			t.Fatalf("open %d: %v", i, err)
 		}
 		// Writes may succeed until the reset arrives; then they fail.
-		go func(st *yamux.Stream) { _, _ = io.Copy(st, zeros{}) }(st)
+		go func(st *mux.Stream) { _, _ = io.Copy(st, zeros{}) }(st)
 	}
 	time.Sleep(200 * time.Millisecond) // let them try
 	r.ys.Close()

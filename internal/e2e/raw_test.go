@@ -5,8 +5,7 @@ import (
 	"testing"
 	"time"
 
-	"github.com/hashicorp/yamux"
-
+	"github.com/tunnel-dev/tunnel/internal/mux"
 	"github.com/tunnel-dev/tunnel/internal/protocol"
 	tt "github.com/tunnel-dev/tunnel/internal/tunneltest"
 )
@@ -14,7 +13,7 @@ import (
 // raw is a hand-driven session: it speaks the handshake and then does
 // nothing, like a client whose path died or a client of another version.
 type raw struct {
-	ys      *yamux.Session
+	ys      *mux.Session
 	welcome *protocol.Welcome
 	err     *protocol.Error
 }
@@ -51,17 +50,14 @@ func dialRaw(addr string, first protocol.Control) (*raw, error) {
 
 // openControl starts a hand-driven session on c and opens its control
 // stream; on error c is closed.
-func openControl(c net.Conn) (*yamux.Session, *yamux.Stream, error) {
-	cfg := yamux.DefaultConfig()
-	cfg.EnableKeepAlive = false
-	cfg.LogOutput = nil
-	cfg.Logger = testLogger{}
-	ys, err := yamux.Client(c, cfg)
+func openControl(c net.Conn) (*mux.Session, *mux.Stream, error) {
+	// No heartbeat, no logger: a peer that only does what the test says.
+	ys, err := mux.Client(c, mux.Options{})
 	if err != nil {
 		c.Close()
 		return nil, nil, err
 	}
-	st, err := ys.OpenStream()
+	st, err := ys.Open()
 	if err != nil {
 		ys.Close()
 		return nil, nil, err
@@ -87,9 +83,3 @@ func rawOver(c net.Conn, first protocol.Control) (*raw, error) {
 	}
 	return &raw{ys: ys, welcome: m.Welcome, err: m.Error}, nil
 }
-
-type testLogger struct{}
-
-func (l testLogger) Print(v ...any)                 {}
-func (l testLogger) Printf(format string, v ...any) {}
-func (l testLogger) Println(v ...any)               {}

@@ -16,7 +16,7 @@ func BenchmarkStreamOpen(b *testing.B) {
 	accepted := make(chan error, 1)
 	go func() {
 		for {
-			st, err := cli.AcceptStream()
+			st, err := cli.Accept()
 			if err != nil {
 				return
 			}
@@ -30,7 +30,7 @@ func BenchmarkStreamOpen(b *testing.B) {
 	b.ReportAllocs()
 	b.ResetTimer()
 	for i := range b.N {
-		st, err := srv.OpenStream()
+		st, err := srv.Open()
 		if err != nil {
 			b.Fatal(err)
 		}
@@ -52,13 +52,13 @@ func BenchmarkStreamBulk(b *testing.B) {
 	o.StreamWindow = 0
 	cli, srv, _, _ := pair(b, o)
 	go func() {
-		st, err := cli.AcceptStream()
+		st, err := cli.Accept()
 		if err != nil {
 			return
 		}
 		_, _ = io.Copy(io.Discard, st)
 	}()
-	st, err := srv.OpenStream()
+	st, err := srv.Open()
 	if err != nil {
 		b.Fatal(err)
 	}

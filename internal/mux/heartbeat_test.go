@@ -72,12 +72,12 @@ func TestHeartbeatCatchesFrozenRelay(t *testing.T) {
 	relay.Freeze()
 	for name, s := range map[string]*mux.Session{"client": cli, "server": srv} {
 		select {
-		case <-s.CloseChan():
+		case <-s.Closed():
 		case <-time.After(5 * time.Second):
 			t.Fatalf("%s session still up 5s after the relay froze", name)
 		}
 		d := time.Since(frozen)
-		_, err := s.AcceptStream()
+		_, err := s.Accept()
 		cause := s.Cause(err)
 		t.Logf("%s closed %s after the freeze: %s", name, d.Round(10*time.Millisecond), cause)
 		if !strings.HasPrefix(cause, "heartbeat timeout") {

@@ -49,6 +49,10 @@ type Options struct {
 	// session's life (0: no limit); more are refused before anything is
 	// allocated for them. tunneld allows a client its control stream only.
 	IncomingStreams int
+	// DeliverBuffer is the most of a frame the session hands a parked
+	// stream's writer in one call (NotifyReadableOrDeliver); set it to
+	// the copy buffer of what writes, 0 for 256 KiB.
+	DeliverBuffer int
 	// Logger receives yamux's own log lines.
 	Logger *slog.Logger
 }
@@ -179,7 +183,12 @@ func Handshake(c net.Conn, o Options) (net.Conn, error) {
 }
 
 // yamuxLogger turns yamux's "[ERR] yamux: ..." lines into slog events.
-type yamuxLogger struct{ l *slog.Logger }
+// yamux says a line's level only by its tag, so the tag is read; what a
+// line is about is judged by the session's state, never by its words.
+type yamuxLogger struct {
+	l *slog.Logger
+	s *Session
+}
 
 func (y yamuxLogger) Print(v ...any)            { y.log(fmt.Sprint(v...)) }
 func (y yamuxLogger) Println(v ...any)          { y.log(fmt.Sprint(v...)) }
@@ -191,133 +200,23 @@ func (y yamuxLogger) log(msg string) {
 	}
 	lvl := slog.LevelDebug
 	switch {
-	case sessionIOError(msg):
-		// The socket error that ends the session: its owner logs the
-		// outcome once, with this error as the cause, or as a goodbye
-		// when the peer said one (then these lines are only the bulk
-		// still in flight hitting a closed socket).
-		lvl = slog.LevelDebug
-	case strings.HasPrefix(msg, "[ERR]"),
-		// A stream refused for a full accept backlog is a connection lost.
-		strings.Contains(msg, "backlog exceeded"):
+	case y.s != nil && y.s.failing():
+		// The socket failed under the session, or it is being closed:
+		// these lines are that failure, or frames still in flight
+		// hitting it. The session's owner logs the outcome once, with
+		// its cause, or as a goodbye when the peer said one.
+	case strings.HasPrefix(msg, "[ERR]"):
 		lvl = slog.LevelWarn // protocol trouble, e.g. a window overrun
-	case strings.HasPrefix(msg, "[WARN]"):
-		lvl = slog.LevelDebug // e.g. "frame for missing stream": benign races of a close
+	case strings.Contains(msg, "backlog exceeded"):
+		// Tagged [WARN] like the benign races below, but a stream
+		// refused for a full accept backlog is a connection lost.
+		lvl = slog.LevelWarn
 	}
 	y.l.Log(context.Background(), lvl, "yamux", "detail", strings.TrimSpace(msg))
-}
-
-// sessionIOError reports whether a yamux log line is the session's socket
-// failing under it.
-func sessionIOError(msg string) bool {
-	for _, p := range []string{
-		"[ERR] yamux: Failed to write frame",
-		"[ERR] yamux: Failed to read header",
-		"[ERR] yamux: Failed to read stream data",
-		"[ERR] yamux: Failed to discard data",
-		"[ERR] yamux: keepalive failed",
-	} {
-		if strings.HasPrefix(msg, p) {
-			return true
-		}
-	}
-	return false
 }
 
 // YamuxVersion names the yamux sessions run on: upstream's release and
 // how many local patches the fork adds (third_party/yamux/PATCHES.md).
 func YamuxVersion() string {
 	return fmt.Sprintf("yamux %s + %d local patches", yamux.Upstream, yamux.LocalPatches)
-}
-
-// ErrSessionLost is returned by Stream.Read when the stream ended because
-// its session died, not because the peer closed it.
-var ErrSessionLost error = sessionLost{}
-
-type sessionLost struct{}
-
-func (sessionLost) Error() string { return "session lost" }
-
-// SessionLost lets package proxy name the cause without importing mux.
-func (sessionLost) SessionLost() bool { return true }
-
-// errStreamReset is what a read of a stream the peer reset returns; it
-// wraps ECONNRESET so it reads like the TCP reset it stands for.
-var errStreamReset = fmt.Errorf("stream reset by peer: %w", syscall.ECONNRESET)
-
-// Stream adapts a yamux stream for joining: CloseWrite half-closes (yamux's
-// Close is a half-close), Abort cuts it at once, and Read reports a dead
-// session as ErrSessionLost instead of yamux's plain io.EOF.
-type Stream struct {
-	*yamux.Stream
-}
-
-// CloseWrite sends FIN on the stream; reads keep working.
-func (s Stream) CloseWrite() error { return s.Stream.Close() }
-
-// Abort resets the stream: pending reads and writes here end at once, and
-// the peer's fail with a reset rather than a clean end.
-func (s Stream) Abort() error { return s.Stream.Reset() }
-
-// NotifyReadable calls f once when the stream has data, has ended or
-// failed (at once if it already has); f must not block. With Readable it
-// lets package proxy park an idle direction without a goroutine.
-func (s Stream) NotifyReadable(f func()) { s.Stream.NotifyReadable(f) }
-
-// NotifyReadableOrDeliver is NotifyReadable, and until f is called the
-// session hands arriving data straight to deliver, which must not block
-// (see yamux's Stream.NotifyReadableOrDeliver).
-func (s Stream) NotifyReadableOrDeliver(f func(), deliver func([]byte) (int, error)) {
-	s.Stream.NotifyReadableOrDeliver(f, deliver)
-}
-
-// Readable reports whether a Read would return without waiting.
-func (s Stream) Readable() bool { return s.Stream.Readable() }
-
-// WaitReadableFor waits up to d for data, an end or a failure; false means
-// the stream stayed idle. It uses (and then clears) the read deadline.
-func (s Stream) WaitReadableFor(d time.Duration) bool {
-	_ = s.Stream.SetReadDeadline(time.Now().Add(d))
-	_, err := s.Stream.Read(nil)
-	_ = s.Stream.SetReadDeadline(time.Time{})
-	var te interface{ Timeout() bool }
-	return !errors.As(err, &te) || !te.Timeout()
-}
-
-// Read is yamux's Read, but an EOF caused by a dead session is an error.
-func (s Stream) Read(p []byte) (int, error) {
-	n, err := s.Stream.Read(p)
-	switch {
-	case err == io.EOF && s.Session().IsClosed():
-		err = ErrSessionLost
-	case err != nil:
-		err = streamError(err)
-	}
-	return n, err
-}
-
-// Write is yamux's Write with its errors classified as Read's are: every
-// way a dead session can fail a write (the stream closed under it, the
-// frame's own write hitting the closed socket, the send queue shut) is
-// ErrSessionLost, with the socket's error kept underneath.
-func (s Stream) Write(p []byte) (int, error) {
-	n, err := s.Stream.Write(p)
-	if err != nil {
-		err = streamError(err)
-	}
-	return n, err
-}
-
-// streamError classifies an error of a stream call.
-func streamError(err error) error {
-	switch {
-	case errors.Is(err, yamux.ErrSessionShutdown):
-		if err == yamux.ErrSessionShutdown {
-			return ErrSessionLost
-		}
-		return fmt.Errorf("%w: %w", ErrSessionLost, err)
-	case errors.Is(err, yamux.ErrConnectionReset):
-		return errStreamReset
-	}
-	return err
 }

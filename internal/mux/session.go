@@ -1,7 +1,10 @@
 package mux
 
 import (
+	"context"
+	"errors"
 	"fmt"
+	"io"
 	"net"
 	"sync/atomic"
 	"time"
@@ -22,44 +25,110 @@ import (
 // interval + timeout" cannot be fooled by load, and still catches a frozen
 // relay or a hung peer, which send nothing.
 type Session struct {
-	*yamux.Session
+	ys    *yamux.Session
+	ysp   atomic.Pointer[yamux.Session] // ys, for the logger, which may run before ys is set
 	conn  *watchConn
 	o     Options
 	cause atomic.Pointer[string]
 	done  chan struct{}
 }
 
-// Client starts the yamux client side on c (from Dial). The session owns c.
+// Client starts the client side of a session on c (from Dial). The
+// session owns c.
 func Client(c net.Conn, o Options) (*Session, error) {
-	ys, err := yamux.Client(c, yamuxConfig(o))
-	if err != nil {
-		return nil, err
-	}
-	return newSession(ys, c, o), nil
+	return start(yamux.Client, c, o)
 }
 
-// Server starts the yamux server side on c (from Listen and Handshake).
+// Server starts the server side of a session on c (from Listen and
+// Handshake). The session owns c.
 func Server(c net.Conn, o Options) (*Session, error) {
-	ys, err := yamux.Server(c, yamuxConfig(o))
+	return start(yamux.Server, c, o)
+}
+
+func start(side func(io.ReadWriteCloser, *yamux.Config) (*yamux.Session, error), c net.Conn, o Options) (*Session, error) {
+	s := &Session{conn: findWatch(c), o: o, done: make(chan struct{})}
+	ys, err := side(c, yamuxConfig(o, s))
 	if err != nil {
 		return nil, err
 	}
-	return newSession(ys, c, o), nil
+	s.ys = ys
+	s.ysp.Store(ys)
+	go s.monitor()
+	return s, nil
 }
 
-func newSession(ys *yamux.Session, c net.Conn, o Options) *Session {
-	s := &Session{Session: ys, conn: findWatch(c), o: o, done: make(chan struct{})}
-	go s.monitor()
-	return s
+// Open opens a stream; the peer's Accept returns it once this end writes.
+func (s *Session) Open() (*Stream, error) {
+	st, err := s.ys.OpenStream()
+	if err != nil {
+		return nil, sessionError(err)
+	}
+	return newStream(st), nil
+}
+
+// OpenWith opens a stream whose first bytes are first: they travel in the
+// frame that announces the stream, so the peer's Accept returns with them
+// already there, however busy the session is with other streams.
+func (s *Session) OpenWith(first []byte) (*Stream, error) {
+	st, err := s.ys.OpenStreamWith(first)
+	if err != nil {
+		return nil, sessionError(err)
+	}
+	return newStream(st), nil
+}
+
+// Accept waits for the peer's next stream. Its error, once the session
+// has ended, is why it ended (see Cause).
+func (s *Session) Accept() (*Stream, error) {
+	st, err := s.ys.AcceptStream()
+	if err != nil {
+		return nil, sessionError(err)
+	}
+	return newStream(st), nil
+}
+
+// AcceptContext is Accept, given up when ctx ends.
+func (s *Session) AcceptContext(ctx context.Context) (*Stream, error) {
+	st, err := s.ys.AcceptStreamWithContext(ctx)
+	if err != nil {
+		return nil, sessionError(err)
+	}
+	return newStream(st), nil
+}
+
+// sessionError is a session call's error without yamux's types: a
+// session closed here is net.ErrClosed, as a closed listener's Accept.
+func sessionError(err error) error {
+	if errors.Is(err, yamux.ErrSessionShutdown) {
+		return net.ErrClosed
+	}
+	return err
 }
 
 // Close closes the session and waits for its monitor and heartbeat
 // goroutines: when it returns, nothing of the session runs on (the fork's
 // Close waits for its own).
 func (s *Session) Close() error {
-	err := s.Session.Close()
+	err := s.ys.Close()
 	<-s.done
 	return err
+}
+
+// Closed is closed as soon as the session is closing, from either end or
+// for any reason; Done follows once its goroutines have stopped.
+func (s *Session) Closed() <-chan struct{} { return s.ys.CloseChan() }
+
+// IsClosed reports whether the session is closing or closed.
+func (s *Session) IsClosed() bool { return s.ys.IsClosed() }
+
+// failing reports whether the session's socket has failed or the session
+// is closing.
+func (s *Session) failing() bool {
+	if s.conn != nil && s.conn.failed.Load() {
+		return true
+	}
+	ys := s.ysp.Load()
+	return ys != nil && ys.IsClosed()
 }
 
 // Done is closed when the session's monitor has stopped, after the session
@@ -71,10 +140,11 @@ func (s *Session) Done() <-chan struct{} { return s.done }
 // that (docs/performance.md). Memory is only committed while a reader lags.
 const DefaultStreamWindow = 4 << 20
 
-func yamuxConfig(o Options) *yamux.Config {
+func yamuxConfig(o Options, s *Session) *yamux.Config {
 	cfg := yamux.DefaultConfig()
 	cfg.LogOutput = nil
-	cfg.Logger = yamuxLogger{o.Logger}
+	cfg.Logger = yamuxLogger{l: o.Logger, s: s}
+	cfg.DeliverBufferSize = o.DeliverBuffer
 	// Our monitor is the heartbeat; see Session.
 	cfg.EnableKeepAlive = false
 	// A stream write waits in yamux's send queue at most this long. On a
@@ -116,7 +186,7 @@ func (s *Session) monitor() {
 	lastSeen, lastPing := time.Now(), time.Now()
 	for {
 		select {
-		case <-s.CloseChan():
+		case <-s.ys.CloseChan():
 			close(pings)
 			<-pingerDone // its Ping ends with the session
 			return
@@ -141,7 +211,7 @@ func (s *Session) monitor() {
 				c := fmt.Sprintf("heartbeat timeout: nothing received for %s (heartbeat every %s, timeout %s)",
 					now.Sub(lastSeen).Round(100*time.Millisecond), s.o.HeartbeatInterval, s.o.HeartbeatTimeout)
 				s.cause.CompareAndSwap(nil, &c)
-				s.Session.Close()
+				s.ys.Close()
 			}
 		}
 	}
@@ -151,7 +221,7 @@ func (s *Session) monitor() {
 // round trip time does not matter.
 func (s *Session) pinger(reqs <-chan struct{}) {
 	for range reqs {
-		_, _ = s.Ping()
+		_, _ = s.ys.Ping()
 	}
 }
 

@@ -3,8 +3,12 @@ package mux
 import (
 	"crypto/tls"
 	"crypto/x509"
+	"errors"
 	"net"
+	"os"
 	"sync"
+	"sync/atomic"
+	"time"
 )
 
 // tlsConn is a session's TLS conn whose writes reach the socket in one
@@ -13,9 +17,16 @@ import (
 // socket writes, and on loopback each write runs the receiver's TCP stack
 // too. tlsConn corks the conn under TLS for the length of a write: the
 // records gather in a buffer and leave together.
+//
+// A write that times out midway does not break the conn, as it would a
+// bare tls.Conn (whose records would be cut mid-way): the records TLS made
+// are kept whole in the corker and what did not leave goes first on the
+// next write. And a write deadline already past fails a write before TLS
+// sees it, as net.Conn's contract asks.
 type tlsConn struct {
 	*tls.Conn
-	c *corker
+	c  *corker
+	wd atomic.Int64 // write deadline, Unix nanoseconds, 0 for none
 
 	mu      sync.Mutex // guards scratch: WriteBuffers may be called concurrently
 	scratch []byte
@@ -24,12 +35,26 @@ type tlsConn struct {
 func newTLSConn(tc *tls.Conn, c *corker) *tlsConn { return &tlsConn{Conn: tc, c: c} }
 
 func (t *tlsConn) Write(p []byte) (int, error) {
+	if expired(&t.wd) {
+		return 0, errDeadline
+	}
 	t.c.cork()
 	n, err := t.Conn.Write(p)
 	if ferr := t.c.flush(); err == nil {
 		err = ferr
 	}
 	return n, err
+}
+
+// SetDeadline and SetWriteDeadline note the write deadline for Write.
+func (t *tlsConn) SetDeadline(d time.Time) error {
+	t.wd.Store(unixNano(d))
+	return t.Conn.SetDeadline(d)
+}
+
+func (t *tlsConn) SetWriteDeadline(d time.Time) error {
+	t.wd.Store(unixNano(d))
+	return t.Conn.SetWriteDeadline(d)
 }
 
 // Close closes the socket, then TLS. tls.Conn.Close would first send
@@ -55,6 +80,9 @@ func (t *tlsConn) WriteBuffers(b net.Buffers) (int64, error) {
 	total := 0
 	for _, p := range b {
 		total += len(p)
+	}
+	if expired(&t.wd) {
+		return 0, errDeadline
 	}
 	if total <= smallFrame {
 		t.mu.Lock()
@@ -103,14 +131,28 @@ func (c *corker) Write(p []byte) (int, error) {
 	c.mu.Lock()
 	defer c.mu.Unlock()
 	if !c.corked {
-		return c.watchConn.Write(p)
-	}
-	if len(c.pend) > 0 && len(c.pend)+len(p) > maxPend {
-		_, err := c.watchConn.Write(c.pend)
-		c.pend = c.pend[:0]
-		if err != nil {
+		// Records of a write that another write's flush uncorked, or
+		// TLS's own (an alert, a key update): after whatever a failed
+		// flush left. A timeout keeps the record pending instead of
+		// failing TLS's write, which would break the conn for good; the
+		// flush that follows every Write reports it.
+		all := len(p)
+		if err := c.sendLocked(); err == nil {
+			n, err := c.watchConn.Write(p)
+			if err == nil || !errors.Is(err, os.ErrDeadlineExceeded) {
+				return n, err
+			}
+			p = p[n:]
+		} else if !errors.Is(err, os.ErrDeadlineExceeded) {
 			return 0, err
 		}
+		c.pend = append(c.pend, p...)
+		return all, nil
+	}
+	if len(c.pend) > 0 && len(c.pend)+len(p) > maxPend {
+		// If this fails, the rest stays pending and the flush says so;
+		// failing TLS's write here would break the conn for good.
+		_ = c.sendLocked()
 	}
 	c.pend = append(c.pend, p...)
 	return len(p), nil
@@ -122,16 +164,21 @@ func (c *corker) cork() {
 	c.mu.Unlock()
 }
 
-// flush uncorks and writes what gathered, in one write.
+// flush uncorks and writes what gathered, in one write. What a failed
+// write left stays pending, whole records behind it, for the next write.
 func (c *corker) flush() error {
 	c.mu.Lock()
 	defer c.mu.Unlock()
 	c.corked = false
+	return c.sendLocked()
+}
+
+func (c *corker) sendLocked() error {
 	if len(c.pend) == 0 {
 		return nil
 	}
-	_, err := c.watchConn.Write(c.pend)
-	c.pend = c.pend[:0]
+	n, err := c.watchConn.Write(c.pend)
+	c.pend = c.pend[:copy(c.pend, c.pend[n:])]
 	return err
 }
 

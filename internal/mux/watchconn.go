@@ -21,6 +21,7 @@ type watchConn struct {
 	first    atomic.Uint32 // the first byte read, | 1<<8 once there is one
 	lastRead atomic.Int64  // unix nanos of the last read that returned bytes
 	info     atomic.Pointer[unix.TCPInfo]
+	failed   atomic.Bool // a read or write on the socket has failed
 	cause    atomic.Pointer[string]
 	ka       time.Duration // keepalive idle + interval*count, for the message
 	ut       time.Duration
@@ -95,7 +96,7 @@ func (w *watchConn) Read(p []byte) (int, error) {
 		w.rx.Add(uint64(n))
 		w.lastRead.Store(time.Now().UnixNano())
 	}
-	w.noteTimeout(err)
+	w.noteFailure(err)
 	return n, err
 }
 
@@ -103,7 +104,7 @@ func (w *watchConn) Read(p []byte) (int, error) {
 // sender's write is often the first call to see it.
 func (w *watchConn) Write(p []byte) (int, error) {
 	n, err := w.rw.Write(p)
-	w.noteTimeout(err)
+	w.noteFailure(err)
 	return n, err
 }
 
@@ -111,7 +112,7 @@ func (w *watchConn) Write(p []byte) (int, error) {
 // uses it to send a frame's header and body without copying them together.
 func (w *watchConn) WriteBuffers(b net.Buffers) (int64, error) {
 	n, err := w.rw.WriteBuffers(b)
-	w.noteTimeout(err)
+	w.noteFailure(err)
 	return n, err
 }
 
@@ -136,10 +137,14 @@ func (w *watchConn) sample() {
 	})
 }
 
-// noteTimeout records why the kernel gave up, the first time a call on the
-// socket fails with ETIMEDOUT.
-func (w *watchConn) noteTimeout(err error) {
-	if err != nil && errors.Is(err, syscall.ETIMEDOUT) && w.cause.Load() == nil {
+// noteFailure records that the socket failed, and why the kernel gave up
+// the first time a call fails with ETIMEDOUT.
+func (w *watchConn) noteFailure(err error) {
+	if err == nil {
+		return
+	}
+	w.failed.Store(true)
+	if errors.Is(err, syscall.ETIMEDOUT) && w.cause.Load() == nil {
 		c := w.explainTimeout()
 		w.cause.CompareAndSwap(nil, &c)
 	}

@@ -381,22 +381,3 @@ func DialLocal(ctx context.Context, addr string, ka sockopt.KeepAlive, timeout t
 	}
 	return c.(*net.TCPConn), nil
 }
-
-// Cause names why a joined connection was aborted, for logs: which kind of
-// failure ended it, in the words an operator searches for.
-func Cause(err error) string {
-	var se interface{ SessionLost() bool }
-	switch {
-	case err == nil:
-		return "closed"
-	case errors.As(err, &se) && se.SessionLost():
-		return "session lost"
-	case errors.Is(err, syscall.ETIMEDOUT):
-		return "keepalive timeout: the peer vanished"
-	case errors.Is(err, syscall.ECONNRESET), errors.Is(err, syscall.EPIPE):
-		return "reset by peer"
-	case errors.Is(err, syscall.EHOSTUNREACH), errors.Is(err, syscall.ENETUNREACH):
-		return "peer unreachable"
-	}
-	return "error"
-}

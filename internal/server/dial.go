@@ -12,7 +12,7 @@ import (
 // consumes the client's dial result: on failure the Read fails, so the
 // join resets the public connection instead of passing a clean EOF.
 type dialResult struct {
-	mux.Stream
+	*mux.Stream
 	checked bool
 }
 

@@ -23,6 +23,7 @@ import (
 
 	"github.com/tunnel-dev/tunnel/internal/config"
 	"github.com/tunnel-dev/tunnel/internal/mux"
+	"github.com/tunnel-dev/tunnel/internal/proxy"
 	"github.com/tunnel-dev/tunnel/internal/sockopt"
 )
 
@@ -60,7 +61,10 @@ func New(cfg *config.Server, log *slog.Logger) (*Server, error) {
 		HeartbeatInterval: cfg.KeepAlive.Session.HeartbeatInterval.D(),
 		HeartbeatTimeout:  cfg.KeepAlive.Session.HeartbeatTimeout.D(),
 		HandshakeTimeout:  cfg.HandshakeTimeout.D(),
-		Logger:            log,
+		// A parked stream's data goes straight into the joined socket,
+		// a copy buffer's worth per write.
+		DeliverBuffer: proxy.BufSize,
+		Logger:        log,
 		// A client opens its control stream and nothing else; the
 		// server opens every data stream.
 		IncomingStreams: 1,

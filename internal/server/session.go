@@ -15,8 +15,6 @@ import (
 	"time"
 	"unicode/utf8"
 
-	"github.com/hashicorp/yamux"
-
 	"github.com/tunnel-dev/tunnel/internal/config"
 	"github.com/tunnel-dev/tunnel/internal/mux"
 	"github.com/tunnel-dev/tunnel/internal/protocol"
@@ -33,7 +31,7 @@ type session struct {
 	lim    *identity // what the client may do
 	conns  atomic.Int64
 	ys     *mux.Session
-	ctrl   *yamux.Stream
+	ctrl   *mux.Stream
 	log    *slog.Logger
 
 	ctrlMu sync.Mutex // one writer at a time on the control stream
@@ -101,7 +99,7 @@ func (s *Server) handleConn(ctx context.Context, c net.Conn, handshook func(fail
 	defer ys.Close()
 
 	hctx, cancel := context.WithTimeout(ctx, s.opts.HandshakeTimeout)
-	ctrl, err := ys.AcceptStreamWithContext(hctx)
+	ctrl, err := ys.AcceptContext(hctx)
 	cancel()
 	if err != nil {
 		// Garbage on the port ends here: yamux rejects a bad frame header.
@@ -112,9 +110,9 @@ func (s *Server) handleConn(ctx context.Context, c net.Conn, handshook func(fail
 		refused("session refused: no control stream", "err", err, "hint", hint)
 		return
 	}
-	if ctrl.StreamID() != 1 {
+	if ctrl.ID() != 1 {
 		// The session allows one stream; it must be the client's first.
-		refused("session refused: control stream has the wrong id", "id", ctrl.StreamID(),
+		refused("session refused: control stream has the wrong id", "id", ctrl.ID(),
 			"hint", "is the peer tunnelc?")
 		return
 	}
@@ -196,12 +194,12 @@ func (s *Server) handleConn(ctx context.Context, c net.Conn, handshook func(fail
 	go func() {
 		defer ss.wg.Done()
 		for {
-			st, err := ys.AcceptStream()
+			st, err := ys.Accept()
 			if err != nil {
 				cause <- err
 				return
 			}
-			_ = st.Reset()
+			_ = st.Abort()
 		}
 	}()
 	ctrlDone := make(chan struct{})
@@ -218,7 +216,7 @@ func (s *Server) handleConn(ctx context.Context, c net.Conn, handshook func(fail
 	// its own.
 	ss.startPending()
 
-	<-ys.CloseChan()
+	<-ys.Closed()
 	// Every public connection ends with the session, whatever its state:
 	// one whose client stays open and silent would otherwise hold the
 	// session (wg.Wait), and with it a shutdown, for as long as it does.
@@ -250,12 +248,12 @@ func (s *Server) handleConn(ctx context.Context, c net.Conn, handshook func(fail
 	}
 }
 
-func (s *Server) refuse(ctrl *yamux.Stream, logf func(string, ...any), code, message string) {
+func (s *Server) refuse(ctrl *mux.Stream, logf func(string, ...any), code, message string) {
 	logf("session refused", "code", code, "err", message)
 	_ = ctrl.SetWriteDeadline(time.Now().Add(s.opts.HandshakeTimeout))
 	_ = protocol.WriteFrame(ctrl, protocol.Control{Type: protocol.TypeError, Error: &protocol.Error{Code: code, Message: message}})
 	// Let the frame reach the client before the session is torn down.
-	_ = ctrl.Close()
+	_ = ctrl.CloseWrite()
 	_ = ctrl.SetReadDeadline(time.Now().Add(time.Second))
 	var drain [1]byte
 	_, _ = ctrl.Read(drain[:])
@@ -647,7 +645,7 @@ func (ss *session) handlePublic(pl *publicListener, pc *net.TCPConn, log *slog.L
 	// its wait for the header from the stream's arrival, and on a session
 	// congested by bulk streams a header sent after the SYN can queue
 	// behind seconds of their data (TestHeartbeatUnderLoad).
-	st, err := ss.ys.OpenStreamWith(hdr)
+	st, err := ss.ys.OpenWith(hdr)
 	if err != nil {
 		_ = sockopt.Abort(pc)
 		log.Warn("public connection dropped: cannot open stream", "err", err)
@@ -656,7 +654,7 @@ func (ss *session) handlePublic(pl *publicListener, pc *net.TCPConn, log *slog.L
 	log.Debug("public connection open")
 	joined = true
 	// In the background: this goroutine, grown by the handshake, ends here.
-	proxy.Go(ss.ctx, pc, "public", &dialResult{Stream: mux.Stream{Stream: st}}, "stream", func(stats proxy.Stats, err error) {
+	proxy.Go(ss.ctx, pc, "public", &dialResult{Stream: st}, "stream", func(stats proxy.Stats, err error) {
 		defer ss.wg.Done()
 		defer ss.releaseConn(pl)
 		if errors.Is(err, errServerShutdown) {
@@ -669,7 +667,7 @@ func (ss *session) handlePublic(pl *publicListener, pc *net.TCPConn, log *slog.L
 				log.Warn("public connection reset: client could not reach the local service", "err", de.msg)
 				return
 			}
-			log.Info("public connection aborted", "cause", proxy.Cause(err), "err", err, "in", stats.AToB, "out", stats.BToA)
+			log.Info("public connection aborted", "cause", mux.Cause(err), "err", err, "in", stats.AToB, "out", stats.BToA)
 			return
 		}
 		log.Debug("public connection closed", "in", stats.AToB, "out", stats.BToA)
