@@ -22,6 +22,9 @@ lint:
 	$(GO) -C third_party/yamux vet .
 	$(GO) run $(STATICCHECK) ./...
 	./scripts/check-imports
+	@# tunnelc runs on laptops: both daemons must build off Linux.
+	GOOS=darwin $(GO) build ./...
+	GOOS=windows $(GO) build ./...
 
 # The yamux fork (third_party/yamux) is its own module, tested on its own:
 # its tests check the streams' window books from inside the package.

@@ -160,7 +160,7 @@ type proc struct {
 func start(ctx context.Context, name, path string, env []string, args ...string) *proc {
 	p := &proc{name: name, cmd: exec.Command(path, args...), news: make(chan struct{}, 1), done: make(chan struct{})}
 	p.cmd.Env = append(os.Environ(), env...)
-	p.cmd.SysProcAttr = &syscall.SysProcAttr{Pdeathsig: syscall.SIGKILL}
+	p.cmd.SysProcAttr = dieWithParent()
 	out, err := p.cmd.StderrPipe()
 	if err != nil {
 		p.err = err

@@ -105,8 +105,11 @@ func Main(run func() error) int {
 // the tests' leak and memory checks.
 // It stops when ctx ends; the returned function waits for that.
 func StatusOnSignal(ctx context.Context, log *slog.Logger, attrs func() []any) (wait func()) {
+	if statusSignal == nil {
+		return func() {}
+	}
 	ch := make(chan os.Signal, 1)
-	signal.Notify(ch, syscall.SIGUSR1)
+	signal.Notify(ch, statusSignal)
 	done := make(chan struct{})
 	go func() {
 		defer close(done)

@@ -15,6 +15,7 @@ import (
 	"log/slog"
 	"net"
 	"strings"
+	"sync"
 	"syscall"
 	"time"
 
@@ -66,7 +67,7 @@ func Dial(ctx context.Context, addr string, o Options) (net.Conn, error) {
 	if err != nil {
 		return nil, fmt.Errorf("dial %s: %w", addr, err)
 	}
-	if err := sockopt.SetUserTimeout(c.(*net.TCPConn), o.UserTimeout); err != nil {
+	if err := setUserTimeout(c.(*net.TCPConn), o); err != nil {
 		c.Close()
 		return nil, fmt.Errorf("dial %s: %w", addr, err)
 	}
@@ -135,13 +136,32 @@ func (l *listener) Accept() (net.Conn, error) {
 	if err != nil {
 		return nil, err
 	}
-	if err := sockopt.SetUserTimeout(c.(*net.TCPConn), l.o.UserTimeout); err != nil {
+	if err := setUserTimeout(c.(*net.TCPConn), l.o); err != nil {
 		c.Close()
 		// Not fatal to the listener: the caller logs it and accepts again.
 		return nil, tempError{fmt.Errorf("accept %s: %w", c.RemoteAddr(), err)}
 	}
 	return watch(c, l.o), nil
 }
+
+// setUserTimeout sets the session socket's TCP_USER_TIMEOUT. Where the
+// system has none (it is Linux's), the session goes without, once said
+// in the log: the heartbeat still bounds a dead path, and TCP's own
+// retransmission limit ends the socket eventually.
+func setUserTimeout(c *net.TCPConn, o Options) error {
+	err := sockopt.SetUserTimeout(c, o.UserTimeout)
+	if errors.Is(err, errors.ErrUnsupported) {
+		noUserTimeout.Do(func() {
+			if o.Logger != nil {
+				o.Logger.Warn("user_timeout is not applied: this system has no TCP_USER_TIMEOUT; the heartbeat bounds a dead session instead", "user_timeout", o.UserTimeout)
+			}
+		})
+		return nil
+	}
+	return err
+}
+
+var noUserTimeout sync.Once
 
 // handshake runs tc's handshake under HandshakeTimeout; on error it
 // closes c, the conn under tc.

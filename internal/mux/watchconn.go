@@ -10,7 +10,6 @@ import (
 	"time"
 
 	"github.com/tunnel-dev/tunnel/internal/rawio"
-	"golang.org/x/sys/unix"
 )
 
 // watchConn counts received bytes and, when a read fails with ETIMEDOUT,
@@ -20,7 +19,7 @@ type watchConn struct {
 	rx       atomic.Uint64
 	first    atomic.Uint32 // the first byte read, | 1<<8 once there is one
 	lastRead atomic.Int64  // unix nanos of the last read that returned bytes
-	info     atomic.Pointer[unix.TCPInfo]
+	info     atomic.Pointer[tcpState]
 	failed   atomic.Bool // a read or write on the socket has failed
 	cause    atomic.Pointer[string]
 	ka       time.Duration // keepalive idle + interval*count, for the message
@@ -131,8 +130,8 @@ func (w *watchConn) sample() {
 		return
 	}
 	_ = rc.Control(func(fd uintptr) {
-		if info, err := unix.GetsockoptTCPInfo(int(fd), unix.IPPROTO_TCP, unix.TCP_INFO); err == nil {
-			w.info.Store(info)
+		if st, ok := readTCPState(fd); ok {
+			w.info.Store(st)
 		}
 	})
 }
@@ -161,22 +160,19 @@ func (w *watchConn) explainTimeout() string {
 	quiet := time.Since(time.Unix(0, w.lastRead.Load())).Round(100 * time.Millisecond)
 	last := w.info.Load()
 	w.sample()
-	inFlight := false
-	for _, info := range []*unix.TCPInfo{last, w.info.Load()} {
-		if info == nil {
-			continue
-		}
-		// Rcv_wnd is set on every kernel that reports Snd_wnd; an older
-		// kernel's shorter struct leaves both zero.
-		zeroWindow := info.Snd_wnd == 0 && info.Rcv_wnd != 0
-		if info.Unacked > 0 || info.Retransmits > 0 || info.Backoff > 0 || zeroWindow {
-			inFlight = true
+	inFlight, known := false, false
+	for _, st := range []*tcpState{last, w.info.Load()} {
+		if st != nil {
+			known = true
+			inFlight = inFlight || st.inFlight
 		}
 	}
-	if inFlight {
+	switch {
+	case !known:
+		return fmt.Sprintf("tcp timeout after %s without a reply", quiet)
+	case inFlight:
 		return fmt.Sprintf("user timeout: sent data unacknowledged, nothing received for %s (user_timeout %s)", quiet, w.ut)
-	}
-	if w.ka > 0 {
+	case w.ka > 0:
 		// Not "idle": streams may have been waiting for window, with
 		// nothing of ours on the wire; TCP's books decide the label.
 		return fmt.Sprintf("keepalive timeout: probes unanswered, nothing received for %s, nothing of ours unacknowledged (keepalive bound %s)", quiet, w.ka)

@@ -14,14 +14,11 @@ import (
 	"fmt"
 	"io"
 	"net"
-	"os"
 	"sync"
 	"sync/atomic"
-	"syscall"
 	"time"
 
 	"github.com/tunnel-dev/tunnel/internal/rawio"
-	"golang.org/x/sys/unix"
 
 	"github.com/tunnel-dev/tunnel/internal/sockopt"
 )
@@ -293,64 +290,17 @@ func forward(dst net.Conn, write func([]byte) (int, error), bp *[]byte, nr int, 
 }
 
 // reader returns a function that waits for src's next data and reads it
-// into a pooled buffer, which the caller puts back.
+// into a pooled buffer, which the caller puts back. A socket is read with
+// the buffer taken only once data is there (rawio.Socket.ReadPooled).
 func reader(src net.Conn) func() (*[]byte, int, error) {
-	if sc, ok := src.(syscall.Conn); ok {
-		if rc, err := sc.SyscallConn(); err == nil {
-			r := &sockReader{rc: rc}
-			r.fn = r.once
-			return r.read
-		}
+	if s, ok := rawio.New(src); ok {
+		return func() (*[]byte, int, error) { return s.ReadPooled(&bufPool) }
 	}
 	return func() (*[]byte, int, error) {
 		bp := bufPool.Get().(*[]byte)
 		n, err := src.Read(*bp)
 		return bp, n, err
 	}
-}
-
-// sockReader reads a socket once data is there. The read runs in the
-// poller's callback: when it would block (EAGAIN) the buffer goes back to
-// the pool and the goroutine parks; when the socket is readable the
-// callback runs again. Same syscalls as net.Conn.Read, no buffer parked.
-// The callback and its state live as long as the direction, so a read
-// allocates nothing; one goroutine reads at a time.
-type sockReader struct {
-	rc  syscall.RawConn
-	fn  func(fd uintptr) bool
-	bp  *[]byte
-	n   int
-	err error
-}
-
-func (r *sockReader) read() (*[]byte, int, error) {
-	r.bp, r.n, r.err = nil, 0, nil
-	err := r.rc.Read(r.fn)
-	bp, n, rerr := r.bp, r.n, r.err
-	r.bp, r.err = nil, nil
-	switch {
-	case err != nil:
-		rerr = err
-	case rerr == nil && n == 0:
-		rerr = io.EOF
-	}
-	return bp, n, rerr
-}
-
-func (r *sockReader) once(fd uintptr) bool {
-	r.bp = bufPool.Get().(*[]byte)
-	n, errno := rawio.Read(int(fd), *r.bp)
-	switch errno {
-	case nil:
-		r.n = n
-	case unix.EAGAIN:
-		bufPool.Put(r.bp)
-		r.bp = nil
-		return false
-	default:
-		r.err = os.NewSyscallError("read", errno)
-	}
-	return true
 }
 
 func closeWrite(c net.Conn) error {

@@ -16,71 +16,24 @@
 // syscall.RawConn, so deadlines and Close behave as on a net.Conn.
 //
 // Nothing here may be used on a blocking file descriptor.
+//
+// The kernel reads and writes these buffers behind the race detector's
+// back: -race sees the Go code hand a buffer to a system call, not the
+// kernel's access to it, so a buffer reused while a call still holds it
+// would go unseen. Every call here returns before its buffer is handed
+// back (reads in the poller's callback, with the buffer taken for that
+// one read).
+//
+// Only Linux takes this path. Elsewhere New reports false and callers use
+// package net; tunnelc must build and run on laptops.
 package rawio
 
 import (
 	"io"
 	"net"
-	"os"
 	"sync"
 	"syscall"
-	"unsafe"
-
-	"golang.org/x/sys/unix"
 )
-
-// Read is read(2) on a non-blocking descriptor. Like the calls below it
-// retries EINTR itself, so a caller only tells EAGAIN from other errors.
-func Read(fd int, p []byte) (int, error) { return rw(unix.SYS_READ, fd, p) }
-
-// Write is write(2) on a non-blocking descriptor.
-func Write(fd int, p []byte) (int, error) { return rw(unix.SYS_WRITE, fd, p) }
-
-func rw(trap uintptr, fd int, p []byte) (int, error) {
-	if len(p) == 0 {
-		return 0, nil
-	}
-	return syscall3(trap, uintptr(fd), uintptr(unsafe.Pointer(&p[0])), uintptr(len(p)))
-}
-
-// syscall3 makes a raw system call, again while it is interrupted.
-func syscall3(trap, a1, a2, a3 uintptr) (int, error) {
-	for {
-		n, _, e := unix.RawSyscall(trap, a1, a2, a3)
-		switch e {
-		case 0:
-			return int(n), nil
-		case unix.EINTR:
-			continue
-		}
-		return 0, e
-	}
-}
-
-// maxIov bounds one writev; Linux's limit (UIO_MAXIOV) is 1024.
-const maxIov = 64
-
-// Writev is writev(2) on a non-blocking descriptor, of at most maxIov of
-// bufs' non-empty buffers.
-func Writev(fd int, bufs [][]byte) (int, error) {
-	var iov [maxIov]unix.Iovec
-	k := 0
-	for _, b := range bufs {
-		if len(b) == 0 {
-			continue
-		}
-		if k == maxIov {
-			break
-		}
-		iov[k].Base = &b[0]
-		iov[k].SetLen(len(b))
-		k++
-	}
-	if k == 0 {
-		return 0, nil
-	}
-	return syscall3(unix.SYS_WRITEV, uintptr(fd), uintptr(unsafe.Pointer(&iov[0])), uintptr(k))
-}
 
 // Socket does blocking-style reads and writes on a socket from package
 // net with raw calls, waiting in the runtime's poller when the socket is
@@ -106,22 +59,11 @@ type op struct {
 	err  error
 	// noWait makes a write return at a full socket buffer (TryWrite).
 	noWait bool
-}
-
-// New returns c's Socket, or false when c is not a socket.
-func New(c net.Conn) (*Socket, bool) {
-	sc, ok := c.(syscall.Conn)
-	if !ok {
-		return nil, false
-	}
-	rc, err := sc.SyscallConn()
-	if err != nil {
-		return nil, false
-	}
-	s := &Socket{rc: rc, local: c.LocalAddr(), remote: c.RemoteAddr()}
-	s.r.fn = s.r.read
-	s.w.fn = s.w.write
-	return s, true
+	// ReadPooled's: its callback, the pool it takes a buffer from for
+	// each read, and the buffer it took.
+	pfn  func(fd uintptr) bool
+	pool *sync.Pool
+	bp   *[]byte
 }
 
 // Read reads what is there, waiting for data when there is none. Like
@@ -148,6 +90,34 @@ func (s *Socket) Read(p []byte) (int, error) {
 	return n, nil
 }
 
+// ReadPooled waits until the socket has data and reads it into a buffer
+// from pool (which holds *[]byte), taken only once data is there: a
+// connection waiting for data holds no buffer. The caller puts the
+// buffer back; it is nil when there was nothing to read into it (EOF, an
+// error). Like Read, it returns io.EOF at end of stream.
+func (s *Socket) ReadPooled(pool *sync.Pool) (*[]byte, int, error) {
+	o := &s.r
+	o.mu.Lock()
+	defer o.mu.Unlock()
+	o.pool, o.bp, o.n, o.err = pool, nil, 0, nil
+	err := s.rc.Read(o.pfn)
+	bp, n, rerr := o.bp, int(o.n), o.err
+	o.pool, o.bp, o.err = nil, nil, nil
+	if bp != nil && (err != nil || rerr != nil || n == 0) {
+		pool.Put(bp)
+		bp = nil
+	}
+	switch {
+	case err != nil:
+		return nil, 0, err
+	case rerr != nil:
+		return nil, 0, s.opError("read", rerr)
+	case n == 0:
+		return nil, 0, io.EOF
+	}
+	return bp, n, nil
+}
+
 // opError dresses a system call's error as package net would (*net.OpError
 // around *os.SyscallError), so that callers and logs cannot tell the two
 // paths apart. The poller's own errors (deadline, closed) come already
@@ -158,19 +128,6 @@ func (s *Socket) opError(op string, err error) error {
 		network = s.local.Network()
 	}
 	return &net.OpError{Op: op, Net: network, Source: s.local, Addr: s.remote, Err: err}
-}
-
-func (o *op) read(fd uintptr) bool {
-	k, e := Read(int(fd), o.p)
-	switch e {
-	case nil:
-		o.n = int64(k)
-	case unix.EAGAIN:
-		return false
-	default:
-		o.err = os.NewSyscallError("read", e)
-	}
-	return true
 }
 
 // Write writes all of p, waiting for room when the socket buffer is full.
@@ -212,40 +169,6 @@ func (s *Socket) write(p []byte, bufs [][]byte, noWait bool) (int64, error) {
 		return n, s.opError("write", werr)
 	}
 	return n, err
-}
-
-func (o *op) write(fd uintptr) bool {
-	for len(o.p) > 0 || len(o.bufs) > 0 {
-		var k int
-		var e error
-		if o.p != nil {
-			k, e = Write(int(fd), o.p)
-		} else {
-			k, e = Writev(int(fd), o.bufs)
-		}
-		switch e {
-		case nil:
-		case unix.EAGAIN:
-			return o.noWait // a TryWrite ends here; the others wait for room
-		default:
-			o.err = os.NewSyscallError("write", e)
-			return true
-		}
-		o.n += int64(k)
-		if o.p != nil {
-			o.p = o.p[k:]
-			if len(o.p) == 0 {
-				return true
-			}
-		} else {
-			o.bufs = consume(o.bufs, k)
-		}
-		if k == 0 && (len(o.p) > 0 || len(o.bufs) > 0) {
-			o.err = io.ErrShortWrite // the call wrote nothing and said nothing
-			return true
-		}
-	}
-	return true
 }
 
 // consume drops the first n bytes from bufs.

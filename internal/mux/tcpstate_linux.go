@@ -1,0 +1,24 @@
+//go:build linux
+
+package mux
+
+import "golang.org/x/sys/unix"
+
+// tcpState is what the socket's TCP_INFO says about data in flight.
+type tcpState struct {
+	// inFlight: data unacknowledged or retransmitted, or a send window
+	// the peer has closed (its zero-window probes count as probes too,
+	// which without this read as keepalive's).
+	inFlight bool
+}
+
+func readTCPState(fd uintptr) (*tcpState, bool) {
+	info, err := unix.GetsockoptTCPInfo(int(fd), unix.IPPROTO_TCP, unix.TCP_INFO)
+	if err != nil {
+		return nil, false
+	}
+	// Rcv_wnd is set on every kernel that reports Snd_wnd; an older
+	// kernel's shorter struct leaves both zero.
+	zeroWindow := info.Snd_wnd == 0 && info.Rcv_wnd != 0
+	return &tcpState{inFlight: info.Unacked > 0 || info.Retransmits > 0 || info.Backoff > 0 || zeroWindow}, true
+}
