@@ -106,8 +106,9 @@ func sessionError(err error) error {
 }
 
 // Close closes the session and waits for its monitor and heartbeat
-// goroutines: when it returns, nothing of the session runs on (the fork's
-// Close waits for its own).
+// goroutines and, through the fork's Close, for every goroutine of the
+// yamux session: when it returns, nothing of the session runs on. It must
+// not be called from a stream's read hook or deliver function.
 func (s *Session) Close() error {
 	err := s.ys.Close()
 	<-s.done

@@ -14,6 +14,7 @@ import (
 	mrand "math/rand/v2"
 	"os"
 	"runtime"
+	"strings"
 	"testing"
 	"time"
 )
@@ -475,5 +476,88 @@ func TestDeliverBufferSize(t *testing.T) {
 	}
 	if len(woken) != 0 {
 		t.Fatal("the sink took everything, yet the reader was woken")
+	}
+}
+
+// Close returns only when every goroutine of the session has ended: the
+// receive, send and ping-reply loops, keepalive, open timers, window
+// updates for delivered data and close timers, however the session ends
+// (Close from outside, or its own goroutines ending it).
+func TestCloseWaitsForEveryGoroutine(t *testing.T) {
+	sessionGoroutines := func() string {
+		buf := make([]byte, 1<<20)
+		var found []string
+		for _, g := range strings.Split(string(buf[:runtime.Stack(buf, true)]), "\n\n") {
+			lines := strings.Split(g, "\n")
+			if len(lines) > 1 && strings.HasPrefix(lines[1], "github.com/hashicorp/yamux.(*Session).goBg.func1(") {
+				continue // past its bg.Done, returning
+			}
+			if strings.Contains(g, "yamux.(*Session)") || strings.Contains(g, "yamux.(*Stream)") {
+				found = append(found, g)
+			}
+		}
+		return strings.Join(found, "\n\n")
+	}
+	for i := 0; i < 50; i++ {
+		cli, srv := tcpSessions(t, testWindow)
+		cli.config.StreamOpenTimeout = time.Minute // open timers running
+		cli.config.StreamCloseTimeout = time.Minute
+		// A stream whose data goes down the deliver path, so window
+		// updates run on goroutines of their own.
+		a, sa := openPair(t, cli, srv, "x")
+		if _, err := io.ReadFull(sa, make([]byte, 1)); err != nil {
+			t.Fatal(err)
+		}
+		sa.NotifyReadableOrDeliver(func() {}, func(p []byte) (int, error) { return len(p), nil })
+		chunk := make([]byte, 64<<10)
+		for j := 0; j < 16; j++ {
+			if _, err := a.Write(chunk); err != nil {
+				t.Fatal(err)
+			}
+		}
+		// Streams opened and never accepted, one closed (its timer runs).
+		for j := 0; j < 4; j++ {
+			st, err := cli.OpenStream()
+			if err != nil {
+				t.Fatal(err)
+			}
+			if j == 0 {
+				st.Close()
+			}
+		}
+		if i%2 == 0 {
+			cli.Close()
+			srv.Close()
+		} else {
+			// The server's end goes first; the client's receive loop
+			// ends its session itself, then Close waits for it.
+			srv.Close()
+			cli.Close()
+		}
+		if g := sessionGoroutines(); g != "" {
+			t.Fatalf("round %d: goroutines of closed sessions run on after Close:\n%s", i, g)
+		}
+	}
+}
+
+// A session that ends itself (here: the open timeout of a stream the peer
+// never acknowledges) does so from one of its own goroutines, which must
+// not wait for itself; Close afterwards returns and leaves nothing.
+func TestSessionEndingItselfDoesNotWaitForItself(t *testing.T) {
+	srv, _ := rawServer(t, func(c *Config) { c.StreamOpenTimeout = 50 * time.Millisecond })
+	if _, err := srv.OpenStream(); err != nil {
+		t.Fatal(err)
+	}
+	select {
+	case <-srv.CloseChan():
+	case <-time.After(10 * time.Second):
+		t.Fatal("the open timeout did not end the session")
+	}
+	done := make(chan struct{})
+	go func() { srv.Close(); close(done) }()
+	select {
+	case <-done:
+	case <-time.After(10 * time.Second):
+		t.Fatal("Close hung after the session ended itself")
 	}
 }

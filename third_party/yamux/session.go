@@ -43,6 +43,9 @@ type Session struct {
 	// bufRead is a buffered reader
 	bufRead *bufio.Reader
 
+	// bg counts the session's goroutines, for Close (local patch).
+	bg sync.WaitGroup
+
 	// sinkBuf (local patch) carries a frame from bufRead to a stream's
 	// sink; only the receive loop uses it.
 	sinkBuf []byte
@@ -78,13 +81,10 @@ type Session struct {
 
 	// recvDoneCh is closed when recv() exits to avoid a race
 	// between stream registration and stream shutdown
-	recvDoneCh chan struct{}
-	sendDoneCh chan struct{}
 
 	// pongCh (local patch) queues ping replies for the one goroutine
 	// that sends them; pongDoneCh is closed when it has stopped.
 	pongCh     chan uint32
-	pongDoneCh chan struct{}
 
 	// incoming counts the streams the peer opened (local patch, see
 	// Config.IncomingStreamLimit); guarded by streamLock.
@@ -125,10 +125,7 @@ func newSession(config *Config, conn io.ReadWriteCloser, client bool) *Session {
 		synCh:      make(chan struct{}, config.AcceptBacklog),
 		acceptCh:   make(chan *Stream, config.AcceptBacklog),
 		sendCh:     make(chan *sendReady, 64),
-		recvDoneCh: make(chan struct{}),
-		sendDoneCh: make(chan struct{}),
 		pongCh:     make(chan uint32, pongQueue),
-		pongDoneCh: make(chan struct{}),
 		shutdownCh: make(chan struct{}),
 	}
 	if client {
@@ -136,13 +133,42 @@ func newSession(config *Config, conn io.ReadWriteCloser, client bool) *Session {
 	} else {
 		s.nextStreamID = 2
 	}
-	go s.recv()
-	go s.send()
-	go s.ponger()
+	s.goBg(s.recv)
+	s.goBg(s.send)
+	s.goBg(s.ponger)
 	if config.EnableKeepAlive {
-		go s.keepalive()
+		s.goBg(s.keepalive)
 	}
 	return s
+}
+
+// goBg runs f on a goroutine that Close waits for (local patch), unless
+// the session is shutting down, which it reports by returning false.
+// Every goroutine the session starts goes through it, so none outlives
+// Close. The check and the Add are under shutdownLock, so no Add can
+// follow the start of Close's Wait.
+func (s *Session) goBg(f func()) bool {
+	if !s.bgEnter() {
+		return false
+	}
+	go func() {
+		defer s.bg.Done()
+		f()
+	}()
+	return true
+}
+
+// bgEnter counts a goroutine that is already running (a timer's) as one
+// Close waits for, unless the session is shutting down; on true the caller
+// calls s.bg.Done when it is done.
+func (s *Session) bgEnter() bool {
+	s.shutdownLock.Lock()
+	defer s.shutdownLock.Unlock()
+	if s.shutdown {
+		return false
+	}
+	s.bg.Add(1)
+	return true
 }
 
 // IsClosed does a safe check to see if we have shutdown
@@ -225,7 +251,7 @@ GET_ID:
 	s.streamLock.Unlock()
 
 	if s.config.StreamOpenTimeout > 0 {
-		go s.setOpenTimeout(stream)
+		s.goBg(func() { s.setOpenTimeout(stream) })
 	}
 
 	// Send the window update to create; with first, the data frame
@@ -266,7 +292,7 @@ func (s *Session) setOpenTimeout(stream *Stream) {
 		// Timeout reached while waiting for ACK.
 		// Close the session to force connection re-establishment.
 		s.logger.Printf("[ERR] yamux: aborted stream open (destination=%s): %v", s.RemoteAddr().String(), ErrTimeout.err)
-		s.Close()
+		s.shutdownNow()
 	}
 }
 
@@ -310,14 +336,27 @@ func (s *Session) AcceptStreamWithContext(ctx context.Context) (*Stream, error) 
 	}
 }
 
-// Close is used to close the session and all streams.
-// Attempts to send a GoAway before closing the connection.
+// Close is used to close the session and all streams. local patch: it
+// returns once every goroutine of the session has ended, the receive
+// loop having closed every stream on its way out (see goBg). It must not
+// be called from the session's own callbacks (a read hook, a sink), which
+// run on the receive loop.
 func (s *Session) Close() error {
+	s.shutdownNow()
+	s.bg.Wait()
+	return nil
+}
+
+// shutdownNow starts the session's end and does not wait for it: the
+// goroutines of the session call it (local patch), as Close would wait
+// for themselves. Closing the conn ends the receive loop, which then
+// closes the streams.
+func (s *Session) shutdownNow() {
 	s.shutdownLock.Lock()
 	defer s.shutdownLock.Unlock()
 
 	if s.shutdown {
-		return nil
+		return
 	}
 	s.shutdown = true
 
@@ -330,16 +369,16 @@ func (s *Session) Close() error {
 	close(s.shutdownCh)
 
 	s.conn.Close()
-	<-s.recvDoneCh
+}
 
+// forceCloseStreams closes every stream; the receive loop runs it when it
+// ends, so no frame can reach a stream afterwards.
+func (s *Session) forceCloseStreams() {
 	s.streamLock.Lock()
 	defer s.streamLock.Unlock()
 	for _, stream := range s.streams {
 		stream.forceClose()
 	}
-	<-s.sendDoneCh
-	<-s.pongDoneCh
-	return nil
 }
 
 // exitErr is used to handle an error that is causing the
@@ -350,7 +389,7 @@ func (s *Session) exitErr(err error) {
 		s.shutdownErr = err
 	}
 	s.shutdownErrLock.Unlock()
-	s.Close()
+	s.shutdownNow()
 }
 
 // GoAway can be used to prevent accepting further
@@ -634,7 +673,6 @@ func (s *Session) send() {
 }
 
 func (s *Session) sendLoop() error {
-	defer close(s.sendDoneCh)
 	// local patch (see PATCHES.md): a frame's header and body go out in one
 	// write, and frames already queued behind it join the same write, up to
 	// sendBatch bytes. Upstream writes header and body separately: two
@@ -696,6 +734,8 @@ func (s *Session) recv() {
 	if err := s.recvLoop(); err != nil {
 		s.exitErr(err)
 	}
+	s.shutdownNow()
+	s.forceCloseStreams()
 }
 
 // Ensure that the index of the handler (typeData/typeWindowUpdate/etc) matches the message type
@@ -710,7 +750,6 @@ var (
 
 // recvLoop continues to receive data until a fatal error is encountered
 func (s *Session) recvLoop() error {
-	defer close(s.recvDoneCh)
 	hdr := header(make([]byte, headerSize))
 	for {
 		// Read the header
@@ -827,7 +866,6 @@ const pongQueue = 16
 // ponger sends the replies handlePing queues, one at a time, until the
 // session shuts down (local patch).
 func (s *Session) ponger() {
-	defer close(s.pongDoneCh)
 	for {
 		select {
 		case id := <-s.pongCh:

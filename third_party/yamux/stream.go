@@ -472,6 +472,12 @@ func (s *Stream) Reset() error {
 // closeTimeout is called after StreamCloseTimeout during a close to
 // close this stream.
 func (s *Stream) closeTimeout() {
+	// local patch: the timer's goroutine counts as the session's, so
+	// Close waits for it; after Close began, forceClose does its work.
+	if !s.session.bgEnter() {
+		return
+	}
+	defer s.session.bg.Done()
 	// Close our side forcibly
 	s.forceClose()
 
@@ -732,7 +738,7 @@ func (s *Stream) readData(hdr header, flags uint16, conn io.Reader) error {
 		if first {
 			// Not on the receive loop: Reset takes sendLock, which a writer
 			// waiting for window (from this very loop) may hold.
-			go s.Reset()
+			s.session.goBg(func() { _ = s.Reset() })
 		}
 		return nil
 	}
@@ -822,7 +828,7 @@ func (s *Stream) deliver(sink func([]byte) (int, error), conn io.Reader, length 
 	due := s.windowDueLocked()
 	s.recvLock.Unlock()
 	if due && s.windowUpdating.CompareAndSwap(false, true) {
-		go func() {
+		s.session.goBg(func() {
 			for {
 				_ = s.sendWindowUpdate()
 				s.windowUpdating.Store(false)
@@ -830,7 +836,7 @@ func (s *Stream) deliver(sink func([]byte) (int, error), conn io.Reader, length 
 					return
 				}
 			}
-		}()
+		})
 	}
 	return nil
 }
