@@ -84,7 +84,7 @@ type Session struct {
 
 	// pongCh (local patch) queues ping replies for the one goroutine
 	// that sends them; pongDoneCh is closed when it has stopped.
-	pongCh     chan uint32
+	pongCh chan uint32
 
 	// incoming counts the streams the peer opened (local patch, see
 	// Config.IncomingStreamLimit); guarded by streamLock.
