@@ -83,7 +83,7 @@ type Session struct {
 	// between stream registration and stream shutdown
 
 	// pongCh (local patch) queues ping replies for the one goroutine
-	// that sends them; pongDoneCh is closed when it has stopped.
+	// that sends them.
 	pongCh chan uint32
 
 	// incoming counts the streams the peer opened (local patch, see
