@@ -86,16 +86,12 @@ func (ss *session) portsFreed(ports []int) {
 	}
 }
 
-// enter registers a running attempt on the session's wait group, unless
-// the session is closed: no attempt outlives its session.
+// enter counts a running attempt as a part of the session, unless the
+// session is closed: no attempt outlives its session.
 func (ss *session) enter() bool {
 	ss.mu.Lock()
 	defer ss.mu.Unlock()
-	if ss.closed {
-		return false
-	}
-	ss.wg.Add(1)
-	return true
+	return !ss.closed && ss.parts.enter()
 }
 
 // retry makes one attempt to bind a pending tunnel.
@@ -103,7 +99,7 @@ func (ss *session) retry(name string) {
 	if !ss.enter() {
 		return
 	}
-	defer ss.wg.Done()
+	defer ss.parts.leave()
 	public, ok := ss.attempt(name)
 	if !ok {
 		return
@@ -180,8 +176,8 @@ func (ss *session) addListenerAndServe(pl *publicListener, name string) bool {
 		delete(ss.pending, name)
 	}
 	// Under mu with closed false: end has not snapshotted the listeners
-	// yet, so it will close this one, and the wait group's Add comes
-	// before its Wait.
+	// yet, so it will close this one, and the parts are not waited for
+	// yet (that follows end), so its accept loop starts.
 	ss.serveListener(pl)
 	ss.mu.Unlock()
 	return true

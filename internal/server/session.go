@@ -22,8 +22,9 @@ import (
 	"github.com/tunnel-dev/tunnel/internal/sockopt"
 )
 
-// session is one live client. handleConn owns it; shutdown may be called
-// from anywhere (a takeover, the server's stop) and is idempotent.
+// session is one live client. handleConn owns it: handshake makes it and
+// run runs it to its end. shutdown may be called from anywhere (a
+// takeover, the server's stop) and is idempotent.
 type session struct {
 	srv    *Server
 	id     string
@@ -36,15 +37,14 @@ type session struct {
 
 	ctrlMu sync.Mutex // one writer at a time on the control stream
 
-	mu         sync.Mutex
-	listeners  []*publicListener
-	pending    map[string]*pendingTunnel // refused for now, retried (see pending.go)
-	reason     string                    // why shutdown was called, if it was
-	closed     bool
-	closeLater *time.Timer // after a goodbye: the client gets GoodbyeWait to close first
+	mu        sync.Mutex
+	listeners []*publicListener
+	pending   map[string]*pendingTunnel // refused for now, retried (see pending.go)
+	reason    string                    // why shutdown was called, if it was
+	closed    bool
 
-	wg   sync.WaitGroup // public accept loops and connections
-	once sync.Once
+	parts parts // every goroutine of the session but run's own
+	once  sync.Once
 	// ctx ends when the session does, with the reason as its cause; every
 	// public connection's join runs under it.
 	ctx    context.Context
@@ -73,9 +73,22 @@ type publicListener struct {
 // with whether it failed.
 func (s *Server) handleConn(ctx context.Context, c net.Conn, handshook func(failed bool)) {
 	defer handshook(true) // a no-op once the handshake succeeded
-	remote := c.RemoteAddr().String()
+	ss := s.handshake(ctx, c, handshook)
+	if ss == nil {
+		return
+	}
+	defer ss.ys.Close() // waits for the session's own goroutines
+	defer ss.cancel(nil)
+	ss.run(ctx)
+}
+
+// handshake takes a connection from TLS to the welcome: the session, the
+// control stream, the hello, who the client is, its tunnels. It returns
+// the registered session, welcomed, or nil when it refused the peer or
+// lost it (having closed what it made and logged why).
+func (s *Server) handshake(ctx context.Context, c net.Conn, handshook func(failed bool)) *session {
 	addr := addrOf(c.RemoteAddr())
-	log := s.log.With("remote", remote)
+	log := s.log.With("remote", c.RemoteAddr().String())
 	// refused logs a refused handshake, unless the address is past its
 	// allowance of failures (then its summary counts it), and charges the
 	// failure at once: before the peer reads the refusal and tries again.
@@ -88,15 +101,20 @@ func (s *Server) handleConn(ctx context.Context, c net.Conn, handshook func(fail
 	c, err := mux.Handshake(c, s.opts)
 	if err != nil {
 		refused("session refused", "err", err, "hint", tlsHint(err))
-		return
+		return nil
 	}
 	ys, err := mux.Server(c, s.opts)
 	if err != nil {
 		c.Close()
 		log.Error("session setup failed", "err", err)
-		return
+		return nil
 	}
-	defer ys.Close()
+	ok := false
+	defer func() {
+		if !ok {
+			ys.Close()
+		}
+	}()
 
 	hctx, cancel := context.WithTimeout(ctx, s.opts.HandshakeTimeout)
 	ctrl, err := ys.AcceptContext(hctx)
@@ -108,29 +126,29 @@ func (s *Server) handleConn(ctx context.Context, c net.Conn, handshook func(fail
 			hint = "the peer speaks TLS, and this server has tls = \"off\" in " + s.cfg.File + ": both sides must agree (TLS is the default)"
 		}
 		refused("session refused: no control stream", "err", err, "hint", hint)
-		return
+		return nil
 	}
 	if ctrl.ID() != 1 {
 		// The session allows one stream; it must be the client's first.
 		refused("session refused: control stream has the wrong id", "id", ctrl.ID(),
 			"hint", "is the peer tunnelc?")
-		return
+		return nil
 	}
 	_ = ctrl.SetReadDeadline(time.Now().Add(s.opts.HandshakeTimeout))
 	var msg protocol.Control
 	if err := protocol.ReadFrame(ctrl, &msg); err != nil {
 		refused("session refused: bad hello", "err", err)
-		return
+		return nil
 	}
 	_ = ctrl.SetReadDeadline(time.Time{})
 	hello := msg.Hello
 	switch {
 	case msg.Type != protocol.TypeHello:
 		s.refuse(ctrl, refused, protocol.CodeBadRequest, fmt.Sprintf("expected hello, got %q", clip(msg.Type)))
-		return
+		return nil
 	case hello == nil:
 		s.refuse(ctrl, refused, protocol.CodeBadRequest, "hello message without a body: a client of another protocol version, or not tunnelc?")
-		return
+		return nil
 	}
 	// Not authenticated yet: the name is whatever the peer says, and as
 	// long as a frame allows; log no more of it than a real one can be.
@@ -140,7 +158,7 @@ func (s *Server) handleConn(ctx context.Context, c net.Conn, handshook func(fail
 		s.refuse(ctrl, refused, protocol.CodeVersion, fmt.Sprintf(
 			"protocol version mismatch: client speaks %d, server speaks %d; run the same release of tunnelc and tunneld",
 			hello.Version, protocol.Version))
-		return
+		return nil
 	}
 	id, err := s.authenticate(hello, mux.PeerCertificates(c))
 	if err != nil {
@@ -148,7 +166,7 @@ func (s *Server) handleConn(ctx context.Context, c net.Conn, handshook func(fail
 		if errors.As(err, &ae) {
 			s.refuse(ctrl, refused, ae.code, ae.msg)
 		}
-		return
+		return nil
 	}
 	// From here on the client is who it authenticated as.
 	log = base.With("client", id.name)
@@ -161,54 +179,42 @@ func (s *Server) handleConn(ctx context.Context, c net.Conn, handshook func(fail
 		s.refuse(ctrl, refused, protocol.CodeBadRequest, fmt.Sprintf(
 			"%d tunnels in one hello, more than the server's max_tunnels_per_client (%d): configure fewer tunnels in this client",
 			n, s.cfg.MaxTunnelsPerClient))
-		return
+		return nil
 	}
 
 	ss := &session{srv: s, id: newID(), client: id.name, lim: id, ys: ys, ctrl: ctrl}
 	ss.log = log.With("session", ss.id)
 	ss.ctx, ss.cancel = context.WithCancelCause(context.Background())
-	defer ss.cancel(nil)
 	results := s.register(ss, hello.Tunnels)
 	if err := ss.send(protocol.Control{Type: protocol.TypeWelcome,
 		Welcome: fitWelcome(&protocol.Welcome{Session: ss.id, Tunnels: results, Client: authenticatedAs(id)})}); err != nil {
 		ss.log.Warn("session lost during handshake", "err", err)
 		ss.shutdown("")
-		ss.wg.Wait()
+		ss.cancel(mux.ErrSessionLost)
+		ss.parts.wait()
 		s.unregister(ss)
-		return
+		return nil
 	}
 	handshook(false)
-	ok := 0
+	up := 0
 	for _, r := range results {
 		if r.OK {
-			ok++
+			up++
 		}
 	}
-	ss.log.Info("session up", "tunnels", ok, "refused", len(results)-ok)
+	ss.log.Info("session up", "tunnels", up, "refused", len(results)-up)
+	ok = true
+	return ss
+}
 
+// run serves a welcomed session until it ends, then waits for every part
+// of it, gives its ports up and logs how it ended.
+func (ss *session) run(ctx context.Context) {
 	// The client never opens further streams (the session refuses them:
-	// IncomingStreams); this loop waits for the session's end, and its
+	// IncomingStreams); this part waits for the session's end, and its
 	// error is the reason the session died.
-	cause := make(chan error, 1)
-	ss.wg.Add(1)
-	go func() {
-		defer ss.wg.Done()
-		for {
-			st, err := ys.Accept()
-			if err != nil {
-				cause <- err
-				return
-			}
-			_ = st.Abort()
-		}
-	}()
-	ctrlDone := make(chan struct{})
-	ss.wg.Add(1)
-	go func() {
-		defer ss.wg.Done()
-		defer close(ctrlDone)
-		ss.readControl()
-	}()
+	var lost error
+	ss.parts.Go(func() { lost = ss.refuseStreams() })
 	for _, pl := range ss.publicListeners() {
 		ss.serveListener(pl)
 	}
@@ -216,35 +222,46 @@ func (s *Server) handleConn(ctx context.Context, c net.Conn, handshook func(fail
 	// its own.
 	ss.startPending()
 
-	<-ys.Closed()
+	// The control reader runs here, not as a part: a goodbye read just
+	// before the session closes must name the close before shutdown("")
+	// below marks it lost.
+	ss.readControl()
+	if !ss.ys.IsClosed() {
+		// The client ended its control stream and nothing else: it
+		// cannot be told anything any more.
+		ss.end("the client closed its control stream", false)
+	}
+	<-ss.ys.Closed()
 	// Every public connection ends with the session, whatever its state:
 	// one whose client stays open and silent would otherwise hold the
-	// session (wg.Wait), and with it a shutdown, for as long as it does.
+	// session (parts.wait), and with it a shutdown, for as long as it does.
 	if ctx.Err() != nil {
 		ss.cancel(errServerShutdown)
 	} else {
 		ss.cancel(mux.ErrSessionLost)
 	}
-	ss.mu.Lock()
-	if ss.closeLater != nil {
-		ss.closeLater.Stop()
-	}
-	ss.mu.Unlock()
-	err = <-cause
-	// A goodbye can arrive just before the session closes; let the control
-	// reader take it (buffered data is read before the shutdown error), so
-	// the close is logged with the client's reason.
-	<-ctrlDone
 	ss.shutdown("")
-	ss.wg.Wait()
-	s.unregister(ss)
+	ss.parts.wait()
+	ss.srv.unregister(ss)
 	ss.mu.Lock()
 	reason := ss.reason
 	ss.mu.Unlock()
 	if reason != "" {
 		ss.log.Info("session closed", "reason", reason)
 	} else {
-		ss.log.Warn("session lost", "cause", ys.Cause(err), "err", err)
+		ss.log.Warn("session lost", "cause", ss.ys.Cause(lost), "err", lost)
+	}
+}
+
+// refuseStreams resets every stream the client opens, until the session
+// ends; it returns why it ended.
+func (ss *session) refuseStreams() error {
+	for {
+		st, err := ss.ys.Accept()
+		if err != nil {
+			return err
+		}
+		_ = st.Abort()
 	}
 }
 
@@ -500,13 +517,14 @@ func (s *Server) freed(ss *session, ports []int) {
 // reason marks a deliberate close and is sent to the client first.
 func (ss *session) shutdown(reason string) { ss.end(reason, reason != "") }
 
-// serveListener runs pl's accept loop on the session's wait group.
+// serveListener runs pl's accept loop as a part of the session. The
+// caller has recorded pl as the session's (so end closes it); if the
+// session's parts are already being waited for, the session is over and
+// pl is closed here.
 func (ss *session) serveListener(pl *publicListener) {
-	ss.wg.Add(1)
-	go func() {
-		defer ss.wg.Done()
-		ss.acceptPublic(pl)
-	}()
+	if !ss.parts.Go(func() { ss.acceptPublic(pl) }) {
+		pl.ln.Close()
+	}
 }
 
 // end stops the session's listeners and closes it, with the reason logged
@@ -526,14 +544,24 @@ func (ss *session) end(reason string, tell bool) {
 		for _, pl := range ls {
 			pl.ln.Close()
 		}
-		if tell && ss.send(protocol.Control{Type: protocol.TypeGoodbye, Goodbye: &protocol.Goodbye{Reason: reason}}) == nil {
-			ss.mu.Lock()
-			ss.closeLater = time.AfterFunc(protocol.GoodbyeWait, func() { ss.ys.Close() })
-			ss.mu.Unlock()
+		if tell && ss.send(protocol.Control{Type: protocol.TypeGoodbye, Goodbye: &protocol.Goodbye{Reason: reason}}) == nil &&
+			ss.parts.Go(ss.closeAfterGoodbye) {
 			return
 		}
 		ss.ys.Close()
 	})
+}
+
+// closeAfterGoodbye closes the session if the client, told goodbye, has
+// not closed it within GoodbyeWait.
+func (ss *session) closeAfterGoodbye() {
+	t := time.NewTimer(protocol.GoodbyeWait)
+	defer t.Stop()
+	select {
+	case <-t.C:
+		ss.ys.Close()
+	case <-ss.ys.Closed():
+	}
 }
 
 // addListener records pl unless the session is already shut down.
@@ -617,20 +645,22 @@ func (ss *session) acceptPublic(pl *publicListener) {
 			pl.noteRefused(log, limit, what)
 			continue
 		}
-		ss.wg.Add(1)
-		go ss.handlePublic(pl, c.(*net.TCPConn), log)
+		pc := c.(*net.TCPConn)
+		if !ss.parts.Go(func() { ss.handlePublic(pl, pc, log) }) {
+			_ = sockopt.Abort(pc) // the session is ending
+			ss.releaseConn(pl)
+		}
 	}
 }
 
-// handlePublic carries one public connection over a new stream. It owns pc
-// and calls ss.wg.Done once the connection is over.
+// handlePublic carries one public connection over a new stream. It owns pc;
+// the join it starts is a part of the session of its own.
 func (ss *session) handlePublic(pl *publicListener, pc *net.TCPConn, log *slog.Logger) {
 	tunnel := pl.name
 	joined := false
 	defer func() {
 		if !joined {
 			ss.releaseConn(pl)
-			ss.wg.Done()
 		}
 	}()
 	id := ss.srv.connSeq.Add(1)
@@ -651,11 +681,16 @@ func (ss *session) handlePublic(pl *publicListener, pc *net.TCPConn, log *slog.L
 		log.Warn("public connection dropped: cannot open stream", "err", err)
 		return
 	}
+	if !ss.parts.enter() {
+		_ = sockopt.Abort(pc) // the session is ending
+		_ = st.Abort()
+		return
+	}
 	log.Debug("public connection open")
 	joined = true
 	// In the background: this goroutine, grown by the handshake, ends here.
 	proxy.Go(ss.ctx, pc, "public", &dialResult{Stream: st}, "stream", func(stats proxy.Stats, err error) {
-		defer ss.wg.Done()
+		defer ss.parts.leave()
 		defer ss.releaseConn(pl)
 		if errors.Is(err, errServerShutdown) {
 			log.Debug("public connection ended: server shutting down", "in", stats.AToB, "out", stats.BToA)
