@@ -211,6 +211,26 @@ func TestClientOpenedStreamsAreRefused(t *testing.T) {
 	backToBaseline(t, "after 100 client-opened streams", g0, h0)
 }
 
+// A client that ends its control stream and keeps the session is closed
+// at once, with that said: nothing could reach it any more (a goodbye, a
+// tunnel coming up), and its ports are freed for others.
+func TestControlStreamEndClosesTheSession(t *testing.T) {
+	srv := tt.StartServer(t, tt.ServerConfig(t, nil))
+	r := rawSession(t, srv.Addr().String(), protocol.Version, tt.Token, "halfway", 0)
+	if r.welcome == nil {
+		t.Fatalf("handshake: %+v", r.err)
+	}
+	if err := r.ctrl.CloseWrite(); err != nil {
+		t.Fatal(err)
+	}
+	select {
+	case <-r.ys.Closed():
+	case <-time.After(closedBound):
+		t.Fatalf("the session is still open %s after the client ended its control stream", closedBound)
+	}
+	srv.Logs.WaitFor(t, time.Second, "session closed", "client=halfway", "the client closed its control stream")
+}
+
 // The control stream must be the client's first stream: a hand-written
 // session that opens stream 3 first is refused.
 func TestControlStreamMustBeFirst(t *testing.T) {

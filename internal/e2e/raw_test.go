@@ -14,6 +14,7 @@ import (
 // nothing, like a client whose path died or a client of another version.
 type raw struct {
 	ys      *mux.Session
+	ctrl    *mux.Stream
 	welcome *protocol.Welcome
 	err     *protocol.Error
 }
@@ -81,5 +82,6 @@ func rawOver(c net.Conn, first protocol.Control) (*raw, error) {
 		ys.Close()
 		return nil, err
 	}
-	return &raw{ys: ys, welcome: m.Welcome, err: m.Error}, nil
+	_ = st.SetDeadline(time.Time{})
+	return &raw{ys: ys, ctrl: st, welcome: m.Welcome, err: m.Error}, nil
 }
