@@ -197,8 +197,13 @@ func TestBinariesEndToEnd(t *testing.T) {
 	// read as one (a goodbye), not as yamux write errors at warn level.
 	bulk := tt.Dial(t, fixed)
 	go func() { _, _ = io.Copy(bulk, zeros{}) }()
+	// Until bulk flows both ways (4 MiB back through the tunnel).
+	_ = bulk.SetReadDeadline(time.Now().Add(30 * time.Second))
+	if _, err := io.CopyN(io.Discard, bulk, 4<<20); err != nil {
+		t.Fatalf("bulk through the tunnel: %v", err)
+	}
+	_ = bulk.SetReadDeadline(time.Time{})
 	go func() { _, _ = io.Copy(io.Discard, bulk) }()
-	time.Sleep(300 * time.Millisecond)
 
 	// SIGTERM: both exit 0 within a few seconds and say so.
 	start := time.Now()

@@ -431,7 +431,8 @@ func TestSlowReaderDoesNotStallOthers(t *testing.T) {
 			}
 		}
 	}()
-	time.Sleep(time.Second) // let the echo back up into the tunnel
+	// Until the echo has backed up into the tunnel and the writer waits.
+	tt.WaitBlocked(t, 30*time.Second, "TestSlowReaderDoesNotStallOthers.func1")
 	var wg sync.WaitGroup
 	errs := make(chan error, 100)
 	for range 100 {

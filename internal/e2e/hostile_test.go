@@ -4,7 +4,6 @@ import (
 	"crypto/tls"
 	"errors"
 	"fmt"
-	"io"
 	"net"
 	"os"
 	"runtime"
@@ -18,7 +17,6 @@ import (
 	"golang.org/x/sys/unix"
 
 	"github.com/tunnel-dev/tunnel/internal/config"
-	"github.com/tunnel-dev/tunnel/internal/mux"
 	"github.com/tunnel-dev/tunnel/internal/protocol"
 	tt "github.com/tunnel-dev/tunnel/internal/tunneltest"
 )
@@ -195,15 +193,34 @@ func TestClientOpenedStreamsAreRefused(t *testing.T) {
 	if r.welcome == nil {
 		t.Fatalf("handshake: %+v", r.err)
 	}
-	for i := range 100 {
+	// Each writer sends until its stream is reset or its window (256 KiB:
+	// nothing is read) is used up.
+	const window = 256 << 10
+	var progress [100]atomic.Int64 // bytes written; -1 once the writer ended
+	for i := range progress {
 		st, err := r.ys.Open()
 		if err != nil {
 			t.Fatalf("open %d: %v", i, err)
 		}
-		// Writes may succeed until the reset arrives; then they fail.
-		go func(st *mux.Stream) { _, _ = io.Copy(st, zeros{}) }(st)
+		go func() {
+			buf := make([]byte, 32<<10)
+			for {
+				if _, err := st.Write(buf); err != nil {
+					progress[i].Store(-1)
+					return
+				}
+				progress[i].Add(int64(len(buf)))
+			}
+		}()
 	}
-	time.Sleep(200 * time.Millisecond) // let them try
+	tt.Eventually(t, closedBound, "every client-opened stream reset or out of window", func() bool {
+		for i := range progress {
+			if n := progress[i].Load(); n >= 0 && n < window {
+				return false
+			}
+		}
+		return true
+	})
 	r.ys.Close()
 	if err := wait(); err != nil {
 		t.Fatalf("the legitimate transfer: %v", err)

@@ -240,7 +240,11 @@ func TestFlappingPath(t *testing.T) {
 		return r.client.Status(t)["connected"] == "true" && r.server.Status(t)["sessions"] == "1" && listeners(t, srvPid) == wantListeners
 	})
 	r.works("after flapping")
-	time.Sleep(time.Second) // let closed connections finish
+	// Until the connections closed above have finished on the server.
+	g0 := atoi(t, before["goroutines"])
+	tt.Eventually(t, 10*time.Second, "the server's goroutines back to their count before flapping", func() bool {
+		return atoi(t, r.server.Status(t)["goroutines"]) <= g0+2
+	})
 	after := r.server.Status(t)
 	t.Logf("server before: goroutines=%s fds=%s; after: goroutines=%s fds=%s",
 		before["goroutines"], before["fds"], after["goroutines"], after["fds"])

@@ -139,8 +139,9 @@ func TestBlockedStreamsEndOnSessionClose(t *testing.T) {
 	}
 }
 
-// waitStacks waits until n goroutines are in a function named by one of
-// fns: blocked there, for a test about blocked calls.
+// waitStacks waits until n goroutines have one of fns in their stack (a
+// function, or a state such as "[IO wait"): blocked there, for a test
+// about blocked calls.
 func waitStacks(t *testing.T, n int, fns ...string) {
 	t.Helper()
 	buf := make([]byte, 8<<20)
@@ -160,6 +161,26 @@ func waitStacks(t *testing.T, n int, fns ...string) {
 		}
 		if time.Now().After(deadline) {
 			t.Fatalf("%d goroutines in %v, want %d", got, fns, n)
+		}
+	}
+}
+
+// waitGoroutine waits until a goroutine has all of parts in its stack.
+func waitGoroutine(t *testing.T, parts ...string) {
+	t.Helper()
+	buf := make([]byte, 8<<20)
+	for deadline := time.Now().Add(20 * time.Second); ; time.Sleep(5 * time.Millisecond) {
+	next:
+		for _, g := range strings.Split(string(buf[:runtime.Stack(buf, true)]), "\n\n") {
+			for _, p := range parts {
+				if !strings.Contains(g, p) {
+					continue next
+				}
+			}
+			return
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("no goroutine with %q in its stack", parts)
 		}
 	}
 }

@@ -122,7 +122,8 @@ func TestTLSCloseWithWriteStuck(t *testing.T) {
 			}
 		}
 	}()
-	time.Sleep(300 * time.Millisecond) // let the write fill the buffers and wait
+	// Until the write has filled the buffers and waits for room.
+	waitGoroutine(t, "[IO wait", "(*tlsConn).Write")
 	start := time.Now()
 	closed := make(chan struct{})
 	go func() { c.Close(); close(closed) }()

@@ -196,7 +196,8 @@ func TestJoinEndsWithItsContext(t *testing.T) {
 					}
 				}
 			}()
-			time.Sleep(100 * time.Millisecond) // let the buffers fill
+			// Until the buffers are full and the writer waits.
+			tt.WaitBlocked(t, 10*time.Second, "TestJoinEndsWithItsContext")
 		}, false},
 	}
 	for _, st := range states {

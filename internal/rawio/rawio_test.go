@@ -8,8 +8,12 @@ import (
 	"io"
 	"net"
 	"os"
+	"runtime"
+	"strings"
 	"testing"
 	"time"
+
+	"golang.org/x/sys/unix"
 )
 
 // pair returns both ends of a TCP connection on loopback with small
@@ -209,7 +213,7 @@ func TestSocketCloseWakesRead(t *testing.T) {
 		_, err := sb.Read(make([]byte, 8))
 		errc <- err
 	}()
-	time.Sleep(20 * time.Millisecond)
+	waitParked(t, "rawio.(*Socket).Read")
 	b.Close()
 	select {
 	case err := <-errc:
@@ -228,7 +232,12 @@ func TestSocketReset(t *testing.T) {
 	sb := socket(t, b)
 	a.SetLinger(0)
 	a.Close()
-	time.Sleep(20 * time.Millisecond)
+	// Until the reset has arrived: the socket's TCP state is CLOSE.
+	for deadline := time.Now().Add(5 * time.Second); tcpState(t, b) != tcpClose; time.Sleep(time.Millisecond) {
+		if time.Now().After(deadline) {
+			t.Fatal("no reset arrived within 5 s")
+		}
+	}
 	_, err := sb.Write(bytes.Repeat([]byte("x"), 1<<20))
 	if err == nil {
 		_, err = sb.Read(make([]byte, 8))
@@ -306,4 +315,39 @@ func benchPingPong(b *testing.B, raw bool) {
 	b.StopTimer()
 	x.Close()
 	<-done
+}
+
+// waitParked waits until a goroutine with fn in its stack is parked in the
+// runtime's poller.
+func waitParked(t *testing.T, fn string) {
+	t.Helper()
+	buf := make([]byte, 1<<20)
+	for deadline := time.Now().Add(5 * time.Second); ; time.Sleep(time.Millisecond) {
+		for _, g := range strings.Split(string(buf[:runtime.Stack(buf, true)]), "\n\n") {
+			if strings.Contains(g, "[IO wait") && strings.Contains(g, fn) {
+				return
+			}
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("no goroutine in %s parked in the poller within 5 s", fn)
+		}
+	}
+}
+
+const tcpClose = 7 // TCP_CLOSE in the kernel's TCP states
+
+// tcpState is the kernel's TCP state of c's socket.
+func tcpState(t *testing.T, c *net.TCPConn) uint8 {
+	t.Helper()
+	rc, err := c.SyscallConn()
+	if err != nil {
+		t.Fatal(err)
+	}
+	var st uint8
+	_ = rc.Control(func(fd uintptr) {
+		if info, err := unix.GetsockoptTCPInfo(int(fd), unix.IPPROTO_TCP, unix.TCP_INFO); err == nil {
+			st = info.State
+		}
+	})
+	return st
 }

@@ -79,6 +79,30 @@ func Eventually(t testing.TB, timeout time.Duration, what string, cond func() bo
 	}
 }
 
+// WaitBlocked waits until a goroutine of this process is parked in the
+// runtime's poller (a read or write waiting on its socket) with every one
+// of funcs in its stack: a test's own writer blocked because every buffer
+// on the way is full, say.
+func WaitBlocked(t testing.TB, timeout time.Duration, funcs ...string) {
+	t.Helper()
+	buf := make([]byte, 8<<20)
+	Eventually(t, timeout, fmt.Sprintf("a goroutine blocked in %q", funcs), func() bool {
+	next:
+		for _, g := range strings.Split(string(buf[:runtime.Stack(buf, true)]), "\n\n") {
+			if !strings.Contains(g, "[IO wait") {
+				continue
+			}
+			for _, f := range funcs {
+				if !strings.Contains(g, f) {
+					continue next
+				}
+			}
+			return true
+		}
+		return false
+	})
+}
+
 // Echo is a TCP echo service on 127.0.0.1 that honours half-close: on EOF
 // it finishes writing what it read, then closes its write side.
 type Echo = Service
