@@ -18,9 +18,9 @@ import (
 //
 // yamux's keepalive sends its ping on the same queue as data and ends the
 // session when one answer is later than ConnectionWriteTimeout. Under load
-// the answer waits behind every queued frame on both ends: measured here
-// (TestHeartbeatUnderLoad, 8 connections on an 8 Mbit/s link), yamux's
-// 1 s/2 s keepalive killed a healthy session 2 s into the transfer. A
+// the answer waits behind every queued frame on both ends, so on a slow
+// saturated link it kills healthy sessions (internal/fault's
+// TestHeartbeatUnderLoad runs that case). A
 // saturated session receives data all the time, so "nothing received for
 // interval + timeout" cannot be fooled by load, and still catches a frozen
 // relay or a hung peer, which send nothing.
@@ -136,9 +136,10 @@ func (s *Session) failing() bool {
 // closed.
 func (s *Session) Done() <-chan struct{} { return s.done }
 
-// DefaultStreamWindow is the receive window of a stream. yamux's 256 KiB
-// caps one stream near 4 Gbit/s on loopback here; 4 MiB roughly doubles
-// that (docs/performance.md). Memory is only committed while a reader lags.
+// DefaultStreamWindow is the receive window of a stream. With yamux's
+// 256 KiB one stream's sender stalls on window updates even on loopback;
+// docs/performance.md has the measurements behind 4 MiB. Memory is only
+// committed while a reader lags.
 const DefaultStreamWindow = 4 << 20
 
 func yamuxConfig(o Options, s *Session) *yamux.Config {

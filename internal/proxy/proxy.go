@@ -115,8 +115,8 @@ type Deliverer interface {
 // source is no Deliverer, or dst no socket) waits on its goroutine for more
 // data before it parks. Busy connections (request, response, request...)
 // keep their goroutine; a connection idle for longer costs none. Parking
-// after every drain instead cost a goroutine start per message: 32-
-// connection request rate 1.03x -> 0.68x of relay-copy (docs/performance.md).
+// after every drain instead cost a goroutine start per message, a large
+// loss of request rate (docs/performance.md).
 const Linger = time.Second
 
 type joiner struct {
@@ -252,9 +252,8 @@ func (h *half) copyOnce() (done bool, err error) {
 // A buffer is held only while data flows: a socket is read from inside the
 // poller's callback with a pooled buffer taken for that one read, so a
 // connection waiting for data holds none (streams park instead, see
-// half.resume). Busy connections copy in BufSize chunks
-// (256 KiB chunks moved twice the bytes per CPU second of 32 KiB ones;
-// docs/performance.md).
+// half.resume). Busy connections copy in BufSize chunks: large chunks
+// move more bytes per CPU second than small ones (docs/performance.md).
 func copyHalf(dst, src net.Conn, write func([]byte) (int, error)) (int64, error) {
 	read := reader(src)
 	var n int64

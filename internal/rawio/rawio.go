@@ -6,9 +6,8 @@
 // (20 µs to 10 ms), sysmon hands the thread's P to another thread, waking
 // one. A write on loopback runs the receiver's TCP stack inline and often
 // takes that long, so on a busy tunnel the runtime wakes and parks threads
-// all the time: perf showed context switches and sysmon's own wake-ups at
-// about a fifth of the daemons' CPU under 32-connection echo load (see
-// docs/performance.md). Sockets from package net are non-blocking, so a
+// all the time (docs/performance.md has the profile). Sockets from
+// package net are non-blocking, so a
 // read or write returns at once with data or EAGAIN and never needs the
 // hand-off; RawSyscall skips it.
 //
