@@ -17,7 +17,7 @@ import (
 	"time"
 )
 
-const testWindow = 4 << 20 // the tunnel's MaxStreamWindowSize
+const testWindow = 4 << 20 // a MaxStreamWindowSize as large as users set
 
 // tcpSessions returns a client and a server session over a loopback TCP
 // connection, closed when the test ends.
