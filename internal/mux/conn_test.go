@@ -1,7 +1,6 @@
 package mux
 
 import (
-	"context"
 	"errors"
 	"io"
 	"net"
@@ -22,7 +21,10 @@ func TestConnConformance(t *testing.T) {
 		nettest.TestConn(t, func() (c1, c2 net.Conn, stop func(), err error) {
 			o := testOptions()
 			o.Logger = nil
-			cc, sc := rawConnPair(o, o)
+			cc, sc, err := dialPair(o, o)
+			if err != nil {
+				return nil, nil, nil, err
+			}
 			cli, err := Client(cc, o)
 			if err != nil {
 				return nil, nil, nil, err
@@ -44,7 +46,10 @@ func TestConnConformance(t *testing.T) {
 	t.Run("watchConn", func(t *testing.T) {
 		nettest.TestConn(t, func() (c1, c2 net.Conn, stop func(), err error) {
 			o := testOptions()
-			cc, sc := rawConnPair(o, o)
+			cc, sc, err := dialPair(o, o)
+			if err != nil {
+				return nil, nil, nil, err
+			}
 			if _, ok := cc.(*watchConn); !ok {
 				return nil, nil, nil, errors.New("Dial did not return a watchConn")
 			}
@@ -56,43 +61,16 @@ func TestConnConformance(t *testing.T) {
 		nettest.TestConn(t, func() (c1, c2 net.Conn, stop func(), err error) {
 			so, co := testOptions(), testOptions()
 			so.TLS, co.TLS = srvTLS, cliTLS
-			cc, sc := rawConnPair(so, co)
+			cc, sc, err := dialPair(so, co)
+			if err != nil {
+				return nil, nil, nil, err
+			}
 			if _, ok := cc.(*tlsConn); !ok {
 				return nil, nil, nil, errors.New("Dial did not return a tlsConn")
 			}
 			return cc, sc, func() { cc.Close(); sc.Close() }, nil
 		})
 	})
-}
-
-// rawConnPair is connPair for nettest's MakePipe, which runs outside a
-// test's goroutine and cannot use t.
-func rawConnPair(so, co Options) (cc, sc net.Conn) {
-	ln, err := Listen(context.Background(), "127.0.0.1:0", so)
-	if err != nil {
-		panic(err)
-	}
-	defer ln.Close()
-	accepted := make(chan net.Conn, 1)
-	go func() {
-		defer close(accepted)
-		c, err := ln.Accept()
-		if err != nil {
-			return
-		}
-		if hc, err := Handshake(c, so); err == nil {
-			accepted <- hc
-		}
-	}()
-	cc, err = Dial(context.Background(), ln.Addr().String(), co)
-	if err != nil {
-		panic(err)
-	}
-	sc, ok := <-accepted
-	if !ok {
-		panic("server side: accept or handshake failed")
-	}
-	return cc, sc
 }
 
 // streamPair opens a stream on cli and returns it with srv's end.

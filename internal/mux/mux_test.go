@@ -35,9 +35,20 @@ func testOptions() Options {
 // so. Both are closed when the test ends.
 func connPair(t testing.TB, so, co Options) (cc, sc net.Conn) {
 	t.Helper()
-	ln, err := Listen(context.Background(), "127.0.0.1:0", so)
+	cc, sc, err := dialPair(so, co)
 	if err != nil {
 		t.Fatal(err)
+	}
+	t.Cleanup(func() { cc.Close(); sc.Close() })
+	return cc, sc
+}
+
+// dialPair is connPair for callers without a test (nettest's MakePipe);
+// the caller closes both.
+func dialPair(so, co Options) (cc, sc net.Conn, err error) {
+	ln, err := Listen(context.Background(), "127.0.0.1:0", so)
+	if err != nil {
+		return nil, nil, err
 	}
 	defer ln.Close()
 	accepted := make(chan net.Conn, 1)
@@ -53,15 +64,14 @@ func connPair(t testing.TB, so, co Options) (cc, sc net.Conn) {
 	}()
 	cc, err = Dial(context.Background(), ln.Addr().String(), co)
 	if err != nil {
-		t.Fatal(err)
+		return nil, nil, err
 	}
-	t.Cleanup(func() { cc.Close() })
 	sc, ok := <-accepted
 	if !ok {
-		t.Fatal("server side: accept or handshake failed")
+		cc.Close()
+		return nil, nil, errors.New("server side: accept or handshake failed")
 	}
-	t.Cleanup(func() { sc.Close() })
-	return cc, sc
+	return cc, sc, nil
 }
 
 // pair returns a connected client and server session over real TCP.
