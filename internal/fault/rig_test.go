@@ -54,6 +54,9 @@ type opts struct {
 	maxDelay    time.Duration
 	dialTimeout time.Duration
 	extra       string // more [tunnels.X] tables for the client
+	// localOnClient puts the local service next to tunnelc, on the client
+	// host, so that only the session crosses the client's link.
+	localOnClient bool
 }
 
 func defaultOpts() opts {
@@ -74,7 +77,7 @@ func (o opts) hbBound() time.Duration { return o.hbInterval + o.hbTimeout }
 // rig is the four-host lab with tunneld on "server", tunnelc on "client",
 // an echo service on "local", and public connections from "public".
 type rig struct {
-	t                       *testing.T
+	t                       testing.TB
 	o                       opts
 	lab                     *tt.Lab
 	pub, srv, cli, loc, rel *tt.Host
@@ -92,7 +95,7 @@ const (
 	echoPort    = 9000
 )
 
-func newRig(t *testing.T, o opts) *rig {
+func newRig(t testing.TB, o opts) *rig {
 	t.Helper()
 	r := &rig{t: t, o: o, bin: tt.Binaries(t), dir: t.TempDir()}
 	names := []string{"public", "server", "client", "local"}
@@ -101,6 +104,9 @@ func newRig(t *testing.T, o opts) *rig {
 	}
 	r.lab = tt.NewLab(t, names...)
 	r.pub, r.srv, r.cli, r.loc = r.lab.Host("public"), r.lab.Host("server"), r.lab.Host("client"), r.lab.Host("local")
+	if o.localOnClient {
+		r.loc = r.cli
+	}
 	r.echo = tt.NewEchoOn(t, r.loc.Listen(t, echoPort))
 	serverAddr := r.srv.Addr(sessionPort)
 	if o.viaRelay {
