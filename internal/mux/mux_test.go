@@ -502,20 +502,36 @@ func TestCloseLeavesNoGoroutine(t *testing.T) {
 }
 
 // sessionGoroutines is the stacks of goroutines running code of a session,
-// ours or the fork's, except those past their last call (the fork's
-// wrapper returning after it signalled its end).
+// ours or the fork's, that are still there moments after Close returned.
+// A goroutine that has signalled its end (its WaitGroup's Done, its done
+// channel's close) is still on its way out for a moment, runnable; one
+// that waits for anything (a channel, a lock, the poller, a timer) is
+// a goroutine Close did not wait for, and so is one still there 1 s later.
 func sessionGoroutines() string {
 	buf := make([]byte, 1<<20)
-	var found []string
-	for _, g := range strings.Split(string(buf[:runtime.Stack(buf, true)]), "\n\n") {
-		lines := strings.Split(g, "\n")
-		if len(lines) > 1 && strings.HasPrefix(lines[1], "github.com/hashicorp/yamux.(*Session).goBg.func1(") {
-			continue
-		}
-		if strings.Contains(g, "hashicorp/yamux.(*Session)") || strings.Contains(g, "hashicorp/yamux.(*Stream)") ||
-			strings.Contains(g, "internal/mux.(*Session)") {
+	for deadline := time.Now().Add(time.Second); ; runtime.Gosched() {
+		var found []string
+		exiting := false
+		for _, g := range strings.Split(string(buf[:runtime.Stack(buf, true)]), "\n\n") {
+			if !strings.Contains(g, "hashicorp/yamux.(*Session)") && !strings.Contains(g, "hashicorp/yamux.(*Stream)") &&
+				!strings.Contains(g, "internal/mux.(*Session)") {
+				continue
+			}
+			header, _, _ := strings.Cut(g, "\n")
+			if strings.Contains(header, "[runnable]") || strings.Contains(header, "[running]") {
+				exiting = true
+				continue
+			}
 			found = append(found, g)
 		}
+		if len(found) > 0 {
+			return strings.Join(found, "\n\n")
+		}
+		if !exiting {
+			return ""
+		}
+		if time.Now().After(deadline) {
+			return "runnable goroutines of closed sessions still there 1 s later"
+		}
 	}
-	return strings.Join(found, "\n\n")
 }
