@@ -931,7 +931,11 @@ func TestHalfClose(t *testing.T) {
 }
 
 func TestHalfCloseSessionShutdown(t *testing.T) {
-	client, server := testClientServer(t)
+	// local: no keepalive pings, and (below) the server's ACK read before
+	// the client closes: a socket closed with frames unread answers with a
+	// RST, which can take the rest of the data with it (see PATCHES.md).
+	cc, sc := testConnTLS(t)
+	client, server := testClientServerConfig(t, cc, sc, testConfNoKeepAlive(), testConfNoKeepAlive())
 
 	// dataSize must be large enough to ensure the server will send a window
 	// update
@@ -953,6 +957,16 @@ func TestHalfCloseSessionShutdown(t *testing.T) {
 	stream2, err := server.Accept()
 	if err != nil {
 		t.Fatalf("err: %v", err)
+	}
+
+	// local: until the client has read the server's ACK.
+	for st := stream.(*Stream); ; time.Sleep(time.Millisecond) {
+		st.stateLock.Lock()
+		established := st.state == streamEstablished
+		st.stateLock.Unlock()
+		if established {
+			break
+		}
 	}
 
 	if err := stream.Close(); err != nil {
