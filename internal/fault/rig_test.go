@@ -5,6 +5,7 @@ import (
 	"fmt"
 	"net"
 	"os"
+	"os/exec"
 	"path/filepath"
 	"regexp"
 	"strconv"
@@ -57,6 +58,10 @@ type opts struct {
 	// localOnClient puts the local service next to tunnelc, on the client
 	// host, so that only the session crosses the client's link.
 	localOnClient bool
+	// congestion, when set, is every host's TCP congestion control
+	// (net.ipv4.tcp_congestion_control in its namespace), set before the
+	// daemons start.
+	congestion string
 }
 
 func defaultOpts() opts {
@@ -104,6 +109,14 @@ func newRig(t testing.TB, o opts) *rig {
 	}
 	r.lab = tt.NewLab(t, names...)
 	r.pub, r.srv, r.cli, r.loc = r.lab.Host("public"), r.lab.Host("server"), r.lab.Host("client"), r.lab.Host("local")
+	if o.congestion != "" {
+		for _, name := range names {
+			h := r.lab.Host(name)
+			if out, err := exec.Command("ip", "netns", "exec", h.NS, "sysctl", "-qw", "net.ipv4.tcp_congestion_control="+o.congestion).CombinedOutput(); err != nil {
+				t.Fatalf("congestion control %s on %s: %v: %s", o.congestion, name, err, out)
+			}
+		}
+	}
 	if o.localOnClient {
 		r.loc = r.cli
 	}

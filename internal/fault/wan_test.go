@@ -5,6 +5,7 @@ import (
 	"io"
 	"net"
 	"os"
+	"os/exec"
 	"slices"
 	"sync"
 	"sync/atomic"
@@ -29,6 +30,15 @@ func BenchmarkWANInteractive(b *testing.B) {
 	o.sessionKA = ka{10 * time.Second, 5 * time.Second, 2}
 	o.userTimeout = 30 * time.Second
 	o.localOnClient = true
+	// A loss-based congestion control, as most uplinks' senders run
+	// (Linux's default is CUBIC, which a network namespace may not pick
+	// unless the host allows it; Reno behaves alike here: it fills the
+	// bottleneck's queue and loses little). The machine's own default may
+	// be BBR, which on a token bucket lost a tenth of its segments.
+	o.congestion = "reno"
+	if cc := os.Getenv("WAN_CC"); cc != "" {
+		o.congestion = cc
+	}
 	r := newRig(b, o)
 	r.lab.Shape(r.cli, rate)
 
@@ -40,6 +50,14 @@ func BenchmarkWANInteractive(b *testing.B) {
 	// Until the link is saturated: a few seconds of bulk have filled every
 	// queue on the way.
 	time.Sleep(5 * time.Second)
+	if os.Getenv("WAN_DEBUG") != "" {
+		for _, h := range []struct{ name, ns string }{{"server", r.srv.NS}, {"client", r.cli.NS}} {
+			out, _ := exec.Command("ip", "netns", "exec", h.ns, "ss", "-tni", "sport", "=", ":7835", "or", "dport", "=", ":7835").CombinedOutput()
+			b.Logf("%s session socket:\n%s", h.name, out)
+			q, _ := exec.Command("ip", "netns", "exec", h.ns, "tc", "-s", "qdisc").CombinedOutput()
+			b.Logf("%s qdisc:\n%s", h.name, q)
+		}
+	}
 	loaded := r.interactive(echoConn.TCPConn, 60*time.Second)
 	before := snapshot(counts)
 	const window = 20 * time.Second
@@ -55,7 +73,7 @@ func BenchmarkWANInteractive(b *testing.B) {
 		total += shares[i]
 	}
 	bps := float64(total) * 8 / window.Seconds()
-	out := fmt.Sprintf("\nWAN, session link %s (%s):\n", rate, time.Now().Format("2006-01-02"))
+	out := fmt.Sprintf("\nWAN, session link %s, TCP %s (%s):\n", rate, o.congestion, time.Now().Format("2006-01-02"))
 	out += fmt.Sprintf("  %-34s %10s %10s %12s %12s\n", "", "idle p50", "idle p99", "loaded p50", "loaded p99")
 	out += fmt.Sprintf("  %-34s %10s %10s %12s %12s\n", fmt.Sprintf("new connection, first byte (%d/%d)", len(idle.ttfb), len(loaded.ttfb)),
 		pct(idle.ttfb, 50), pct(idle.ttfb, 99), pct(loaded.ttfb, 50), pct(loaded.ttfb, 99))

@@ -67,7 +67,7 @@ func Dial(ctx context.Context, addr string, o Options) (net.Conn, error) {
 	if err != nil {
 		return nil, fmt.Errorf("dial %s: %w", addr, err)
 	}
-	if err := setUserTimeout(c.(*net.TCPConn), o); err != nil {
+	if err := setSessionSockopts(c.(*net.TCPConn), o); err != nil {
 		c.Close()
 		return nil, fmt.Errorf("dial %s: %w", addr, err)
 	}
@@ -136,12 +136,32 @@ func (l *listener) Accept() (net.Conn, error) {
 	if err != nil {
 		return nil, err
 	}
-	if err := setUserTimeout(c.(*net.TCPConn), l.o); err != nil {
+	if err := setSessionSockopts(c.(*net.TCPConn), l.o); err != nil {
 		c.Close()
 		// Not fatal to the listener: the caller logs it and accepts again.
 		return nil, tempError{fmt.Errorf("accept %s: %w", c.RemoteAddr(), err)}
 	}
 	return watch(c, l.o), nil
+}
+
+// NotSentLowat bounds what the session socket holds unsent in the kernel
+// (TCP_NOTSENT_LOWAT). The session chooses what to send next — control
+// frames and small frames before bulk data — and that choice is undone
+// by whatever already waits in the kernel: on a slow link a full send
+// buffer is seconds of data. 16 KiB is what HTTP/2 servers use for the
+// same reason. It does not bound data in flight, only data not yet sent.
+const NotSentLowat = 16 << 10
+
+// setSessionSockopts sets the session socket's TCP_USER_TIMEOUT and
+// TCP_NOTSENT_LOWAT.
+func setSessionSockopts(c *net.TCPConn, o Options) error {
+	if err := setUserTimeout(c, o); err != nil {
+		return err
+	}
+	if err := sockopt.SetNotSentLowat(c, NotSentLowat); err != nil && !errors.Is(err, errors.ErrUnsupported) {
+		return err
+	}
+	return nil
 }
 
 // setUserTimeout sets the session socket's TCP_USER_TIMEOUT. Where the

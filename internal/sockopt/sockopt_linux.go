@@ -56,3 +56,22 @@ func Read(c syscall.Conn) (Options, error) {
 	}
 	return o, nil
 }
+
+// SetNotSentLowat sets TCP_NOTSENT_LOWAT: a write waits while more than n
+// bytes sit in the socket not yet sent, instead of filling the whole send
+// buffer. Data already handed to the kernel cannot be reordered; keeping
+// that queue short lets a sender decide late what goes next.
+func SetNotSentLowat(c syscall.Conn, n int) error {
+	rc, err := c.SyscallConn()
+	if err != nil {
+		return fmt.Errorf("set TCP_NOTSENT_LOWAT: %w", err)
+	}
+	var serr error
+	err = rc.Control(func(fd uintptr) {
+		serr = unix.SetsockoptInt(int(fd), unix.IPPROTO_TCP, unix.TCP_NOTSENT_LOWAT, n)
+	})
+	if err = errors.Join(err, serr); err != nil {
+		return fmt.Errorf("set TCP_NOTSENT_LOWAT: %w", err)
+	}
+	return nil
+}

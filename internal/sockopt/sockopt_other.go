@@ -23,3 +23,8 @@ func SetUserTimeout(c syscall.Conn, d time.Duration) error {
 func Read(c syscall.Conn) (Options, error) {
 	return Options{}, fmt.Errorf("getsockopt: %w", errors.ErrUnsupported)
 }
+
+// SetNotSentLowat reports errors.ErrUnsupported: it is set on Linux only.
+func SetNotSentLowat(c syscall.Conn, n int) error {
+	return fmt.Errorf("set TCP_NOTSENT_LOWAT: %w", errors.ErrUnsupported)
+}

@@ -12,6 +12,7 @@ import (
 	"hash/crc32"
 	"io"
 	mrand "math/rand/v2"
+	"net"
 	"os"
 	"runtime"
 	"strings"
@@ -576,5 +577,166 @@ func TestSessionEndingItselfDoesNotWaitForItself(t *testing.T) {
 	case <-done:
 	case <-time.After(10 * time.Second):
 		t.Fatal("Close hung after the session ended itself")
+	}
+}
+
+// Urgent frames (here a new stream's opening frame) go ahead of bulk frames
+// already queued: on a session whose socket is full, the opening frame is
+// written right after the bulk write in progress, not after every queued
+// one, as upstream's single FIFO would have it.
+func TestUrgentFramesGoAheadOfBulk(t *testing.T) {
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer ln.Close()
+	raw, err := net.Dial("tcp", ln.Addr().String())
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer raw.Close()
+	c, err := ln.Accept()
+	if err != nil {
+		t.Fatal(err)
+	}
+	// Small buffers: a few frames fill the socket.
+	_ = raw.(*net.TCPConn).SetReadBuffer(16 << 10)
+	_ = c.(*net.TCPConn).SetWriteBuffer(16 << 10)
+	cfg := DefaultConfig()
+	cfg.EnableKeepAlive = false
+	cfg.LogOutput = io.Discard
+	cfg.ConnectionWriteTimeout = time.Minute
+	srv, err := Server(c, cfg)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer srv.Close()
+	const bulk = 8
+	var streams []*Stream
+	for i := 0; i < bulk; i++ {
+		st, err := srv.OpenStream()
+		if err != nil {
+			t.Fatal(err)
+		}
+		streams = append(streams, st)
+	}
+	for _, st := range streams {
+		go func(st *Stream) { _, _ = st.Write(make([]byte, initialStreamWindow)) }(st)
+	}
+	// Until the socket is full and every bulk frame is queued or being
+	// written (one by its own writer, one taken by the send loop, which
+	// waits for the write lock): the raw peer reads nothing yet.
+	deadline := time.Now().Add(10 * time.Second)
+	for len(srv.sendCh) < bulk-2 {
+		if time.Now().After(deadline) {
+			t.Fatalf("%d bulk frames queued, want %d", len(srv.sendCh), bulk-2)
+		}
+		time.Sleep(time.Millisecond)
+	}
+	opened := make(chan uint32, 1)
+	go func() {
+		st, err := srv.OpenStreamWith([]byte("hello"))
+		if err == nil {
+			opened <- st.StreamID()
+		}
+	}()
+	for len(srv.urgentCh) == 0 {
+		if time.Now().After(deadline) {
+			t.Fatal("the opening frame was not queued as urgent")
+		}
+		time.Sleep(time.Millisecond)
+	}
+	_ = raw.SetReadDeadline(time.Now().Add(10 * time.Second))
+	bulkBefore := 0
+	for {
+		var h [headerSize]byte
+		if _, err := io.ReadFull(raw, h[:]); err != nil {
+			t.Fatal(err)
+		}
+		typ, flags := h[1], binary.BigEndian.Uint16(h[2:4])
+		length := binary.BigEndian.Uint32(h[8:12])
+		if typ == typeData {
+			if _, err := io.CopyN(io.Discard, raw, int64(length)); err != nil {
+				t.Fatal(err)
+			}
+		}
+		if typ == typeData && flags&flagSYN != 0 && length == uint32(len("hello")) {
+			break
+		}
+		if typ == typeData && length > 2<<10 {
+			bulkBefore++
+		}
+	}
+	go func() { _, _ = io.Copy(io.Discard, raw) }()
+	// The write in progress and the send loop's batch in hand go first;
+	// never the queue.
+	if bulkBefore > 2 {
+		t.Fatalf("the opening frame came after %d bulk frames; %d were queued before it", bulkBefore, bulk)
+	}
+	select {
+	case <-opened:
+	case <-time.After(10 * time.Second):
+		t.Fatal("OpenStreamWith did not return")
+	}
+}
+
+// slowConn writes at rate bytes per second, as a slow link drains a full
+// socket buffer.
+type slowConn struct {
+	net.Conn
+	rate float64
+}
+
+func (c slowConn) Write(p []byte) (int, error) {
+	time.Sleep(time.Duration(float64(len(p)) / c.rate * float64(time.Second)))
+	return c.Conn.Write(p)
+}
+
+// On a slow link data frames shrink to what it drains in about frameTime,
+// so that nothing urgent waits long behind one, and grow back when writes
+// stop waiting.
+func TestFrameCapFollowsTheLink(t *testing.T) {
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer ln.Close()
+	peer, err := net.Dial("tcp", ln.Addr().String())
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer peer.Close()
+	c, err := ln.Accept()
+	if err != nil {
+		t.Fatal(err)
+	}
+	cfg := DefaultConfig()
+	cfg.EnableKeepAlive = false
+	cfg.LogOutput = io.Discard
+	const rate = 4 << 20 // 4 MiB/s: a frame of 10 ms is about 40 KiB
+	s, err := Server(slowConn{c, rate}, cfg)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer s.Close()
+	go func() { _, _ = io.Copy(io.Discard, peer) }()
+	st, err := s.OpenStream()
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := st.Write(make([]byte, initialStreamWindow)); err != nil { // 256 KiB
+		t.Fatal(err)
+	}
+	got := s.frameCap.Load()
+	if got >= sendBatch || got < minFrameCap {
+		t.Fatalf("frame cap %d after slow writes, want below %d and at least %d", got, sendBatch, minFrameCap)
+	}
+	t.Logf("frame cap on a %d KiB/s link: %d KiB", rate>>10, got>>10)
+	// Fast writes let it grow back.
+	for i := 0; i < 8; i++ {
+		s.noteWrite(64<<10, 100*time.Microsecond)
+	}
+	if got := s.frameCap.Load(); got != sendBatch {
+		t.Fatalf("frame cap %d after fast writes, want %d", got, sendBatch)
 	}
 }

@@ -73,6 +73,13 @@ type Session struct {
 	// sendCh is used to mark a stream as ready to send,
 	// or to send a header out directly.
 	sendCh chan *sendReady
+	// urgentCh (local patch) queues the frames that go ahead of bulk
+	// data (see urgent); the send loop empties it first.
+	urgentCh chan *sendReady
+	// frameCap (local patch) is the most a data frame, and one write of
+	// queued frames, may carry: lowered while writes show a slow link
+	// (see noteWrite), so an urgent frame never waits long behind one.
+	frameCap atomic.Int64
 
 	// writeMu is held by whoever writes to conn: the send loop, or a
 	// caller writing its own frame directly (local patch, see tryDirect).
@@ -125,9 +132,11 @@ func newSession(config *Config, conn io.ReadWriteCloser, client bool) *Session {
 		synCh:      make(chan struct{}, config.AcceptBacklog),
 		acceptCh:   make(chan *Stream, config.AcceptBacklog),
 		sendCh:     make(chan *sendReady, 64),
+		urgentCh:   make(chan *sendReady, 64),
 		pongCh:     make(chan uint32, pongQueue),
 		shutdownCh: make(chan struct{}),
 	}
+	s.frameCap.Store(sendBatch)
 	if client {
 		s.nextStreamID = 1
 	} else {
@@ -489,7 +498,7 @@ func (s *Session) waitForSendErr(hdr header, body []byte, errCh chan error) erro
 
 	ready := &sendReady{Hdr: hdr, Body: body, Err: errCh}
 	select {
-	case s.sendCh <- ready:
+	case s.queueFor(hdr, body) <- ready:
 	case <-s.shutdownCh:
 		return ErrSessionShutdown
 	case <-timer.C:
@@ -543,7 +552,10 @@ func (s *Session) waitForSendErr(hdr header, body []byte, errCh chan error) erro
 // that times out has sent part of a frame: the session ends.
 func (s *Session) tryDirect(hdr header, body []byte) (bool, error) {
 	dl, ok := s.conn.(writeDeadliner)
-	if !ok || len(s.sendCh) > 0 || !s.writeMu.TryLock() {
+	// An urgent frame may pass queued bulk frames; a bulk frame may pass
+	// nothing.
+	queued := len(s.urgentCh) > 0 || !urgent(hdr, body) && len(s.sendCh) > 0
+	if !ok || queued || !s.writeMu.TryLock() {
 		return false, nil
 	}
 	select {
@@ -554,6 +566,7 @@ func (s *Session) tryDirect(hdr header, body []byte) (bool, error) {
 	}
 	s.direct.start(dl, s.config.ConnectionWriteTimeout)
 	var err error
+	start := time.Now()
 	switch bw, ok := s.conn.(buffersWriter); {
 	case len(body) == 0:
 		_, err = s.conn.Write(hdr)
@@ -565,6 +578,9 @@ func (s *Session) tryDirect(hdr header, body []byte) (bool, error) {
 	}
 	s.direct.stop(dl)
 	s.writeMu.Unlock()
+	if err == nil {
+		s.noteWrite(len(hdr)+len(body), time.Since(start))
+	}
 	if err != nil {
 		s.logger.Printf("[ERR] yamux: Failed to write frame: %v", err)
 		s.exitErr(err)
@@ -656,7 +672,7 @@ func (s *Session) sendNoWait(hdr header) error {
 	}()
 
 	select {
-	case s.sendCh <- &sendReady{Hdr: hdr}:
+	case s.queueFor(hdr, nil) <- &sendReady{Hdr: hdr}:
 		return nil
 	case <-s.shutdownCh:
 		return ErrSessionShutdown
@@ -664,6 +680,74 @@ func (s *Session) sendNoWait(hdr header) error {
 		return ErrConnectionWriteTimeout
 	}
 }
+
+// urgent reports whether a frame goes ahead of bulk data (local patch):
+// every frame but data and FINs — window updates, pings and their
+// replies, resets, go-aways — and data frames that open a stream or are
+// small, such as a new connection's header or an interactive echo. A
+// stream's frames cannot overtake each other this way: its writer waits
+// for each frame to be written before it sends the next, and a FIN, which
+// follows data written by other goroutines too, stays in the bulk queue.
+func urgent(hdr header, body []byte) bool {
+	flags := hdr.Flags()
+	switch {
+	case flags&flagFIN != 0:
+		return false
+	case hdr.MsgType() != typeData, flags&flagSYN != 0:
+		return true
+	}
+	return len(body) <= urgentData
+}
+
+// urgentData is the largest data frame that counts as interactive.
+const urgentData = 2 << 10
+
+func (s *Session) queueFor(hdr header, body []byte) chan *sendReady {
+	if urgent(hdr, body) {
+		return s.urgentCh
+	}
+	return s.sendCh
+}
+
+// noteWrite adjusts frameCap to a write of n bytes that took d (local
+// patch). A write that waits shows the link draining slower than we send:
+// the cap becomes what the link drains in frameTime, so that nothing
+// urgent waits much longer than that behind a write in progress. Writes
+// that do not wait let it grow back. Tiny writes say nothing.
+func (s *Session) noteWrite(n int, d time.Duration) {
+	if n < 4<<10 {
+		return
+	}
+	c := s.frameCap.Load()
+	if d < time.Millisecond {
+		if c < sendBatch {
+			c *= 2
+			if c > sendBatch {
+				c = sendBatch
+			}
+			s.frameCap.Store(c)
+		}
+		return
+	}
+	target := int64(float64(n) / d.Seconds() * frameTime.Seconds())
+	if target < minFrameCap {
+		target = minFrameCap
+	}
+	if target > sendBatch {
+		target = sendBatch
+	}
+	// Whole multiples of minFrameCap: frames of odd sizes would cut a
+	// reader's fixed-size reads short for no gain.
+	s.frameCap.Store((c + target) / 2 / minFrameCap * minFrameCap)
+}
+
+// frameTime is how long one data frame may occupy a slow link, and
+// minFrameCap the smallest cap: below it, headers and wakeups would cost
+// more than the latency they save.
+const (
+	frameTime   = 10 * time.Millisecond
+	minFrameCap = 16 << 10
+)
 
 // send is a long running goroutine that sends data
 func (s *Session) send() {
@@ -675,18 +759,25 @@ func (s *Session) send() {
 func (s *Session) sendLoop() error {
 	// local patch (see PATCHES.md): a frame's header and body go out in one
 	// write, and frames already queued behind it join the same write, up to
-	// sendBatch bytes. Upstream writes header and body separately: two
-	// syscalls per frame, and a wakeup of the writer between every pair.
+	// frameCap bytes; urgent frames first. Upstream writes header and body
+	// separately: two syscalls per frame, and a wakeup of the writer
+	// between every pair, and sends every frame in arrival order.
 	var buf []byte
 	var batch []*sendReady
 	for {
 		var ready *sendReady
 		select {
-		case ready = <-s.sendCh:
-		case <-s.shutdownCh:
-			return nil
+		case ready = <-s.urgentCh:
+		default:
+			select {
+			case ready = <-s.urgentCh:
+			case ready = <-s.sendCh:
+			case <-s.shutdownCh:
+				return nil
+			}
 		}
 		buf, batch = buf[:0], batch[:0]
+		limit := int(s.frameCap.Load())
 	BATCH:
 		for {
 			buf = append(buf, ready.Hdr...)
@@ -697,17 +788,24 @@ func (s *Session) sendLoop() error {
 			}
 			ready.mu.Unlock()
 			batch = append(batch, ready)
-			if len(buf) >= sendBatch {
+			if len(buf) >= limit {
 				break
 			}
 			select {
-			case ready = <-s.sendCh:
+			case ready = <-s.urgentCh:
 			default:
-				break BATCH
+				select {
+				case ready = <-s.urgentCh:
+				case ready = <-s.sendCh:
+				default:
+					break BATCH
+				}
 			}
 		}
 		s.writeMu.Lock()
+		start := time.Now()
 		_, err := s.conn.Write(buf)
+		d := time.Since(start)
 		s.writeMu.Unlock()
 		var sendErr error
 		if err != nil {
@@ -720,13 +818,15 @@ func (s *Session) sendLoop() error {
 			s.logger.Printf("[ERR] yamux: Failed to write frames: %v", err)
 			return err
 		}
+		s.noteWrite(len(buf), d)
 		if cap(buf) > 4*sendBatch {
 			buf = nil // a huge frame passed; do not keep its buffer
 		}
 	}
 }
 
-// sendBatch bounds how many bytes of queued frames one write carries.
+// sendBatch bounds how many bytes of queued frames one write carries, and
+// the largest frameCap.
 const sendBatch = 256 << 10
 
 // recv is a long running goroutine that accepts new data
@@ -932,7 +1032,7 @@ func (s *Session) incomingStream(id uint32) error {
 		hdr := header(make([]byte, headerSize))
 		hdr.encode(typeWindowUpdate, flagRST, id, 0)
 		select {
-		case s.sendCh <- &sendReady{Hdr: hdr}:
+		case s.urgentCh <- &sendReady{Hdr: hdr}:
 		default:
 		}
 		return nil

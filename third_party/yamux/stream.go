@@ -253,8 +253,9 @@ START:
 	// Determine the flags if any
 	flags = s.sendFlags()
 
-	// Send up to our send window
-	max = min(window, uint32(len(b)))
+	// Send up to our send window, and (local patch) no more than the
+	// session lets one frame carry on a slow link.
+	max = min(min(window, uint32(len(b))), uint32(s.session.frameCap.Load()))
 	body = b[:max]
 
 	// Send the header
