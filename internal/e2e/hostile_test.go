@@ -58,7 +58,9 @@ func backToBaselineLogs(t *testing.T, what string, g0 int, h0 uint64, logs []*tt
 			return
 		}
 		if time.Now().After(deadline) {
-			t.Fatalf("%s: goroutines %d -> %d, heap %.1f -> %.1f MB ten seconds later", what, g0, g, float64(h0)/1e6, float64(h)/1e6)
+			buf := make([]byte, 1<<20)
+			t.Fatalf("%s: goroutines %d -> %d, heap %.1f -> %.1f MB ten seconds later; goroutines:\n%s",
+				what, g0, g, float64(h0)/1e6, float64(h)/1e6, buf[:runtime.Stack(buf, true)])
 		}
 		time.Sleep(50 * time.Millisecond)
 	}

@@ -147,6 +147,9 @@ func yamuxConfig(o Options, s *Session) *yamux.Config {
 	cfg.LogOutput = nil
 	cfg.Logger = yamuxLogger{l: o.Logger, s: s}
 	cfg.DeliverBufferSize = o.DeliverBuffer
+	// Accept queues a stream's ACK and returns: the goroutine accepting
+	// every new stream must not wait a write slot on a busy link for each.
+	cfg.QueueAcceptAck = true
 	// Our monitor is the heartbeat; see Session.
 	cfg.EnableKeepAlive = false
 	// A stream write waits in yamux's send queue at most this long. On a

@@ -60,6 +60,13 @@ type Config struct {
 	// or rogue peer cannot make it hold streams and their windows.
 	IncomingStreamLimit int
 
+	// QueueAcceptAck (local patch) makes AcceptStream queue the stream's
+	// acknowledgment (the window update with ACK) and return, instead of
+	// waiting until it is written: on a slow link saturated by bulk
+	// data, that write held the one goroutine that accepts every new
+	// stream for a write slot per stream.
+	QueueAcceptAck bool
+
 	// DeliverBufferSize (local patch) is the receive loop's buffer for
 	// handing frames to a stream's sink (Stream.NotifyReadableOrDeliver):
 	// the most of a frame one sink call gets. Match it to what the sink

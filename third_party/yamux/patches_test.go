@@ -740,3 +740,74 @@ func TestFrameCapFollowsTheLink(t *testing.T) {
 		t.Fatalf("frame cap %d after fast writes, want %d", got, sendBatch)
 	}
 }
+
+// With QueueAcceptAck, AcceptStream returns while its ACK is still queued:
+// here the socket is full, so nothing can be written, and Accept returns
+// all the same; the ACK follows once the socket drains.
+func TestQueueAcceptAck(t *testing.T) {
+	srv, raw := rawServer(t, func(c *Config) { c.QueueAcceptAck = true })
+	// Fill the server's socket: a stream the raw peer opened with a big
+	// window, written to until the writes block (the peer reads nothing).
+	if _, err := raw.Write(append(frame(typeData, flagSYN, 1, 1), 'a')); err != nil {
+		t.Fatal(err)
+	}
+	bulk, err := srv.AcceptStream()
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := raw.Write(frame(typeWindowUpdate, 0, 1, 64<<20)); err != nil {
+		t.Fatal(err)
+	}
+	go func() { _, _ = bulk.Write(make([]byte, 64<<20)) }()
+	// Until the write waits on the full socket.
+	buf := make([]byte, 1<<20)
+	for deadline := time.Now().Add(10 * time.Second); ; time.Sleep(time.Millisecond) {
+		blocked := false
+		for _, g := range strings.Split(string(buf[:runtime.Stack(buf, true)]), "\n\n") {
+			if strings.Contains(g, "[IO wait") && (strings.Contains(g, "yamux.(*Session).tryDirect") || strings.Contains(g, "yamux.(*Session).sendLoop")) {
+				blocked = true
+			}
+		}
+		if blocked {
+			break
+		}
+		if time.Now().After(deadline) {
+			t.Fatal("the bulk write never blocked")
+		}
+	}
+	// A second stream: Accept must not wait for its ACK to be written.
+	if _, err := raw.Write(append(frame(typeData, flagSYN, 3, 1), 'b')); err != nil {
+		t.Fatal(err)
+	}
+	accepted := make(chan error, 1)
+	go func() {
+		_, err := srv.AcceptStream()
+		accepted <- err
+	}()
+	select {
+	case err := <-accepted:
+		if err != nil {
+			t.Fatal(err)
+		}
+	case <-time.After(5 * time.Second):
+		t.Fatal("AcceptStream waited for its ACK to be written")
+	}
+	// The ACK for stream 3 reaches the peer once it reads.
+	_ = raw.SetReadDeadline(time.Now().Add(10 * time.Second))
+	for {
+		var h [headerSize]byte
+		if _, err := io.ReadFull(raw, h[:]); err != nil {
+			t.Fatalf("no ACK for stream 3: %v", err)
+		}
+		typ, flags := h[1], binary.BigEndian.Uint16(h[2:4])
+		id, length := binary.BigEndian.Uint32(h[4:8]), binary.BigEndian.Uint32(h[8:12])
+		if typ == typeData {
+			if _, err := io.CopyN(io.Discard, raw, int64(length)); err != nil {
+				t.Fatal(err)
+			}
+		}
+		if id == 3 && flags&flagACK != 0 {
+			return
+		}
+	}
+}

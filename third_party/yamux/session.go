@@ -320,6 +320,12 @@ func (s *Session) Accept() (net.Conn, error) {
 func (s *Session) AcceptStream() (*Stream, error) {
 	select {
 	case stream := <-s.acceptCh:
+		if s.config.QueueAcceptAck {
+			if err := stream.queueWindowUpdate(); err != nil {
+				return nil, err
+			}
+			return stream, nil
+		}
 		if err := stream.sendWindowUpdate(); err != nil {
 			return nil, err
 		}
@@ -336,6 +342,12 @@ func (s *Session) AcceptStreamWithContext(ctx context.Context) (*Stream, error) 
 	case <-ctx.Done():
 		return nil, ctx.Err()
 	case stream := <-s.acceptCh:
+		if s.config.QueueAcceptAck {
+			if err := stream.queueWindowUpdate(); err != nil {
+				return nil, err
+			}
+			return stream, nil
+		}
 		if err := stream.sendWindowUpdate(); err != nil {
 			return nil, err
 		}

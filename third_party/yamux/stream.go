@@ -364,6 +364,29 @@ func (s *Stream) sendWindowUpdate() error {
 	return nil
 }
 
+// queueWindowUpdate is sendWindowUpdate without waiting for the frame to
+// be written (local patch, see Config.QueueAcceptAck): the frame gets a
+// header of its own, as the stream's control header may be reused before
+// it is sent. It goes to the urgent queue, ahead of the stream's later
+// frames, which cannot be written directly while it waits there.
+func (s *Stream) queueWindowUpdate() error {
+	s.controlHdrLock.Lock()
+	defer s.controlHdrLock.Unlock()
+	flags := s.sendFlags()
+	s.recvLock.Lock()
+	delta := s.windowDelta()
+	if delta < s.session.config.MaxStreamWindowSize/2 && flags == 0 {
+		s.recvLock.Unlock()
+		return nil
+	}
+	s.recvWindow += delta
+	s.granted += uint64(delta)
+	s.recvLock.Unlock()
+	hdr := header(make([]byte, headerSize))
+	hdr.encode(typeWindowUpdate, flags, s.id, delta)
+	return s.session.sendNoWait(hdr)
+}
+
 // sendClose is used to send a FIN
 func (s *Stream) sendClose() error {
 	s.controlHdrLock.Lock()
