@@ -145,23 +145,42 @@ func (l *listener) Accept() (net.Conn, error) {
 }
 
 // NotSentLowat bounds what the session socket holds unsent in the kernel
-// (TCP_NOTSENT_LOWAT). The session chooses what to send next — control
-// frames and small frames before bulk data — and that choice is undone
-// by whatever already waits in the kernel: on a slow link a full send
-// buffer is seconds of data. 16 KiB is what HTTP/2 servers use for the
-// same reason. It does not bound data in flight, only data not yet sent.
+// (TCP_NOTSENT_LOWAT) while the link is slow. The session chooses what to
+// send next — control frames and small frames before bulk data — and that
+// choice is undone by whatever already waits in the kernel: on a slow link
+// a full send buffer is seconds of data. 16 KiB is what HTTP/2 servers use
+// for the same reason. It does not bound data in flight, only data not yet
+// sent. On a fast path it would only cost wakeups (on loopback a seventh
+// of the bulk rate and of the request rate, docs/performance.md), so the
+// session sets it when its writes start to wait and clears it when they
+// stop (yamux's Config.SlowLink).
 const NotSentLowat = 16 << 10
 
-// setSessionSockopts sets the session socket's TCP_USER_TIMEOUT and
-// TCP_NOTSENT_LOWAT.
+// setSessionSockopts sets the session socket's TCP_USER_TIMEOUT.
 func setSessionSockopts(c *net.TCPConn, o Options) error {
-	if err := setUserTimeout(c, o); err != nil {
-		return err
+	return setUserTimeout(c, o)
+}
+
+// slowLink keeps the session socket's unsent queue short while the link
+// is slow (see NotSentLowat). 0 restores the system's default (no bound).
+func slowLink(c net.Conn) func(bool) {
+	w := findWatch(c)
+	if w == nil {
+		return nil
 	}
-	if err := sockopt.SetNotSentLowat(c, NotSentLowat); err != nil && !errors.Is(err, errors.ErrUnsupported) {
-		return err
+	tc, ok := w.Conn.(*net.TCPConn)
+	if !ok {
+		return nil
 	}
-	return nil
+	return func(slow bool) {
+		n := 0
+		if slow {
+			n = NotSentLowat
+		}
+		// Where the system has no such option the session only loses the
+		// bound, not its order.
+		_ = sockopt.SetNotSentLowat(tc, n)
+	}
 }
 
 // setUserTimeout sets the session socket's TCP_USER_TIMEOUT. Where the

@@ -47,7 +47,9 @@ func Server(c net.Conn, o Options) (*Session, error) {
 
 func start(side func(io.ReadWriteCloser, *yamux.Config) (*yamux.Session, error), c net.Conn, o Options) (*Session, error) {
 	s := &Session{conn: findWatch(c), o: o, done: make(chan struct{})}
-	ys, err := side(c, yamuxConfig(o, s))
+	cfg := yamuxConfig(o, s)
+	cfg.SlowLink = slowLink(c)
+	ys, err := side(c, cfg)
 	if err != nil {
 		return nil, err
 	}

@@ -67,6 +67,13 @@ type Config struct {
 	// stream for a write slot per stream.
 	QueueAcceptAck bool
 
+	// SlowLink (local patch), when set, is called when writes start to
+	// wait on the conn (the session has just bounded its frames, see
+	// frameCap) with true, and with false when they stop waiting. It runs
+	// on a writer's goroutine and must not block; the tunnel uses it to
+	// keep the kernel's send queue short only while that matters.
+	SlowLink func(slow bool)
+
 	// DeliverBufferSize (local patch) is the receive loop's buffer for
 	// handing frames to a stream's sink (Stream.NotifyReadableOrDeliver):
 	// the most of a frame one sink call gets. Match it to what the sink

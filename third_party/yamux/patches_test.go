@@ -16,6 +16,7 @@ import (
 	"os"
 	"runtime"
 	"strings"
+	"sync"
 	"testing"
 	"time"
 )
@@ -714,6 +715,13 @@ func TestFrameCapFollowsTheLink(t *testing.T) {
 	cfg.EnableKeepAlive = false
 	cfg.LogOutput = io.Discard
 	const rate = 4 << 20 // 4 MiB/s: a frame of 10 ms is about 40 KiB
+	var told []bool
+	var toldMu sync.Mutex
+	cfg.SlowLink = func(slow bool) {
+		toldMu.Lock()
+		told = append(told, slow)
+		toldMu.Unlock()
+	}
 	s, err := Server(slowConn{c, rate}, cfg)
 	if err != nil {
 		t.Fatal(err)
@@ -738,6 +746,11 @@ func TestFrameCapFollowsTheLink(t *testing.T) {
 	}
 	if got := s.frameCap.Load(); got != sendBatch {
 		t.Fatalf("frame cap %d after fast writes, want %d", got, sendBatch)
+	}
+	toldMu.Lock()
+	defer toldMu.Unlock()
+	if len(told) != 2 || !told[0] || told[1] {
+		t.Fatalf("SlowLink told %v, want [true false]", told)
 	}
 }
 

@@ -80,6 +80,9 @@ type Session struct {
 	// queued frames, may carry: lowered while writes show a slow link
 	// (see noteWrite), so an urgent frame never waits long behind one.
 	frameCap atomic.Int64
+	// slow (local patch) is whether frameCap is below its maximum, as
+	// Config.SlowLink was last told.
+	slow atomic.Bool
 
 	// writeMu is held by whoever writes to conn: the send loop, or a
 	// caller writing its own frame directly (local patch, see tryDirect).
@@ -738,6 +741,7 @@ func (s *Session) noteWrite(n int, d time.Duration) {
 				c = sendBatch
 			}
 			s.frameCap.Store(c)
+			s.noteSlow(c < sendBatch)
 		}
 		return
 	}
@@ -750,7 +754,16 @@ func (s *Session) noteWrite(n int, d time.Duration) {
 	}
 	// Whole multiples of minFrameCap: frames of odd sizes would cut a
 	// reader's fixed-size reads short for no gain.
-	s.frameCap.Store((c + target) / 2 / minFrameCap * minFrameCap)
+	c = (c + target) / 2 / minFrameCap * minFrameCap
+	s.frameCap.Store(c)
+	s.noteSlow(c < sendBatch)
+}
+
+// noteSlow tells Config.SlowLink when the link turns slow or fast.
+func (s *Session) noteSlow(slow bool) {
+	if s.config.SlowLink != nil && s.slow.CompareAndSwap(!slow, slow) {
+		s.config.SlowLink(slow)
+	}
 }
 
 // frameTime is how long one data frame may occupy a slow link, and
