@@ -9,11 +9,25 @@ import (
 	"time"
 )
 
-// bulk keeps n public connections through addr moving data both ways
-// (the echo service returns everything) until stop is closed. It returns
-// the bytes echoed back and the first error of any connection.
+// bulk starts n connections to addr from the public host that write
+// random data and read the echo back until stop is closed; wait returns
+// how much came back in all and the first error seen before stop.
 func (r *rig) bulk(addr string, n int, stop <-chan struct{}) (wait func() (int64, error)) {
-	var moved atomic.Int64
+	counts, waitEach := r.bulkEach(addr, n, stop)
+	return func() (int64, error) {
+		err := waitEach()
+		var moved int64
+		for _, c := range counts {
+			moved += c.Load()
+		}
+		return moved, err
+	}
+}
+
+// bulkEach is bulk with a byte count per connection.
+func (r *rig) bulkEach(addr string, n int, stop <-chan struct{}) ([]*atomic.Int64, func() error) {
+	counts := make([]*atomic.Int64, n)
+	var wg sync.WaitGroup
 	var firstErr atomic.Pointer[error]
 	fail := func(err error) {
 		select {
@@ -23,8 +37,8 @@ func (r *rig) bulk(addr string, n int, stop <-chan struct{}) (wait func() (int64
 		}
 		firstErr.CompareAndSwap(nil, &err)
 	}
-	var wg sync.WaitGroup
-	for range n {
+	for i := range n {
+		counts[i] = new(atomic.Int64)
 		c, err := r.pub.Dial(addr)
 		if err != nil {
 			fail(err)
@@ -56,7 +70,7 @@ func (r *rig) bulk(addr string, n int, stop <-chan struct{}) (wait func() (int64
 			buf := make([]byte, 64<<10)
 			for {
 				k, err := c.Read(buf)
-				moved.Add(int64(k))
+				counts[i].Add(int64(k))
 				if err == io.EOF {
 					return
 				}
@@ -67,12 +81,12 @@ func (r *rig) bulk(addr string, n int, stop <-chan struct{}) (wait func() (int64
 			}
 		}()
 	}
-	return func() (int64, error) {
+	return counts, func() error {
 		wg.Wait()
 		if p := firstErr.Load(); p != nil {
-			return moved.Load(), *p
+			return *p
 		}
-		return moved.Load(), nil
+		return nil
 	}
 }
 

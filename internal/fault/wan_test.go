@@ -163,60 +163,6 @@ func (r *rig) firstByte(deadline time.Time) (time.Duration, error) {
 	return time.Since(start), nil
 }
 
-// bulkEach is bulk with a byte count per connection.
-func (r *rig) bulkEach(addr string, n int, stop <-chan struct{}) ([]*atomic.Int64, func() error) {
-	counts := make([]*atomic.Int64, n)
-	var wg sync.WaitGroup
-	var firstErr atomic.Pointer[error]
-	for i := range n {
-		counts[i] = new(atomic.Int64)
-		c, err := r.pub.Dial(addr)
-		if err != nil {
-			r.t.Fatal(err)
-		}
-		wg.Add(2)
-		go func() {
-			defer wg.Done()
-			buf := make([]byte, 32<<10)
-			for {
-				select {
-				case <-stop:
-					_ = c.Close()
-					return
-				default:
-				}
-				if _, err := c.Write(buf); err != nil {
-					return
-				}
-			}
-		}()
-		go func() {
-			defer wg.Done()
-			defer c.Close()
-			buf := make([]byte, 64<<10)
-			for {
-				k, err := c.Read(buf)
-				counts[i].Add(int64(k))
-				if err != nil {
-					select {
-					case <-stop:
-					default:
-						firstErr.CompareAndSwap(nil, &err)
-					}
-					return
-				}
-			}
-		}()
-	}
-	return counts, func() error {
-		wg.Wait()
-		if p := firstErr.Load(); p != nil {
-			return *p
-		}
-		return nil
-	}
-}
-
 func snapshot(cs []*atomic.Int64) []int64 {
 	out := make([]int64, len(cs))
 	for i, c := range cs {
