@@ -67,7 +67,7 @@ func Dial(ctx context.Context, addr string, o Options) (net.Conn, error) {
 	if err != nil {
 		return nil, fmt.Errorf("dial %s: %w", addr, err)
 	}
-	if err := setSessionSockopts(c.(*net.TCPConn), o); err != nil {
+	if err := setUserTimeout(c.(*net.TCPConn), o); err != nil {
 		c.Close()
 		return nil, fmt.Errorf("dial %s: %w", addr, err)
 	}
@@ -136,7 +136,7 @@ func (l *listener) Accept() (net.Conn, error) {
 	if err != nil {
 		return nil, err
 	}
-	if err := setSessionSockopts(c.(*net.TCPConn), l.o); err != nil {
+	if err := setUserTimeout(c.(*net.TCPConn), l.o); err != nil {
 		c.Close()
 		// Not fatal to the listener: the caller logs it and accepts again.
 		return nil, tempError{fmt.Errorf("accept %s: %w", c.RemoteAddr(), err)}
@@ -155,11 +155,6 @@ func (l *listener) Accept() (net.Conn, error) {
 // session sets it when its writes start to wait and clears it when they
 // stop (yamux's Config.SlowLink).
 const NotSentLowat = 16 << 10
-
-// setSessionSockopts sets the session socket's TCP_USER_TIMEOUT.
-func setSessionSockopts(c *net.TCPConn, o Options) error {
-	return setUserTimeout(c, o)
-}
 
 // slowLink keeps the session socket's unsent queue short while the link
 // is slow (see NotSentLowat). 0 restores the system's default (no bound).

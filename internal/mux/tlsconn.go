@@ -81,9 +81,6 @@ func (t *tlsConn) WriteBuffers(b net.Buffers) (int64, error) {
 	for _, p := range b {
 		total += len(p)
 	}
-	if expired(&t.wd) {
-		return 0, errDeadline
-	}
 	if total <= smallFrame {
 		t.mu.Lock()
 		defer t.mu.Unlock()
@@ -93,6 +90,9 @@ func (t *tlsConn) WriteBuffers(b net.Buffers) (int64, error) {
 		}
 		n, err := t.Write(t.scratch)
 		return int64(n), err
+	}
+	if expired(&t.wd) {
+		return 0, errDeadline
 	}
 	t.c.cork()
 	var n int64
