@@ -42,23 +42,70 @@ func BenchmarkWANInteractive(b *testing.B) {
 	r := newRig(b, o)
 	r.lab.Shape(r.cli, rate)
 
-	echoConn := r.dialPublic(r.fixed)
-	idle := r.interactive(echoConn.TCPConn, 20*time.Second)
+	// The same link without the tunnel first: plain TCP connections from
+	// the public host straight to the echo service, whose bulk rate is
+	// what the tunnel's is measured against (headers and the other
+	// direction's acknowledgments take their part of the cap on both).
+	plain := r.saturated(b, r.echo.Addr())
+	tunnel := r.saturated(b, r.fixed)
+
+	out := fmt.Sprintf("\nWAN, session link %s, TCP %s (%s):\n", rate, o.congestion, time.Now().Format("2006-01-02"))
+	out += fmt.Sprintf("  %-36s %10s %10s %12s %12s %12s %12s\n", "", "idle p50", "idle p99", "loaded p50", "loaded p99", "plain p50", "plain p99")
+	row := func(name string, pick func(probes) []time.Duration) {
+		i, l, p := pick(tunnel.idle), pick(tunnel.loaded), pick(plain.loaded)
+		out += fmt.Sprintf("  %-36s %10s %10s %12s %12s %12s %12s\n", fmt.Sprintf("%s (%d/%d)", name, len(i), len(l)),
+			pct(i, 50), pct(i, 99), pct(l, 50), pct(l, 99), pct(p, 50), pct(p, 99))
+	}
+	row("new connection, first byte", func(p probes) []time.Duration { return p.ttfb })
+	row("64-byte echo, open connection", func(p probes) []time.Duration { return p.echo })
+	for _, l := range []struct {
+		name string
+		s    saturation
+	}{{"tunnel", tunnel}, {"plain TCP", plain}} {
+		out += fmt.Sprintf("  bulk, 4 connections, %-9s %.2f Mbit/s, %.0f %% of the cap; shares", l.name+":", l.s.bps/1e6, 100*l.s.bps/capBits)
+		for _, sh := range l.s.shares {
+			out += fmt.Sprintf(" %.0f %%", 100*sh)
+		}
+		out += "\n"
+	}
+	out += fmt.Sprintf("  tunnel bulk / plain TCP bulk: %.1f %%\n", 100*tunnel.bps/plain.bps)
+	if f := tunnel.idle.failed + tunnel.loaded.failed + plain.loaded.failed; f > 0 {
+		out += fmt.Sprintf("  failed probes: %d tunnel idle, %d tunnel loaded, %d plain loaded\n", tunnel.idle.failed, tunnel.loaded.failed, plain.loaded.failed)
+	}
+	fmt.Fprint(os.Stdout, out)
+	b.Log(out)
+}
+
+// saturation is what saturated measured.
+type saturation struct {
+	idle, loaded probes
+	bps          float64   // bulk echoed back, bits/s
+	shares       []float64 // each bulk connection's part of it
+}
+
+// saturated measures interactive probes to addr with the link idle, then
+// while 4 bulk connections to addr move data both ways, and the bulk
+// connections' rate and shares.
+func (r *rig) saturated(b *testing.B, addr string) saturation {
+	var s saturation
+	echoConn := r.dialPublic(addr)
+	defer echoConn.Close()
+	s.idle = r.interactive(addr, echoConn.TCPConn, 20*time.Second)
 
 	stop := make(chan struct{})
-	counts, wait := r.bulkEach(r.fixed, 4, stop)
+	counts, wait := r.bulkEach(addr, 4, stop)
 	// Until the link is saturated: a few seconds of bulk have filled every
 	// queue on the way.
 	time.Sleep(5 * time.Second)
 	if os.Getenv("WAN_DEBUG") != "" {
 		for _, h := range []struct{ name, ns string }{{"server", r.srv.NS}, {"client", r.cli.NS}} {
-			out, _ := exec.Command("ip", "netns", "exec", h.ns, "ss", "-tni", "sport", "=", ":7835", "or", "dport", "=", ":7835").CombinedOutput()
-			b.Logf("%s session socket:\n%s", h.name, out)
+			out, _ := exec.Command("ip", "netns", "exec", h.ns, "ss", "-tni").CombinedOutput()
+			b.Logf("%s sockets (%s):\n%s", h.name, addr, out)
 			q, _ := exec.Command("ip", "netns", "exec", h.ns, "tc", "-s", "qdisc").CombinedOutput()
 			b.Logf("%s qdisc:\n%s", h.name, q)
 		}
 	}
-	loaded := r.interactive(echoConn.TCPConn, 60*time.Second)
+	s.loaded = r.interactive(addr, echoConn.TCPConn, 60*time.Second)
 	before := snapshot(counts)
 	const window = 20 * time.Second
 	time.Sleep(window)
@@ -67,28 +114,14 @@ func BenchmarkWANInteractive(b *testing.B) {
 	_ = wait()
 
 	var total int64
-	shares := make([]int64, len(after))
 	for i := range after {
-		shares[i] = after[i] - before[i]
-		total += shares[i]
+		total += after[i] - before[i]
 	}
-	bps := float64(total) * 8 / window.Seconds()
-	out := fmt.Sprintf("\nWAN, session link %s, TCP %s (%s):\n", rate, o.congestion, time.Now().Format("2006-01-02"))
-	out += fmt.Sprintf("  %-34s %10s %10s %12s %12s\n", "", "idle p50", "idle p99", "loaded p50", "loaded p99")
-	out += fmt.Sprintf("  %-34s %10s %10s %12s %12s\n", fmt.Sprintf("new connection, first byte (%d/%d)", len(idle.ttfb), len(loaded.ttfb)),
-		pct(idle.ttfb, 50), pct(idle.ttfb, 99), pct(loaded.ttfb, 50), pct(loaded.ttfb, 99))
-	out += fmt.Sprintf("  %-34s %10s %10s %12s %12s\n", fmt.Sprintf("64-byte echo, open conn (%d/%d)", len(idle.echo), len(loaded.echo)),
-		pct(idle.echo, 50), pct(idle.echo, 99), pct(loaded.echo, 50), pct(loaded.echo, 99))
-	out += fmt.Sprintf("  bulk, 4 connections, echoed back: %.2f Mbit/s, %.0f %% of the cap; shares", bps/1e6, 100*bps/capBits)
-	for _, n := range shares {
-		out += fmt.Sprintf(" %.0f %%", 100*float64(n)/float64(max(total, 1)))
+	for i := range after {
+		s.shares = append(s.shares, float64(after[i]-before[i])/float64(max(total, 1)))
 	}
-	out += "\n"
-	if idle.failed+loaded.failed > 0 {
-		out += fmt.Sprintf("  failed probes: %d idle, %d loaded\n", idle.failed, loaded.failed)
-	}
-	fmt.Fprint(os.Stdout, out)
-	b.Log(out)
+	s.bps = float64(total) * 8 / window.Seconds()
+	return s
 }
 
 // probes is what interactive measured.
@@ -97,10 +130,10 @@ type probes struct {
 	failed     int
 }
 
-// interactive times 100 new connections (started 50 ms apart, each from
+// interactive times 100 new connections to addr (started 50 ms apart, each from
 // connect to its first echoed byte) and, meanwhile, 64-byte echoes on c,
 // one after another, for at most limit.
-func (r *rig) interactive(c net.Conn, limit time.Duration) probes {
+func (r *rig) interactive(addr string, c net.Conn, limit time.Duration) probes {
 	var mu sync.Mutex
 	var p probes
 	deadline := time.Now().Add(limit)
@@ -109,7 +142,7 @@ func (r *rig) interactive(c net.Conn, limit time.Duration) probes {
 		wg.Add(1)
 		go func() {
 			defer wg.Done()
-			d, err := r.firstByte(deadline)
+			d, err := r.firstByte(addr, deadline)
 			mu.Lock()
 			defer mu.Unlock()
 			if err != nil {
@@ -144,10 +177,10 @@ func (r *rig) interactive(c net.Conn, limit time.Duration) probes {
 	return p
 }
 
-// firstByte connects to the tunnel, writes one byte and times the echo.
-func (r *rig) firstByte(deadline time.Time) (time.Duration, error) {
+// firstByte connects to addr, writes one byte and times the echo.
+func (r *rig) firstByte(addr string, deadline time.Time) (time.Duration, error) {
 	start := time.Now()
-	c, err := r.pub.Dial(r.fixed)
+	c, err := r.pub.Dial(addr)
 	if err != nil {
 		return 0, err
 	}

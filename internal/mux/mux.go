@@ -175,6 +175,7 @@ func slowLink(c net.Conn) func(bool) {
 		// Where the system has no such option the session only loses the
 		// bound, not its order.
 		_ = sockopt.SetNotSentLowat(tc, n)
+		w.bound.setSlow(slow)
 	}
 }
 

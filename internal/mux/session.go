@@ -49,6 +49,9 @@ func start(side func(io.ReadWriteCloser, *yamux.Config) (*yamux.Session, error),
 	s := &Session{conn: findWatch(c), o: o, done: make(chan struct{})}
 	cfg := yamuxConfig(o, s)
 	cfg.SlowLink = slowLink(c)
+	if cfg.SlowLink != nil {
+		cfg.Hold = s.conn.hold
+	}
 	ys, err := side(c, cfg)
 	if err != nil {
 		return nil, err

@@ -27,6 +27,10 @@ type watchConn struct {
 	// rw does the I/O: the socket through package rawio (no runtime
 	// hand-off per call), or the conn itself when it is no socket.
 	rw ioer
+
+	// bound paces the session's bulk frames while the link is slow (see
+	// queueBound).
+	bound queueBound
 }
 
 // ioer is a socket's I/O.
@@ -113,6 +117,21 @@ func (w *watchConn) WriteBuffers(b net.Buffers) (int64, error) {
 	n, err := w.rw.WriteBuffers(b)
 	w.noteFailure(err)
 	return n, err
+}
+
+// hold is yamux's Config.Hold: how long bulk frames wait before the send
+// loop asks again (see queueBound).
+func (w *watchConn) hold() time.Duration {
+	rc, err := w.SyscallConn()
+	if err != nil {
+		return 0
+	}
+	var s tcpSample
+	var ok bool
+	if rc.Control(func(fd uintptr) { s, ok = readSample(fd) }) != nil || !ok {
+		return 0
+	}
+	return w.bound.hold(time.Now(), s)
 }
 
 // netIO is the socket I/O of a conn that is not a socket (tests' pipes).

@@ -74,6 +74,17 @@ type Config struct {
 	// keep the kernel's send queue short only while that matters.
 	SlowLink func(slow bool)
 
+	// Hold (local patch), when set, paces bulk frames while the link is
+	// slow (see SlowLink): before each write of bulk frames the send loop
+	// asks it, and waits the duration it returns before asking again; 0
+	// lets the write go. Urgent frames (see urgent) go meanwhile, and no
+	// bulk frame is written directly by its caller while the link is
+	// slow. It runs on the send loop's goroutine only and must bound its
+	// own total wait. The tunnel uses it to keep the link's queue short,
+	// so that new streams and small exchanges do not wait in a router's
+	// queue behind bulk data.
+	Hold func() time.Duration
+
 	// DeliverBufferSize (local patch) is the receive loop's buffer for
 	// handing frames to a stream's sink (Stream.NotifyReadableOrDeliver):
 	// the most of a frame one sink call gets. Match it to what the sink

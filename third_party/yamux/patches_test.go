@@ -17,6 +17,7 @@ import (
 	"runtime"
 	"strings"
 	"sync"
+	"sync/atomic"
 	"testing"
 	"time"
 )
@@ -678,6 +679,179 @@ func TestUrgentFramesGoAheadOfBulk(t *testing.T) {
 	case <-opened:
 	case <-time.After(10 * time.Second):
 		t.Fatal("OpenStreamWith did not return")
+	}
+}
+
+// While the link is slow, Config.Hold keeps bulk frames back and urgent
+// frames still go: a new stream's opening frame reaches the peer while a
+// bulk frame waits, and no bulk frame slips out through a direct write.
+func TestHoldKeepsBulkBackNotUrgent(t *testing.T) {
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer ln.Close()
+	raw, err := net.Dial("tcp", ln.Addr().String())
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer raw.Close()
+	c, err := ln.Accept()
+	if err != nil {
+		t.Fatal(err)
+	}
+	cfg := DefaultConfig()
+	cfg.EnableKeepAlive = false
+	cfg.LogOutput = io.Discard
+	var released atomic.Bool
+	var holds atomic.Int64
+	cfg.Hold = func() time.Duration {
+		if released.Load() {
+			return 0
+		}
+		holds.Add(1)
+		return time.Millisecond
+	}
+	srv, err := Server(c, cfg)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer srv.Close()
+	srv.slow.Store(true)
+
+	bulk, err := srv.OpenStream()
+	if err != nil {
+		t.Fatal(err)
+	}
+	wrote := make(chan error, 1)
+	go func() {
+		_, err := bulk.Write(make([]byte, 64<<10))
+		wrote <- err
+	}()
+	deadline := time.Now().Add(10 * time.Second)
+	for holds.Load() < 5 {
+		if time.Now().After(deadline) {
+			t.Fatal("the bulk frame was never held")
+		}
+		time.Sleep(time.Millisecond)
+	}
+	go func() { _, _ = srv.OpenStreamWith([]byte("hello")) }()
+
+	_ = raw.SetReadDeadline(time.Now().Add(10 * time.Second))
+	readFrame := func() (typ uint8, flags uint16, length uint32) {
+		var h [headerSize]byte
+		if _, err := io.ReadFull(raw, h[:]); err != nil {
+			t.Fatal(err)
+		}
+		typ, flags, length = h[1], binary.BigEndian.Uint16(h[2:4]), binary.BigEndian.Uint32(h[8:12])
+		if typ == typeData {
+			if _, err := io.CopyN(io.Discard, raw, int64(length)); err != nil {
+				t.Fatal(err)
+			}
+		}
+		return typ, flags, length
+	}
+	for {
+		typ, flags, length := readFrame()
+		if typ == typeData && flags&flagSYN != 0 && length == uint32(len("hello")) {
+			break
+		}
+		if typ == typeData && length > 0 {
+			t.Fatalf("a bulk frame of %d bytes went out while Hold held it", length)
+		}
+	}
+	select {
+	case err := <-wrote:
+		t.Fatalf("the bulk write returned while held: %v", err)
+	default:
+	}
+	released.Store(true)
+	var got uint32
+	for got < 64<<10 {
+		typ, _, length := readFrame()
+		if typ == typeData {
+			got += length
+		}
+	}
+	if err := <-wrote; err != nil {
+		t.Fatal(err)
+	}
+}
+
+// While Hold paces bulk writes, quick writes do not mean a fast link (the
+// pacing keeps the kernel's queue empty, so no write waits in it): with
+// every other write held the link stays slow. A run of writes that Hold
+// lets go at once does mean it, and the link is reported fast again.
+func TestHoldAndTheLinksSpeed(t *testing.T) {
+	client, server := testConnTCP(t)
+	cfg := testConf()
+	cfg.EnableKeepAlive = false
+	var told []bool
+	var mu sync.Mutex
+	cfg.SlowLink = func(slow bool) {
+		mu.Lock()
+		told = append(told, slow)
+		mu.Unlock()
+	}
+	var asked atomic.Int64
+	var pacing atomic.Bool
+	pacing.Store(true)
+	// 0, 2 ms, 0, 0, 2 ms, 0, ...: writes alternate between let go at
+	// once and held once.
+	cfg.Hold = func() time.Duration {
+		if n := asked.Add(1); pacing.Load() && n%3 == 2 {
+			return 2 * time.Millisecond
+		}
+		return 0
+	}
+	srv, err := Server(server, cfg)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer srv.Close()
+	cli, err := Client(client, testConf())
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer cli.Close()
+	srv.frameCap.Store(minFrameCap)
+	srv.noteSlow(true)
+
+	st, err := srv.OpenStream()
+	if err != nil {
+		t.Fatal(err)
+	}
+	go func() {
+		peer, err := cli.AcceptStream()
+		if err == nil {
+			_, _ = io.Copy(io.Discard, peer)
+		}
+	}()
+	buf := make([]byte, 4<<10)
+	for i := 0; i < 100; i++ {
+		if _, err := st.Write(buf); err != nil {
+			t.Fatal(err)
+		}
+	}
+	if !srv.slow.Load() {
+		t.Fatalf("paced writes, every other one held, turned the link fast (frame cap %d)", srv.frameCap.Load())
+	}
+	if asked.Load() < 100 {
+		t.Errorf("Hold was asked %d times for 100 bulk writes: some went around it", asked.Load())
+	}
+	pacing.Store(false)
+	for i := 0; i < 200 && srv.slow.Load(); i++ {
+		if _, err := st.Write(buf); err != nil {
+			t.Fatal(err)
+		}
+	}
+	if srv.slow.Load() {
+		t.Fatalf("still slow after 200 writes Hold let go at once (frame cap %d)", srv.frameCap.Load())
+	}
+	mu.Lock()
+	defer mu.Unlock()
+	if len(told) != 2 || !told[0] || told[1] {
+		t.Errorf("SlowLink told %v, want [true false]", told)
 	}
 }
 

@@ -569,7 +569,10 @@ func (s *Session) tryDirect(hdr header, body []byte) (bool, error) {
 	dl, ok := s.conn.(writeDeadliner)
 	// An urgent frame may pass queued bulk frames; a bulk frame may pass
 	// nothing.
-	queued := len(s.urgentCh) > 0 || !urgent(hdr, body) && len(s.sendCh) > 0
+	// And while Config.Hold paces bulk frames, they all go through the
+	// send loop, which asks it.
+	bulk := !urgent(hdr, body)
+	queued := len(s.urgentCh) > 0 || bulk && (len(s.sendCh) > 0 || s.config.Hold != nil && s.slow.Load())
 	if !ok || queued || !s.writeMu.TryLock() {
 		return false, nil
 	}
@@ -768,10 +771,11 @@ func (s *Session) noteSlow(slow bool) {
 
 // frameTime is how long one data frame may occupy a slow link, and
 // minFrameCap the smallest cap: below it, headers and wakeups would cost
-// more than the latency they save.
+// more than the latency they save. 4 KiB is 16 ms at 2 Mbit/s, about
+// what a paced link's queue holds (see Config.Hold); 16 KiB was 66 ms.
 const (
 	frameTime   = 10 * time.Millisecond
-	minFrameCap = 16 << 10
+	minFrameCap = 4 << 10
 )
 
 // send is a long running goroutine that sends data
@@ -789,17 +793,68 @@ func (s *Session) sendLoop() error {
 	// between every pair, and sends every frame in arrival order.
 	var buf []byte
 	var batch []*sendReady
+	// held (local patch) is a bulk frame that Config.Hold keeps back
+	// while urgent frames still go; since is when it left the queue.
+	var held *sendReady
+	var since time.Time
+	// wasHeld is whether the bulk frame going out was held at all, and
+	// unheld counts the bulk writes in a row that were not, while Hold
+	// paces them (see noteWrite below).
+	wasHeld, unheld := false, 0
+	var holdTimer *time.Timer
+	defer func() {
+		if holdTimer != nil {
+			holdTimer.Stop()
+		}
+	}()
 	for {
 		var ready *sendReady
-		select {
-		case ready = <-s.urgentCh:
-		default:
+		if held == nil {
 			select {
 			case ready = <-s.urgentCh:
-			case ready = <-s.sendCh:
-			case <-s.shutdownCh:
-				return nil
+			default:
+				select {
+				case ready = <-s.urgentCh:
+				case held = <-s.sendCh:
+					since = time.Now()
+				case <-s.shutdownCh:
+					return nil
+				}
 			}
+		} else {
+			select {
+			case ready = <-s.urgentCh:
+			default:
+			}
+		}
+		if ready == nil {
+			if d := s.hold(); d > 0 {
+				wasHeld = true
+				if holdTimer == nil {
+					holdTimer = time.NewTimer(d)
+				} else {
+					holdTimer.Reset(d)
+				}
+				select {
+				case ready = <-s.urgentCh:
+					holdTimer.Stop()
+				case <-holdTimer.C:
+					continue
+				case <-s.shutdownCh:
+					return nil
+				}
+			} else {
+				ready, held = held, nil
+			}
+		}
+		// A batch that starts with urgent frames while a bulk frame is
+		// held takes only urgent frames.
+		urgentOnly := held != nil
+		start := time.Now()
+		if !urgentOnly && !since.IsZero() {
+			// The bulk frame's time held counts as its write's: the link
+			// was what it waited for.
+			start, since = since, time.Time{}
 		}
 		buf, batch = buf[:0], batch[:0]
 		limit := int(s.frameCap.Load())
@@ -819,6 +874,9 @@ func (s *Session) sendLoop() error {
 			select {
 			case ready = <-s.urgentCh:
 			default:
+				if urgentOnly {
+					break BATCH
+				}
 				select {
 				case ready = <-s.urgentCh:
 				case ready = <-s.sendCh:
@@ -828,7 +886,6 @@ func (s *Session) sendLoop() error {
 			}
 		}
 		s.writeMu.Lock()
-		start := time.Now()
 		_, err := s.conn.Write(buf)
 		d := time.Since(start)
 		s.writeMu.Unlock()
@@ -843,11 +900,41 @@ func (s *Session) sendLoop() error {
 			s.logger.Printf("[ERR] yamux: Failed to write frames: %v", err)
 			return err
 		}
-		s.noteWrite(len(buf), d)
+		switch {
+		case urgentOnly:
+			// Control frames say little about the link, and noteWrite
+			// ignores small writes anyway.
+			s.noteWrite(len(buf), d)
+		case wasHeld || s.config.Hold == nil || !s.slow.Load():
+			unheld = 0
+			s.noteWrite(len(buf), d)
+		default:
+			// Hold keeps the kernel's queue short, so a paced write never
+			// waits in it: that it was quick says the pacing works, not
+			// that the link is fast. Only a run of writes that Hold let
+			// go at once does.
+			if unheld++; unheld >= fastRun {
+				s.noteWrite(len(buf), d)
+			}
+		}
+		wasHeld = false
 		if cap(buf) > 4*sendBatch {
 			buf = nil // a huge frame passed; do not keep its buffer
 		}
 	}
+}
+
+// fastRun is how many bulk writes in a row Config.Hold must let go at
+// once before their speed counts (see sendLoop).
+const fastRun = 8
+
+// hold is how long bulk frames wait before the send loop asks again
+// (local patch): Config.Hold's answer while the link is slow, else 0.
+func (s *Session) hold() time.Duration {
+	if s.config.Hold == nil || !s.slow.Load() {
+		return 0
+	}
+	return s.config.Hold()
 }
 
 // sendBatch bounds how many bytes of queued frames one write carries, and
