@@ -20,7 +20,9 @@ import (
 // connections are timed from connect to their first echoed byte and 64-byte
 // echoes are timed on a connection opened before the load. The same
 // figures with the session idle are printed beside them, with each bulk
-// connection's share of the link. `make bench-wan` runs it (as root: it
+// connection's share of the link, and, as the same run's baseline, all of
+// it again over the same link without the tunnel (plain TCP from the
+// public host to the echo service). `make bench-wan` runs it (as root: it
 // builds network namespaces); it prints, it asserts nothing.
 func BenchmarkWANInteractive(b *testing.B) {
 	const rate = "8mbit"

@@ -141,7 +141,11 @@ func (b *queueBound) hold(now time.Time, s tcpSample) time.Duration {
 		b.offUntil, b.active = time.Time{}, false
 	}
 	b.step(now, s)
-	if s.inFlight < b.cwnd {
+	// A round trip shorter than the shortest look is a link that was
+	// slow only for a moment (a busy machine delays a write on loopback):
+	// it drains faster than a hold could measure, and a hold would cost
+	// a millisecond of it.
+	if s.inFlight < b.cwnd || s.rtt < 2*minLook {
 		b.heldFrom = time.Time{}
 		return 0
 	}

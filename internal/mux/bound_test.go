@@ -224,8 +224,8 @@ func TestQueueBoundHoldIsBounded(t *testing.T) {
 }
 
 // Each slow spell starts from what is in flight then, not from the last
-// spell's bound, and a kernel without the round trips (no tcpi_min_rtt)
-// is never held.
+// spell's bound; a kernel without the round trips (no tcpi_min_rtt) and a
+// link whose round trip is under a millisecond are never held.
 func TestQueueBoundRestartsWithEachSlowSpell(t *testing.T) {
 	var b queueBound
 	now := time.Unix(1e9, 0)
@@ -242,5 +242,10 @@ func TestQueueBoundRestartsWithEachSlowSpell(t *testing.T) {
 	}
 	if h := b.hold(now.Add(2*time.Second), tcpSample{rtt: time.Second, inFlight: 1 << 30, mss: 1448}); h != 0 {
 		t.Errorf("without a minimum RTT, hold = %s, want 0", h)
+	}
+	// Loopback on a busy machine turns "slow" for a moment; a round trip
+	// of a third of a millisecond is never held, however much flies.
+	if h := b.hold(now.Add(3*time.Second), tcpSample{rtt: 300 * time.Microsecond, minRTT: time.Microsecond, inFlight: 1 << 30, mss: 65483}); h != 0 {
+		t.Errorf("a 300 µs round trip: hold = %s, want 0", h)
 	}
 }

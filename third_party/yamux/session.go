@@ -850,11 +850,12 @@ func (s *Session) sendLoop() error {
 		// A batch that starts with urgent frames while a bulk frame is
 		// held takes only urgent frames.
 		urgentOnly := held != nil
-		start := time.Now()
-		if !urgentOnly && !since.IsZero() {
-			// The bulk frame's time held counts as its write's: the link
-			// was what it waited for.
-			start, since = since, time.Time{}
+		heldSince := time.Time{}
+		if !urgentOnly {
+			if wasHeld {
+				heldSince = since
+			}
+			since = time.Time{}
 		}
 		buf, batch = buf[:0], batch[:0]
 		limit := int(s.frameCap.Load())
@@ -886,6 +887,13 @@ func (s *Session) sendLoop() error {
 			}
 		}
 		s.writeMu.Lock()
+		// A write's time starts when it holds the lock (a direct writer
+		// may have it), or, for a bulk frame Hold held, when it left the
+		// queue: the link was what it waited for.
+		start := time.Now()
+		if !heldSince.IsZero() {
+			start = heldSince
+		}
 		_, err := s.conn.Write(buf)
 		d := time.Since(start)
 		s.writeMu.Unlock()
