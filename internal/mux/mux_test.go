@@ -453,9 +453,9 @@ func (r levelRecorder) Handle(_ context.Context, rec slog.Record) error {
 func (r levelRecorder) WithAttrs([]slog.Attr) slog.Handler { return r }
 func (r levelRecorder) WithGroup(string) slog.Handler      { return r }
 
-// Close leaves nothing of a session running: its monitor, its heartbeat
-// pinger and every goroutine of the fork's session are gone when Close
-// returns, for each of 1,000 sessions opened and closed.
+// Close leaves nothing of a session running: its monitor (a timer) and
+// every goroutine of the fork's session are gone when Close returns, for
+// each of 1,000 sessions opened and closed.
 func TestCloseLeavesNoGoroutine(t *testing.T) {
 	o := testOptions()
 	o.HeartbeatInterval = 20 * time.Millisecond // pinging while it is closed

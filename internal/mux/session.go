@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"io"
 	"net"
+	"sync"
 	"sync/atomic"
 	"time"
 
@@ -31,6 +32,15 @@ type Session struct {
 	o     Options
 	cause atomic.Pointer[string]
 	done  chan struct{}
+
+	mon     sync.Mutex // held while the monitor runs; guards what follows
+	monT    *time.Timer
+	stopped bool
+	start   time.Time
+	every   time.Duration // TCP_INFO sampling period
+	// lastPing is when the monitor last pinged, nextSample when it
+	// samples the socket next.
+	lastPing, nextSample time.Time
 }
 
 // Client starts the client side of a session on c (from Dial). The
@@ -58,7 +68,7 @@ func start(side func(io.ReadWriteCloser, *yamux.Config) (*yamux.Session, error),
 	}
 	s.ys = ys
 	s.ysp.Store(ys)
-	go s.monitor()
+	s.startMonitor()
 	return s, nil
 }
 
@@ -110,13 +120,13 @@ func sessionError(err error) error {
 	return err
 }
 
-// Close closes the session and waits for its monitor and heartbeat
-// goroutines and, through the fork's Close, for every goroutine of the
-// yamux session: when it returns, nothing of the session runs on. It must
-// not be called from a stream's read hook or deliver function.
+// Close closes the session and stops its monitor (waiting for a run of
+// it in progress) and, through the fork's Close, waits for every goroutine
+// of the yamux session: when it returns, nothing of the session runs on.
+// It must not be called from a stream's read hook or deliver function.
 func (s *Session) Close() error {
 	err := s.ys.Close()
-	<-s.done
+	s.stopMonitor()
 	return err
 }
 
@@ -138,7 +148,8 @@ func (s *Session) failing() bool {
 }
 
 // Done is closed when the session's monitor has stopped, after the session
-// closed.
+// closed: at Close, or at the monitor's next run after the session closed
+// on its own.
 func (s *Session) Done() <-chan struct{} { return s.done }
 
 // DefaultStreamWindow is the receive window of a stream. With yamux's
@@ -162,6 +173,12 @@ func yamuxConfig(o Options, s *Session) *yamux.Config {
 	// a dead session is closed by the monitor, which unblocks every write.
 	cfg.ConnectionWriteTimeout = max(2*(o.HeartbeatInterval+o.HeartbeatTimeout), 2*time.Minute)
 	cfg.IncomingStreamLimit = o.IncomingStreams
+	if o.IncomingStreams > 0 {
+		// No more can wait to be accepted than may be opened at all;
+		// yamux's 256 slots are a few KiB per session, which a server
+		// holding a thousand idle sessions pays a thousand times.
+		cfg.AcceptBacklog = min(cfg.AcceptBacklog, o.IncomingStreams)
+	}
 	cfg.MaxStreamWindowSize = DefaultStreamWindow
 	if o.StreamWindow > 0 {
 		cfg.MaxStreamWindowSize = max(o.StreamWindow, 256<<10) // yamux's minimum
@@ -169,70 +186,119 @@ func yamuxConfig(o Options, s *Session) *yamux.Config {
 	return cfg
 }
 
-// monitor pings every HeartbeatInterval and closes the session when nothing
-// has been received for HeartbeatInterval + HeartbeatTimeout. It also
-// samples the socket's TCP state so a kernel timeout can be explained.
-func (s *Session) monitor() {
-	defer close(s.done)
-	hb := s.o.HeartbeatInterval > 0
-	tick := 250 * time.Millisecond // TCP_INFO sampling, for Cause
-	if hb {
-		tick = min(s.o.HeartbeatInterval, s.o.HeartbeatTimeout) / 4
-		tick = min(max(tick, 10*time.Millisecond), 250*time.Millisecond)
+// The monitor closes the session when nothing at all has been received
+// for HeartbeatInterval + HeartbeatTimeout, and pings the peer when
+// nothing has been received for HeartbeatInterval: a session that hears
+// from its peer (data, or the peer's own pings) has nothing to ask, so an
+// idle session costs one ping and its answer per interval, not two. It
+// also samples the socket's TCP state so that a kernel timeout can be
+// explained. It is a timer, not a goroutine: it runs when the next of
+// these is due, so a thousand idle sessions on one server cost a few
+// wakeups a second and no parked stack each.
+func (s *Session) startMonitor() {
+	s.mon.Lock()
+	defer s.mon.Unlock()
+	s.start = time.Now()
+	s.every = sampleEvery(s.o)
+	s.lastPing, s.nextSample = s.start, s.start.Add(s.every)
+	first := s.every
+	if s.o.HeartbeatInterval > 0 {
+		first = min(first, s.o.HeartbeatInterval)
 	}
-	t := time.NewTicker(tick)
-	defer t.Stop()
-	pings := make(chan struct{}, 1)
-	pingerDone := make(chan struct{})
-	if hb {
-		go func() {
-			defer close(pingerDone)
-			s.pinger(pings)
-		}()
-	} else {
-		close(pingerDone)
-	}
-	var lastRx uint64
-	lastSeen, lastPing := time.Now(), time.Now()
-	for {
-		select {
-		case <-s.ys.CloseChan():
-			close(pings)
-			<-pingerDone // its Ping ends with the session
-			return
-		case now := <-t.C:
-			if s.conn != nil {
-				if rx := s.conn.rx.Load(); rx != lastRx {
-					lastRx, lastSeen = rx, now
-				}
-				s.conn.sample()
-			}
-			if !hb {
-				continue
-			}
-			if now.Sub(lastPing) >= s.o.HeartbeatInterval {
-				lastPing = now
-				select {
-				case pings <- struct{}{}:
-				default: // the last ping is still on its way
-				}
-			}
-			if s.conn != nil && now.Sub(lastSeen) >= s.o.HeartbeatInterval+s.o.HeartbeatTimeout {
-				c := fmt.Sprintf("heartbeat timeout: nothing received for %s (heartbeat every %s, timeout %s)",
-					now.Sub(lastSeen).Round(100*time.Millisecond), s.o.HeartbeatInterval, s.o.HeartbeatTimeout)
-				s.cause.CompareAndSwap(nil, &c)
-				s.ys.Close()
-			}
-		}
-	}
+	s.monT = time.AfterFunc(first, s.monitor)
 }
 
-// pinger sends one ping per request. Its answer only has to arrive; the
-// round trip time does not matter.
-func (s *Session) pinger(reqs <-chan struct{}) {
-	for range reqs {
-		_, _ = s.ys.Ping()
+// stopMonitor stops the monitor, after a run in progress, and closes done.
+func (s *Session) stopMonitor() {
+	s.mon.Lock()
+	if !s.stopped {
+		s.stopped = true
+		s.monT.Stop()
+		close(s.done)
 	}
+	s.mon.Unlock()
+}
+
+func (s *Session) monitor() {
+	s.mon.Lock()
+	if s.stopped {
+		s.mon.Unlock()
+		return
+	}
+	if s.ys.IsClosed() {
+		s.mon.Unlock()
+		s.stopMonitor()
+		return
+	}
+	expired := ""
+	defer func() {
+		s.mon.Unlock()
+		if expired != "" {
+			s.cause.CompareAndSwap(nil, &expired)
+			s.ys.Close()
+			s.stopMonitor()
+		}
+	}()
+	now := time.Now()
+	lastSeen := s.start
+	if s.conn != nil {
+		lastSeen = time.Unix(0, s.conn.lastRead.Load())
+		if !now.Before(s.nextSample) {
+			s.conn.sample()
+			s.nextSample = now.Add(s.every)
+		}
+	}
+	next := s.nextSample
+	if hb := s.o.HeartbeatInterval; hb > 0 {
+		quiet := now.Sub(lastSeen)
+		if s.conn != nil && quiet >= hb+s.o.HeartbeatTimeout {
+			expired = fmt.Sprintf("heartbeat timeout: nothing received for %s (heartbeat every %s, timeout %s)",
+				quiet.Round(100*time.Millisecond), hb, s.o.HeartbeatTimeout)
+			return
+		}
+		// Without a watched socket nothing tells what arrived: ping
+		// every interval.
+		if (s.conn == nil || quiet >= hb) && now.Sub(s.lastPing) >= hb {
+			s.ys.SendPing()
+			s.lastPing = now
+		}
+		// The next ping is due an interval after both the last thing
+		// heard and the last ping.
+		ping := s.lastPing
+		if s.conn != nil && lastSeen.After(ping) {
+			ping = lastSeen
+		}
+		next = earliest(next, ping.Add(hb))
+		if s.conn != nil {
+			next = earliest(next, lastSeen.Add(hb+s.o.HeartbeatTimeout))
+		}
+	}
+	s.monT.Reset(max(next.Sub(now), time.Millisecond))
+}
+
+// earliest is the first of ts that is after the others.
+func earliest(t time.Time, ts ...time.Time) time.Time {
+	for _, u := range ts {
+		if u.Before(t) {
+			t = u
+		}
+	}
+	return t
+}
+
+// sampleEvery is how often the monitor samples the socket's TCP state,
+// for Cause: a quarter of the shortest kernel timeout it may have to
+// explain, so that the last sample before one fires saw its cause, within
+// a quarter second and five seconds.
+func sampleEvery(o Options) time.Duration {
+	d := 5 * time.Second
+	if o.UserTimeout > 0 {
+		d = min(d, o.UserTimeout/4)
+	}
+	if o.KeepAlive.Enabled() {
+		d = min(d, o.KeepAlive.Bound()/4)
+	}
+	return max(d, 250*time.Millisecond)
 }
 
 // Cause explains why the session ended, given the error its accept loop

@@ -77,9 +77,17 @@ func (s *Server) handleConn(ctx context.Context, c net.Conn, handshook func(fail
 	if ss == nil {
 		return
 	}
-	defer ss.ys.Close() // waits for the session's own goroutines
-	defer ss.cancel(nil)
-	ss.run(ctx)
+	// The session runs on a goroutine of its own, and this one ends: TLS
+	// and the hello grew its stack, which a goroutine parked for the
+	// session's life would keep, once per idle session. The accept
+	// loop's count of this goroutine covers the Add.
+	s.wg.Add(1)
+	go func() {
+		defer s.wg.Done()
+		defer ss.ys.Close() // waits for the session's own goroutines
+		defer ss.cancel(nil)
+		ss.run(ctx)
+	}()
 }
 
 // handshake takes a connection from TLS to the welcome: the session, the
@@ -210,11 +218,6 @@ func (s *Server) handshake(ctx context.Context, c net.Conn, handshook func(faile
 // run serves a welcomed session until it ends, then waits for every part
 // of it, gives its ports up and logs how it ended.
 func (ss *session) run(ctx context.Context) {
-	// The client never opens further streams (the session refuses them:
-	// IncomingStreams); this part waits for the session's end, and its
-	// error is the reason the session died.
-	var lost error
-	ss.parts.Go(func() { lost = ss.refuseStreams() })
 	for _, pl := range ss.publicListeners() {
 		ss.serveListener(pl)
 	}
@@ -232,6 +235,10 @@ func (ss *session) run(ctx context.Context) {
 		ss.end("the client closed its control stream", false)
 	}
 	<-ss.ys.Closed()
+	// The client never opens further streams (the session refuses them:
+	// IncomingStreams), so nothing waits in Accept for the session's end:
+	// on a closed session it returns at once, with why the session died.
+	lost := ss.endError()
 	// Every public connection ends with the session, whatever its state:
 	// one whose client stays open and silent would otherwise hold the
 	// session (parts.wait), and with it a shutdown, for as long as it does.
@@ -253,9 +260,10 @@ func (ss *session) run(ctx context.Context) {
 	}
 }
 
-// refuseStreams resets every stream the client opens, until the session
-// ends; it returns why it ended.
-func (ss *session) refuseStreams() error {
+// endError is why the closed session ended: Accept's error. A stream
+// still queued for Accept (there is none past the control stream, but the
+// session should not trust that) is reset on the way.
+func (ss *session) endError() error {
 	for {
 		st, err := ss.ys.Accept()
 		if err != nil {

@@ -75,7 +75,12 @@ func (e *FingerprintError) Error() string {
 // an alert, which the client cannot tell from other failures, while a
 // session can refuse it in words the client shows its operator.
 func Server(cert func(*tls.ClientHelloInfo) (*tls.Certificate, error), clientCAs *x509.CertPool) *tls.Config {
-	c := &tls.Config{GetCertificate: cert, MinVersion: tls.VersionTLS13}
+	// No session tickets: tunnelc keeps one session up and never resumes
+	// one (it has no session cache), so a ticket is a key derivation and
+	// a record written for nothing at every handshake, and its secret
+	// kept per connection: on a server a thousand sessions reconnect to
+	// at once, that is work and memory in the worst moment.
+	c := &tls.Config{GetCertificate: cert, MinVersion: tls.VersionTLS13, SessionTicketsDisabled: true}
 	if clientCAs != nil {
 		c.ClientAuth = tls.RequireAnyClientCert
 		c.ClientCAs = clientCAs

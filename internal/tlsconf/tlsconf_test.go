@@ -172,3 +172,58 @@ func TestFileCertReloads(t *testing.T) {
 		t.Fatalf("a broken replacement: serving %s, %d reports", Fingerprint(got.Certificate[0]), len(reported))
 	}
 }
+
+// The server sends no session ticket: tunnelc never resumes, so a ticket
+// would be work and memory per handshake for nothing. A client with a
+// session cache that reads after the handshake (when TLS 1.3 tickets
+// arrive) has nothing cached.
+func TestServerSendsNoSessionTicket(t *testing.T) {
+	certPEM, keyPEM, err := NewSelfSigned([]string{"127.0.0.1"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	cert, err := tls.X509KeyPair(certPEM, keyPEM)
+	if err != nil {
+		t.Fatal(err)
+	}
+	srv := Server(func(*tls.ClientHelloInfo) (*tls.Certificate, error) { return &cert, nil }, nil)
+	a, b := net.Pipe()
+	defer a.Close()
+	defer b.Close()
+	done := make(chan error, 1)
+	go func() {
+		tc := tls.Server(a, srv)
+		if err := tc.Handshake(); err != nil {
+			done <- err
+			return
+		}
+		_, err := tc.Write([]byte("x"))
+		done <- err
+	}()
+	cache := &countingCache{ClientSessionCache: tls.NewLRUClientSessionCache(4)}
+	cfg := Client{Fingerprint: Fingerprint(cert.Certificate[0])}.Config()
+	cfg.ClientSessionCache = cache
+	tc := tls.Client(b, cfg)
+	var one [1]byte
+	if _, err := tc.Read(one[:]); err != nil { // past any ticket sent after the handshake
+		t.Fatal(err)
+	}
+	if err := <-done; err != nil {
+		t.Fatal(err)
+	}
+	if cache.puts != 0 {
+		t.Errorf("the server sent %d session tickets", cache.puts)
+	}
+}
+
+type countingCache struct {
+	tls.ClientSessionCache
+	puts int
+}
+
+func (c *countingCache) Put(key string, cs *tls.ClientSessionState) {
+	if cs != nil {
+		c.puts++
+	}
+	c.ClientSessionCache.Put(key, cs)
+}

@@ -855,6 +855,40 @@ func TestHoldAndTheLinksSpeed(t *testing.T) {
 	}
 }
 
+// SendPing queues a ping without waiting for its answer, which still
+// comes back (a heartbeat only needs something to arrive); on a closed
+// session it reports false.
+func TestSendPing(t *testing.T) {
+	c, s := testConnTCP(t)
+	client, server := testClientServerConfig(t, c, s, testConfNoKeepAlive(), testConfNoKeepAlive())
+	defer client.Close()
+	defer server.Close()
+	before := runtime.NumGoroutine()
+	for i := 0; i < 10; i++ {
+		if !client.SendPing() {
+			t.Fatalf("ping %d was not queued", i)
+		}
+	}
+	if g := runtime.NumGoroutine(); g > before {
+		t.Errorf("%d goroutines after 10 pings, %d before: SendPing must not wait", g, before)
+	}
+	// The answers arrive: a blocking Ping after them is answered too, and
+	// the session still knows no pending ping of SendPing's.
+	if _, err := client.Ping(); err != nil {
+		t.Fatal(err)
+	}
+	client.pingLock.Lock()
+	pending := len(client.pings)
+	client.pingLock.Unlock()
+	if pending != 0 {
+		t.Errorf("%d pings pending after their answers", pending)
+	}
+	client.Close()
+	if client.SendPing() {
+		t.Error("SendPing on a closed session reported true")
+	}
+}
+
 // slowConn writes at rate bytes per second, as a slow link drains a full
 // socket buffer.
 type slowConn struct {

@@ -92,9 +92,10 @@ type Session struct {
 	// recvDoneCh is closed when recv() exits to avoid a race
 	// between stream registration and stream shutdown
 
-	// pongCh (local patch) queues ping replies for the one goroutine
-	// that sends them.
-	pongCh chan uint32
+	// pendingPong (local patch) is the last ping whose answer found the
+	// urgent queue full, | pongPending; the send loop queues it after its
+	// next write.
+	pendingPong atomic.Uint64
 
 	// incoming counts the streams the peer opened (local patch, see
 	// Config.IncomingStreamLimit); guarded by streamLock.
@@ -136,7 +137,6 @@ func newSession(config *Config, conn io.ReadWriteCloser, client bool) *Session {
 		acceptCh:   make(chan *Stream, config.AcceptBacklog),
 		sendCh:     make(chan *sendReady, 64),
 		urgentCh:   make(chan *sendReady, 64),
-		pongCh:     make(chan uint32, pongQueue),
 		shutdownCh: make(chan struct{}),
 	}
 	s.frameCap.Store(sendBatch)
@@ -147,7 +147,6 @@ func newSession(config *Config, conn io.ReadWriteCloser, client bool) *Session {
 	}
 	s.goBg(s.recv)
 	s.goBg(s.send)
-	s.goBg(s.ponger)
 	if config.EnableKeepAlive {
 		s.goBg(s.keepalive)
 	}
@@ -464,6 +463,32 @@ func (s *Session) Ping() (time.Duration, error) {
 
 	// Compute the RTT
 	return time.Since(start), nil
+}
+
+// SendPing queues a ping and returns at once (local patch): its answer
+// is not waited for, only received, which is all a heartbeat that judges
+// the peer by whether anything arrives needs; Ping costs a goroutine
+// waiting for each answer. It reports false when the ping was not queued:
+// the session is shutting down, or its urgent queue is full (then the
+// session is writing anyway).
+func (s *Session) SendPing() bool {
+	s.pingLock.Lock()
+	id := s.pingID
+	s.pingID++
+	s.pingLock.Unlock()
+	hdr := header(make([]byte, headerSize))
+	hdr.encode(typePing, flagSYN, 0, id)
+	select {
+	case <-s.shutdownCh:
+		return false
+	default:
+	}
+	select {
+	case s.urgentCh <- &sendReady{Hdr: hdr}:
+		return true
+	default:
+		return false
+	}
 }
 
 // keepalive is a long running goroutine that periodically does
@@ -926,6 +951,9 @@ func (s *Session) sendLoop() error {
 			}
 		}
 		wasHeld = false
+		if v := s.pendingPong.Swap(0); v != 0 && !s.queuePong(uint32(v)) {
+			s.pendingPong.CompareAndSwap(0, v)
+		}
 		if cap(buf) > 4*sendBatch {
 			buf = nil // a huge frame passed; do not keep its buffer
 		}
@@ -1054,17 +1082,19 @@ func (s *Session) handlePing(hdr header) error {
 	flags := hdr.Flags()
 	pingID := hdr.Length()
 
-	// Check if this is a query. local patch: the reply is queued for the
-	// session's one ping replier, and dropped when the queue is full.
-	// Upstream starts a goroutine per ping, each waiting up to the write
-	// timeout: a peer that floods pings and never reads made a server
-	// start over a million of them (gigabytes) before any authentication.
-	// An honest peer has a ping or two outstanding; a dropped reply to a
-	// flood costs the flooder its answer, nothing else.
+	// Check if this is a query. local patch: the reply goes straight onto
+	// the urgent queue, and is dropped when the queue is full. Upstream
+	// starts a goroutine per ping, each waiting up to the write timeout: a
+	// peer that floods pings and never reads made a server start over a
+	// million of them (gigabytes) before any authentication. A full urgent
+	// queue means the session cannot write; an honest peer's ping then
+	// fails anyway, and its next one is answered once the queue drains. A
+	// dropped reply to a flood costs the flooder its answer, nothing else.
 	if flags&flagSYN == flagSYN {
-		select {
-		case s.pongCh <- pingID:
-		default:
+		if !s.queuePong(pingID) {
+			// Answered when the send loop has room again; a later ping
+			// takes the place of this one.
+			s.pendingPong.Store(uint64(pingID) | pongPending)
 		}
 		return nil
 	}
@@ -1080,28 +1110,21 @@ func (s *Session) handlePing(hdr header) error {
 	return nil
 }
 
-// pongQueue bounds the ping replies waiting to be sent (local patch).
-const pongQueue = 16
-
-// ponger sends the replies handlePing queues, one at a time, until the
-// session shuts down (local patch).
-func (s *Session) ponger() {
-	for {
-		select {
-		case id := <-s.pongCh:
-			hdr := header(make([]byte, headerSize))
-			hdr.encode(typePing, flagACK, 0, id)
-			// A reply that cannot be queued in time is dropped, as the
-			// peer's ping then fails anyway; the next one is tried
-			// afresh (found by upstream's TestSession_PingOfDeath).
-			if err := s.sendNoWait(hdr); errors.Is(err, ErrSessionShutdown) {
-				return
-			}
-		case <-s.shutdownCh:
-			return
-		}
+// queuePong queues the answer to ping id if the urgent queue has room
+// (local patch, see handlePing).
+func (s *Session) queuePong(id uint32) bool {
+	hdr := header(make([]byte, headerSize))
+	hdr.encode(typePing, flagACK, 0, id)
+	select {
+	case s.urgentCh <- &sendReady{Hdr: hdr}:
+		return true
+	default:
+		return false
 	}
 }
+
+// pongPending marks pendingPong as holding a ping's id.
+const pongPending = 1 << 32
 
 // handleGoAway is invokde for a typeGoAway frame
 func (s *Session) handleGoAway(hdr header) error {

@@ -1,0 +1,81 @@
+package mux
+
+import (
+	"context"
+	"log/slog"
+	"testing"
+	"time"
+
+	"github.com/tunnel-dev/tunnel/internal/sockopt"
+)
+
+// An idle session's two ends share the heartbeat: whoever has heard
+// nothing for an interval pings, and the other hears the ping, so the pair
+// exchanges about one ping and one answer per interval, not a ping and an
+// answer each way (a thousand idle sessions on one server pay for every
+// one). Both ends stay up.
+func TestIdleSessionSharesTheHeartbeat(t *testing.T) {
+	const interval = 50 * time.Millisecond
+	o := Options{
+		KeepAlive:         sockopt.KeepAlive{Idle: time.Hour, Interval: time.Hour, Count: 1},
+		HeartbeatInterval: interval,
+		HeartbeatTimeout:  4 * interval,
+		HandshakeTimeout:  5 * time.Second,
+		Logger:            slog.New(slog.DiscardHandler),
+	}
+	ln, err := Listen(context.Background(), "127.0.0.1:0", o)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer ln.Close()
+	accepted := make(chan *Session, 1)
+	go func() {
+		c, err := ln.Accept()
+		if err != nil {
+			t.Error(err)
+			accepted <- nil
+			return
+		}
+		s, err := Server(c, o)
+		if err != nil {
+			t.Error(err)
+		}
+		accepted <- s
+	}()
+	cc, err := Dial(context.Background(), ln.Addr().String(), o)
+	if err != nil {
+		t.Fatal(err)
+	}
+	cli, err := Client(cc, o)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer cli.Close()
+	srv := <-accepted
+	if srv == nil {
+		t.FailNow()
+	}
+	defer srv.Close()
+
+	rx0 := cli.conn.rx.Load() + srv.conn.rx.Load()
+	start := time.Now()
+	time.Sleep(40 * interval)
+	frames := (cli.conn.rx.Load() + srv.conn.rx.Load() - rx0) / headerSize
+	elapsed := time.Since(start)
+	if cli.IsClosed() || srv.IsClosed() {
+		t.Fatal("an idle healthy session was closed")
+	}
+	// One ping and one answer per interval; both ends pinging on their
+	// own make two of each. Late timers on a busy machine only lower it.
+	perInterval := float64(frames) / (float64(elapsed) / float64(interval))
+	t.Logf("%d frames in %s: %.2f per interval", frames, elapsed.Round(time.Millisecond), perInterval)
+	if perInterval > 3 {
+		t.Errorf("%.2f frames per heartbeat interval on an idle session, want about 2 (a ping and its answer)", perInterval)
+	}
+	if frames == 0 {
+		t.Error("no heartbeat at all")
+	}
+}
+
+// headerSize is a yamux frame header: a ping or its answer.
+const headerSize = 12
