@@ -535,3 +535,41 @@ func sessionGoroutines() string {
 		}
 	}
 }
+
+// A session that accepts one stream (a server: the control stream) still
+// opens many before the peer acknowledges any: yamux bounds both with one
+// AcceptBacklog, and a server's public connections are its opened streams.
+func TestOneIncomingStreamManyOutgoing(t *testing.T) {
+	so, co := testOptions(), testOptions()
+	so.IncomingStreams = 1
+	cc, sc := connPair(t, so, co)
+	cli, err := Client(cc, co)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer cli.Close()
+	srv, err := Server(sc, so)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer srv.Close()
+	// Nobody accepts on the client: every stream stays unacknowledged.
+	opened := make(chan error, 1)
+	go func() {
+		for i := 0; i < 32; i++ {
+			if _, err := srv.OpenWith([]byte("x")); err != nil {
+				opened <- err
+				return
+			}
+		}
+		opened <- nil
+	}()
+	select {
+	case err := <-opened:
+		if err != nil {
+			t.Fatal(err)
+		}
+	case <-time.After(10 * time.Second):
+		t.Fatal("opening 32 streams the peer has not accepted yet blocked")
+	}
+}

@@ -173,12 +173,9 @@ func yamuxConfig(o Options, s *Session) *yamux.Config {
 	// a dead session is closed by the monitor, which unblocks every write.
 	cfg.ConnectionWriteTimeout = max(2*(o.HeartbeatInterval+o.HeartbeatTimeout), 2*time.Minute)
 	cfg.IncomingStreamLimit = o.IncomingStreams
-	if o.IncomingStreams > 0 {
-		// No more can wait to be accepted than may be opened at all;
-		// yamux's 256 slots are a few KiB per session, which a server
-		// holding a thousand idle sessions pays a thousand times.
-		cfg.AcceptBacklog = min(cfg.AcceptBacklog, o.IncomingStreams)
-	}
+	// AcceptBacklog stays yamux's 256 on a server that accepts a single
+	// stream: it also bounds the streams this end has opened and the peer
+	// not yet acknowledged (a server's public connections).
 	cfg.MaxStreamWindowSize = DefaultStreamWindow
 	if o.StreamWindow > 0 {
 		cfg.MaxStreamWindowSize = max(o.StreamWindow, 256<<10) // yamux's minimum
