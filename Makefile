@@ -9,7 +9,7 @@ STATICCHECK := honnef.co/go/tools/cmd/staticcheck@v0.8.2
 # Fault tests sleep through keepalive timeouts; run many at once.
 TESTFLAGS   ?= -race -count=1 -parallel 16 -timeout 20m
 
-.PHONY: all build test stress fuzz lint demo bench bench-go bench-wan bench-fleet clean
+.PHONY: all build test stress fuzz lint demo bench bench-go bench-wan bench-fleet bench-lfn clean
 
 all: build
 
@@ -68,6 +68,9 @@ bench-wan: build
 
 bench-fleet: build
 	$(GO) test -run '^$$' -bench BenchmarkFleet -benchtime 1x -timeout 30m ./internal/fleet
+
+bench-lfn: build
+	$(GO) test -run '^$$' -bench BenchmarkLongFatLink -benchtime 1x -timeout 20m ./internal/e2e
 
 bench-go:
 	$(GO) test -run '^$$' -bench . -benchmem -count 1 ./internal/proxy ./internal/mux ./internal/protocol ./internal/rawio
