@@ -17,7 +17,7 @@ import (
 )
 
 // BenchmarkLongFatLink measures throughput over long, fat paths: a
-// user-space relay (tt.DelayRelay) holds data for half the round trip each
+// user-space relay (tt.NewDelayRelay) holds data for half the round trip each
 // way, at most at LFN_MBIT (200 Mbit/s), for round trips of 20, 50 and
 // 200 ms. The baseline is a plain TCP connection through the same relay;
 // the tunnel is the built binaries with the session through the relay.
@@ -49,7 +49,7 @@ func BenchmarkLongFatLink(b *testing.B) {
 		pub, srv, cli := lfnTunnel(b, bin, sink.Addr(), rtt, mbit)
 		t1 := sink.measure(b, pub, 1)
 		t8 := sink.measure(b, pub, 8)
-		srvRSS, cliRSS := peakRSS(b, srv), peakRSS(b, cli)
+		srvRSS, cliRSS := srv.Mem(b, "VmHWM"), cli.Mem(b, "VmHWM")
 		srv.Signal(b, os.Interrupt, 10*time.Second)
 		cli.Signal(b, os.Interrupt, 10*time.Second)
 		out += fmt.Sprintf("  %6s %7.0f Mb/s %7.0f Mb/s %6.0f%% %7.0f Mb/s %7.0f Mb/s %6.0f%% %8.1f MiB %8.1f MiB\n", rtt,
@@ -68,7 +68,7 @@ func listen(b *testing.B) net.Listener {
 }
 
 // lfnTunnel starts tunneld and tunnelc (TLS on, defaults) with the session
-// through a DelayRelay, one tunnel to sink; it returns the public address.
+// through a delaying relay, one tunnel to sink; it returns the public address.
 func lfnTunnel(b *testing.B, bin, sink string, rtt time.Duration, mbit float64) (string, *tt.Proc, *tt.Proc) {
 	dir := b.TempDir()
 	port, pubPort := tt.FreePort(b), tt.FreePort(b)
@@ -166,23 +166,4 @@ func (s *sink) measure(b *testing.B, addr string, n int) float64 {
 		time.Sleep(500 * time.Millisecond)
 	}
 	return float64(got) * 8 / took.Seconds()
-}
-
-// peakRSS is the process's peak resident set (VmHWM), in bytes.
-func peakRSS(b *testing.B, p *tt.Proc) int64 {
-	data, err := os.ReadFile(fmt.Sprintf("/proc/%d/status", p.Cmd.Process.Pid))
-	if err != nil {
-		b.Fatal(err)
-	}
-	for _, line := range strings.Split(string(data), "\n") {
-		if v, ok := strings.CutPrefix(line, "VmHWM:"); ok {
-			kb, err := strconv.ParseInt(strings.TrimSpace(strings.TrimSuffix(strings.TrimSpace(v), "kB")), 10, 64)
-			if err != nil {
-				b.Fatal(err)
-			}
-			return kb << 10
-		}
-	}
-	b.Fatal("no VmHWM in /proc status")
-	return 0
 }

@@ -171,7 +171,7 @@ func run(b *testing.B, bin, echo string, n int, tls bool, idle time.Duration) re
 	}
 	srv := startServer(b, bin, conf)
 	time.Sleep(2 * time.Second)
-	r.rss0 = rss(b, srv)
+	r.rss0 = srv.Mem(b, "VmRSS")
 
 	ctx, cancel := context.WithCancel(context.Background())
 	var wg sync.WaitGroup
@@ -213,11 +213,11 @@ func run(b *testing.B, bin, echo string, n int, tls bool, idle time.Duration) re
 	// RSS is taken at the end of the idle window: what an idle fleet
 	// costs, once the handshakes' garbage has gone back to the system.
 	time.Sleep(5 * time.Second)
-	r.rssUp = rss(b, srv)
-	cpu0 := cpuTime(b, srv)
+	r.rssUp = srv.Mem(b, "VmRSS")
+	cpu0 := srv.CPUTime(b)
 	time.Sleep(idle)
-	r.cpu = cpuTime(b, srv) - cpu0
-	r.rss = rss(b, srv)
+	r.cpu = srv.CPUTime(b) - cpu0
+	r.rss = srv.Mem(b, "VmRSS")
 
 	through(b, n)
 
@@ -332,40 +332,6 @@ func echoOnce(port int) error {
 		return fmt.Errorf("the echo differs from what was sent")
 	}
 	return nil
-}
-
-// rss is the process's resident set (VmRSS), in bytes.
-func rss(b *testing.B, p *tt.Proc) int64 {
-	data, err := os.ReadFile(fmt.Sprintf("/proc/%d/status", p.Cmd.Process.Pid))
-	if err != nil {
-		b.Fatal(err)
-	}
-	for _, line := range strings.Split(string(data), "\n") {
-		if v, ok := strings.CutPrefix(line, "VmRSS:"); ok {
-			kb, err := strconv.ParseInt(strings.TrimSpace(strings.TrimSuffix(strings.TrimSpace(v), "kB")), 10, 64)
-			if err != nil {
-				b.Fatal(err)
-			}
-			return kb << 10
-		}
-	}
-	b.Fatal("no VmRSS in /proc status")
-	return 0
-}
-
-// cpuTime is the process's user and system CPU time so far.
-func cpuTime(b *testing.B, p *tt.Proc) time.Duration {
-	data, err := os.ReadFile(fmt.Sprintf("/proc/%d/stat", p.Cmd.Process.Pid))
-	if err != nil {
-		b.Fatal(err)
-	}
-	// The command name may hold spaces; the fields after it are fixed.
-	s := string(data)
-	f := strings.Fields(s[strings.LastIndexByte(s, ')')+2:])
-	utime, _ := strconv.ParseInt(f[11], 10, 64)
-	stime, _ := strconv.ParseInt(f[12], 10, 64)
-	const hz = 100 // USER_HZ on Linux
-	return time.Duration(utime+stime) * time.Second / hz
 }
 
 func cpus() int {

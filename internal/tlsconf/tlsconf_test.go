@@ -73,14 +73,7 @@ func TestAutoCertIsMadeOnce(t *testing.T) {
 // A pin admits exactly its certificate; anything else fails with both
 // fingerprints, and a CA-verified failure tells the one presented.
 func TestPinnedClient(t *testing.T) {
-	certPEM, keyPEM, err := NewSelfSigned([]string{"127.0.0.1"})
-	if err != nil {
-		t.Fatal(err)
-	}
-	cert, err := tls.X509KeyPair(certPEM, keyPEM)
-	if err != nil {
-		t.Fatal(err)
-	}
+	cert := loopbackCert(t)
 	fp := Fingerprint(cert.Certificate[0])
 	srv := Server(func(*tls.ClientHelloInfo) (*tls.Certificate, error) { return &cert, nil }, nil)
 	ln, err := net.Listen("tcp", "127.0.0.1:0")
@@ -178,14 +171,7 @@ func TestFileCertReloads(t *testing.T) {
 // session cache that reads after the handshake (when TLS 1.3 tickets
 // arrive) has nothing cached.
 func TestServerSendsNoSessionTicket(t *testing.T) {
-	certPEM, keyPEM, err := NewSelfSigned([]string{"127.0.0.1"})
-	if err != nil {
-		t.Fatal(err)
-	}
-	cert, err := tls.X509KeyPair(certPEM, keyPEM)
-	if err != nil {
-		t.Fatal(err)
-	}
+	cert := loopbackCert(t)
 	srv := Server(func(*tls.ClientHelloInfo) (*tls.Certificate, error) { return &cert, nil }, nil)
 	a, b := net.Pipe()
 	defer a.Close()
@@ -226,4 +212,18 @@ func (c *countingCache) Put(key string, cs *tls.ClientSessionState) {
 		c.puts++
 	}
 	c.ClientSessionCache.Put(key, cs)
+}
+
+// loopbackCert is a fresh self-signed certificate for 127.0.0.1.
+func loopbackCert(t *testing.T) tls.Certificate {
+	t.Helper()
+	certPEM, keyPEM, err := NewSelfSigned([]string{"127.0.0.1"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	cert, err := tls.X509KeyPair(certPEM, keyPEM)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return cert
 }

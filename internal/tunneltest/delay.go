@@ -11,29 +11,40 @@ import (
 	"time"
 )
 
-// DelayRelay is a long, fat path in user space: a TCP relay that holds
-// every byte for a one-way delay before passing it on, at most at a rate,
-// in both directions. Data is delayed, never dropped. The path holds what
-// it can carry in flight (rate × delay) plus a little queue; a sender
-// that sends more waits in its own socket, as on a real path. This
-// machine's kernel has no netem, so a test that needs a round trip of
-// 200 ms builds it here. Each hop's TCP runs on loopback, so end-to-end
-// flow control across the relay is the application's: yamux's stream
-// windows for a tunnel, nothing for a plain relayed connection.
-type DelayRelay struct {
-	ln     net.Listener
-	target string
-	delay  time.Duration
-	rate   float64 // bytes per second
+// NewDelayRelay returns a Relay that is a long, fat path in user space:
+// it holds every byte for oneWay before passing it on, at most at
+// bitsPerSecond, in both directions, the rate shared by all connections
+// as one link's. Data is delayed, never dropped. The path holds what it
+// can carry in flight (rate × delay) plus a little queue; a sender that
+// sends more waits in its own socket, as on a real path. This machine's
+// kernel has no netem, so a test that needs a round trip of 200 ms builds
+// it here. Each hop's TCP runs on loopback, so end-to-end flow control
+// across the relay is the application's: yamux's stream windows for a
+// tunnel, nothing for a plain relayed connection. It does not freeze.
+func NewDelayRelay(t testing.TB, ln net.Listener, target string, oneWay time.Duration, bitsPerSecond float64) *Relay {
+	p := &delayPath{delay: oneWay, rate: bitsPerSecond / 8}
+	dial := func(a string) (*net.TCPConn, error) {
+		c, err := net.Dial("tcp", a)
+		if err != nil {
+			return nil, err
+		}
+		return c.(*net.TCPConn), nil
+	}
+	return newRelay(t, ln, target, dial, func(dst, src net.Conn, toTarget bool) {
+		link := &p.down
+		if toTarget {
+			link = &p.up
+		}
+		p.pipe(dst.(*net.TCPConn), src.(*net.TCPConn), link)
+	})
+}
 
-	// up and down pace each direction of the path, shared by every
-	// connection through it, as one link is.
+// delayPath is a delaying relay's path: its delay and rate, and the pacers
+// of its two directions, shared by every connection going that way.
+type delayPath struct {
+	delay    time.Duration
+	rate     float64 // bytes per second
 	up, down pacer
-
-	mu     sync.Mutex
-	closed bool
-	conns  map[net.Conn]struct{}
-	wg     sync.WaitGroup
 }
 
 // pacer hands out a link's time: each chunk leaves when it is due and the
@@ -55,81 +66,6 @@ func (p *pacer) reserve(due time.Time, n int, rate float64) time.Time {
 	return at
 }
 
-// NewDelayRelay forwards connections accepted on ln to target with the
-// given one-way delay and rate (bits per second) each way, the rate
-// shared by all connections as one link's. It stops at cleanup.
-func NewDelayRelay(t testing.TB, ln net.Listener, target string, oneWay time.Duration, bitsPerSecond float64) *DelayRelay {
-	r := &DelayRelay{ln: ln, target: target, delay: oneWay, rate: bitsPerSecond / 8, conns: map[net.Conn]struct{}{}}
-	r.wg.Add(1)
-	go r.serve()
-	t.Cleanup(r.Close)
-	return r
-}
-
-// Addr is where clients connect.
-func (r *DelayRelay) Addr() string { return r.ln.Addr().String() }
-
-// Close ends the relay and every connection through it.
-func (r *DelayRelay) Close() {
-	r.ln.Close()
-	r.mu.Lock()
-	r.closed = true
-	for c := range r.conns {
-		c.Close()
-	}
-	r.mu.Unlock()
-	r.wg.Wait()
-}
-
-func (r *DelayRelay) track(c net.Conn) bool {
-	r.mu.Lock()
-	defer r.mu.Unlock()
-	if r.closed {
-		c.Close()
-		return false
-	}
-	r.conns[c] = struct{}{}
-	return true
-}
-
-func (r *DelayRelay) untrack(c net.Conn) {
-	r.mu.Lock()
-	delete(r.conns, c)
-	r.mu.Unlock()
-	c.Close()
-}
-
-func (r *DelayRelay) serve() {
-	defer r.wg.Done()
-	for {
-		c, err := r.ln.Accept()
-		if err != nil {
-			return
-		}
-		up, err := net.Dial("tcp", r.target)
-		if err != nil {
-			c.Close()
-			continue
-		}
-		if !r.track(c) || !r.track(up) {
-			c.Close()
-			up.Close()
-			continue
-		}
-		r.wg.Add(1)
-		go func() {
-			defer r.wg.Done()
-			var pair sync.WaitGroup
-			pair.Add(2)
-			go func() { defer pair.Done(); r.pipe(up.(*net.TCPConn), c.(*net.TCPConn), &r.up) }()
-			go func() { defer pair.Done(); r.pipe(c.(*net.TCPConn), up.(*net.TCPConn), &r.down) }()
-			pair.Wait()
-			r.untrack(c)
-			r.untrack(up)
-		}()
-	}
-}
-
 // chunk is data read at one moment, due out at due.
 type chunk struct {
 	due  time.Time
@@ -140,7 +76,7 @@ type chunk struct {
 // while the path has room; a writer sends each chunk when it is due and
 // the link (shared by every connection going that way) has time for it. EOF is passed on as a half-close once the queue is
 // empty; an error ends both directions.
-func (r *DelayRelay) pipe(dst, src *net.TCPConn, link *pacer) {
+func (r *delayPath) pipe(dst, src *net.TCPConn, link *pacer) {
 	// The path's capacity: what is in flight at the rate, plus a queue
 	// of 256 KiB, at least 1 MiB.
 	capacity := max(int(r.rate*r.delay.Seconds())+256<<10, 1<<20)

@@ -17,6 +17,9 @@ type Relay struct {
 	ln     net.Listener
 	target string
 	dial   func(string) (*net.TCPConn, error)
+	// carry copies one direction (toTarget: from the accepted side);
+	// Relay.pipe unless the relay delays (NewDelayRelay).
+	carry func(dst, src net.Conn, toTarget bool)
 
 	mu     sync.Mutex
 	cond   *sync.Cond
@@ -29,7 +32,15 @@ type Relay struct {
 // NewRelay forwards connections accepted on ln to target, dialing with dial.
 // It stops at cleanup.
 func NewRelay(t testing.TB, ln net.Listener, target string, dial func(string) (*net.TCPConn, error)) *Relay {
-	r := &Relay{ln: ln, target: target, dial: dial, conns: map[net.Conn]struct{}{}}
+	return newRelay(t, ln, target, dial, nil)
+}
+
+// newRelay is NewRelay carrying each direction with carry (nil: pipe).
+func newRelay(t testing.TB, ln net.Listener, target string, dial func(string) (*net.TCPConn, error), carry func(dst, src net.Conn, toTarget bool)) *Relay {
+	r := &Relay{ln: ln, target: target, dial: dial, carry: carry, conns: map[net.Conn]struct{}{}}
+	if r.carry == nil {
+		r.carry = func(dst, src net.Conn, _ bool) { r.pipe(dst, src) }
+	}
 	r.cond = sync.NewCond(&r.mu)
 	r.wg.Add(1)
 	go r.serve()
@@ -135,8 +146,8 @@ func (r *Relay) serve() {
 			}
 			var pair sync.WaitGroup
 			pair.Add(2)
-			go func() { defer pair.Done(); r.pipe(up, c) }()
-			go func() { defer pair.Done(); r.pipe(c, up) }()
+			go func() { defer pair.Done(); r.carry(up, c, true) }()
+			go func() { defer pair.Done(); r.carry(c, up, false) }()
 			pair.Wait()
 			r.untrack(c)
 			r.untrack(up)
