@@ -82,8 +82,10 @@ func New(cfg *config.Client, log *slog.Logger) (*Client, error) {
 		HandshakeTimeout:  cfg.HandshakeTimeout.D(),
 		// A parked stream's data goes straight into the joined socket,
 		// a copy buffer's worth per write.
-		DeliverBuffer: proxy.BufSize,
-		Logger:        log,
+		DeliverBuffer:   proxy.BufSize,
+		Logger:          log,
+		StreamWindowCap: uint32(cfg.Window.StreamMax),
+		WindowBudget:    uint64(cfg.Window.SessionBudget),
 	}
 	t, err := clientTLS(cfg)
 	if err != nil {

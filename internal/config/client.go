@@ -28,6 +28,7 @@ type Client struct {
 	TLS       ClientTLS          `toml:"tls"`
 	KeepAlive ClientKeepAlive    `toml:"keepalive"`
 	Reconnect Reconnect          `toml:"reconnect"`
+	Window    Window             `toml:"window"`
 	Tunnels   map[string]*Tunnel `toml:"tunnels"`
 
 	File string `toml:"-"`
@@ -66,6 +67,7 @@ func DefaultClient() *Client {
 		Log:              Log{Level: "info", Format: "text"},
 		KeepAlive:        ClientKeepAlive{Session: DefaultSession, Local: DefaultLeg},
 		Reconnect:        Reconnect{MinDelay: Duration(250 * time.Millisecond), MaxDelay: Duration(30 * time.Second)},
+		Window:           DefaultWindow,
 	}
 }
 
@@ -134,6 +136,7 @@ func (c *Client) Validate(lines map[string]int) error {
 	checkLog(ps, c.Log)
 	checkSession(ps, c.KeepAlive.Session)
 	checkKeepAlive(ps, "keepalive.local", c.KeepAlive.Local)
+	checkWindow(ps, c.Window)
 	if len(c.Tunnels) == 0 {
 		ps.add("tunnels", "no tunnels: add at least one [tunnels.NAME] table with local and remote_port")
 	}

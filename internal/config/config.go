@@ -42,6 +42,73 @@ func (d Duration) MarshalText() ([]byte, error) { return []byte(time.Duration(d)
 // D returns d as a time.Duration.
 func (d Duration) D() time.Duration { return time.Duration(d) }
 
+// Size is a byte count written in TOML as a string with a binary unit
+// ("16MiB", "512KiB", "1GiB") or a bare number of bytes.
+type Size uint64
+
+// UnmarshalText implements encoding.TextUnmarshaler.
+func (z *Size) UnmarshalText(b []byte) error {
+	s := strings.TrimSpace(string(b))
+	mult := uint64(1)
+	for _, u := range []struct {
+		suffix string
+		mult   uint64
+	}{{"GiB", 1 << 30}, {"MiB", 1 << 20}, {"KiB", 1 << 10}, {"B", 1}} {
+		if v, ok := strings.CutSuffix(s, u.suffix); ok {
+			s, mult = strings.TrimSpace(v), u.mult
+			break
+		}
+	}
+	n, err := strconv.ParseUint(s, 10, 64)
+	if err != nil || n > (1<<62)/mult {
+		return fmt.Errorf("not a size (want e.g. \"16MiB\", \"512KiB\", \"1GiB\"): %q", b)
+	}
+	*z = Size(n * mult)
+	return nil
+}
+
+// MarshalText implements encoding.TextMarshaler.
+func (z Size) MarshalText() ([]byte, error) {
+	switch {
+	case z != 0 && z%(1<<30) == 0:
+		return fmt.Appendf(nil, "%dGiB", z>>30), nil
+	case z != 0 && z%(1<<20) == 0:
+		return fmt.Appendf(nil, "%dMiB", z>>20), nil
+	case z != 0 && z%(1<<10) == 0:
+		return fmt.Appendf(nil, "%dKiB", z>>10), nil
+	}
+	return fmt.Appendf(nil, "%d", uint64(z)), nil
+}
+
+// String is z as written in TOML.
+func (z Size) String() string { b, _ := z.MarshalText(); return string(b) }
+
+// Window is how far stream windows may grow on long, fast paths
+// ([window]): each stream's receive window grows with the bandwidth-delay
+// product the session measures, from 4 MiB up to StreamMax, while the
+// grown window times the open streams stays within SessionBudget.
+// stream_max = "4MiB" turns the growth off.
+type Window struct {
+	StreamMax     Size `toml:"stream_max"`
+	SessionBudget Size `toml:"session_budget"`
+}
+
+// DefaultWindow is what [window] defaults to.
+var DefaultWindow = Window{StreamMax: 16 << 20, SessionBudget: 64 << 20}
+
+// minStreamMax is the streams' starting window, below which stream_max
+// means nothing (mux.DefaultStreamWindow).
+const minStreamMax = 4 << 20
+
+func checkWindow(ps *problems, w Window) {
+	if w.StreamMax < minStreamMax || w.StreamMax > 1<<30 {
+		ps.add("window.stream_max", "%s is out of range (4MiB, which turns window growth off, to 1GiB)", w.StreamMax)
+	}
+	if w.SessionBudget < w.StreamMax || w.SessionBudget > 64<<30 {
+		ps.add("window.session_budget", "%s is out of range (window.stream_max, %s, to 64GiB)", w.SessionBudget, w.StreamMax)
+	}
+}
+
 // KeepAlive is the TCP keepalive of one leg. idle = 0 turns it off.
 type KeepAlive struct {
 	Idle     Duration `toml:"idle"`

@@ -449,3 +449,35 @@ name = "erin"
 		t.Errorf("shared token between clients: %v", err)
 	}
 }
+
+// [window] takes sizes with binary units; a size that is not one, or out
+// of range, is refused naming the file, line and key.
+func TestWindowSizes(t *testing.T) {
+	t.Setenv("TUNNEL_TOKEN", "")
+	t.Setenv("STATE_DIRECTORY", "")
+	c, err := ParseServer("s.toml", []byte("token = \"0123456789abcdefgh\"\n[window]\nstream_max = \"32MiB\"\nsession_budget = \"1GiB\"\n"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if c.Window.StreamMax != 32<<20 || c.Window.SessionBudget != 1<<30 {
+		t.Errorf("window %+v", c.Window)
+	}
+	d, err := ParseServer("s.toml", []byte("token = \"0123456789abcdefgh\"\n"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if d.Window != DefaultWindow {
+		t.Errorf("default window %+v, want %+v", d.Window, DefaultWindow)
+	}
+	_, err = ParseServer("s.toml", []byte("token = \"0123456789abcdefgh\"\n[window]\nstream_max = \"lots\"\n"))
+	if err == nil || !strings.Contains(err.Error(), "s.toml:3") || !strings.Contains(err.Error(), "not a size") {
+		t.Errorf("bad size: %v", err)
+	}
+	cli := "server = \"h:1\"\ntoken = \"x\"\n[window]\nstream_max = \"1MiB\"\nsession_budget = \"100GiB\"\n[tunnels.a]\nlocal = \"127.0.0.1:1\"\n"
+	_, err = ParseClient("c.toml", []byte(cli))
+	for _, want := range []string{"c.toml:4: window.stream_max: 1MiB is out of range (4MiB", "c.toml:5: window.session_budget: 100GiB is out of range"} {
+		if err == nil || !strings.Contains(err.Error(), want) {
+			t.Errorf("client error %v\nlacks %q", err, want)
+		}
+	}
+}

@@ -59,6 +59,7 @@ type Server struct {
 	Log       Log             `toml:"log"`
 	TLS       ServerTLS       `toml:"tls"`
 	KeepAlive ServerKeepAlive `toml:"keepalive"`
+	Window    Window          `toml:"window"`
 
 	// File is where the config came from ("(defaults)" when none).
 	File string `toml:"-"`
@@ -101,6 +102,7 @@ func DefaultServer() *Server {
 		FailedHandshakesPerMinute: 30,
 		Log:                       Log{Level: "info", Format: "text"},
 		KeepAlive:                 ServerKeepAlive{Session: DefaultSession, Public: DefaultLeg},
+		Window:                    DefaultWindow,
 		File:                      "(defaults)",
 	}
 }
@@ -209,6 +211,7 @@ func (c *Server) Validate(lines map[string]int) error {
 	c.validateClients(ps)
 	checkLog(ps, c.Log)
 	checkSession(ps, c.KeepAlive.Session)
+	checkWindow(ps, c.Window)
 	checkKeepAlive(ps, "keepalive.public", c.KeepAlive.Public)
 	return ps.err()
 }

@@ -44,6 +44,12 @@ type Options struct {
 	// read (yamux's MaxStreamWindowSize); 0 means DefaultStreamWindow. It
 	// bounds what a slow reader can make this end buffer per stream.
 	StreamWindow uint32
+	// StreamWindowCap is how far auto-tuning may grow a stream's window
+	// (0: DefaultStreamWindowCap; at most StreamWindow turns it off), and
+	// WindowBudget the grown window times the open streams (0:
+	// DefaultWindowBudget).
+	StreamWindowCap uint32
+	WindowBudget    uint64
 	// HandshakeTimeout bounds dialing and the TLS handshake.
 	HandshakeTimeout time.Duration
 	// IncomingStreams is how many streams the peer may open over the

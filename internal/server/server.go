@@ -63,8 +63,10 @@ func New(cfg *config.Server, log *slog.Logger) (*Server, error) {
 		HandshakeTimeout:  cfg.HandshakeTimeout.D(),
 		// A parked stream's data goes straight into the joined socket,
 		// a copy buffer's worth per write.
-		DeliverBuffer: proxy.BufSize,
-		Logger:        log,
+		DeliverBuffer:   proxy.BufSize,
+		Logger:          log,
+		StreamWindowCap: uint32(cfg.Window.StreamMax),
+		WindowBudget:    uint64(cfg.Window.SessionBudget),
 		// A client opens its control stream and nothing else; the
 		// server opens every data stream.
 		IncomingStreams: 1,

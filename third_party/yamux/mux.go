@@ -30,6 +30,15 @@ type Config struct {
 	// window size that we allow for a stream.
 	MaxStreamWindowSize uint32
 
+	// StreamWindowCap (local patch), when above MaxStreamWindowSize,
+	// turns on window auto-tuning: the session measures the
+	// bandwidth-delay product with pings while data arrives and grows
+	// every stream's window from MaxStreamWindowSize up to this cap when
+	// the window is what limits the senders. WindowBudget, when set,
+	// bounds the grown window times the streams open at the time.
+	StreamWindowCap uint32
+	WindowBudget    uint64
+
 	// StreamOpenTimeout is the maximum amount of time that a stream will
 	// be allowed to remain in pending state while waiting for an ack from the peer.
 	// Once the timeout is reached the session will be gracefully closed.

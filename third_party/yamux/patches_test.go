@@ -889,6 +889,187 @@ func TestSendPing(t *testing.T) {
 	}
 }
 
+// delayConn delivers what is written to it after a delay, in order, as a
+// long path would: each Write returns at once.
+type delayConn struct {
+	net.Conn
+	delay time.Duration
+	q     chan delayed
+	stop  chan struct{}
+	once  sync.Once
+	done  chan struct{}
+}
+
+type delayed struct {
+	at   time.Time
+	data []byte
+}
+
+func newDelayConn(c net.Conn, d time.Duration) *delayConn {
+	dc := &delayConn{Conn: c, delay: d, q: make(chan delayed, 1<<14), stop: make(chan struct{}), done: make(chan struct{})}
+	go func() {
+		defer close(dc.done)
+		for {
+			select {
+			case w := <-dc.q:
+				time.Sleep(time.Until(w.at))
+				if _, err := c.Write(w.data); err != nil {
+					return
+				}
+			case <-dc.stop:
+				return
+			}
+		}
+	}()
+	return dc
+}
+
+func (c *delayConn) Write(p []byte) (int, error) {
+	select {
+	case c.q <- delayed{time.Now().Add(c.delay), append([]byte(nil), p...)}:
+		return len(p), nil
+	case <-c.stop:
+		return 0, net.ErrClosed
+	}
+}
+
+func (c *delayConn) Close() error {
+	c.once.Do(func() { close(c.stop) })
+	err := c.Conn.Close()
+	<-c.done
+	return err
+}
+
+// With auto-tuning on, a stream's window grows when the measured
+// bandwidth-delay product comes close to it (a 256 KiB window over a
+// 60 ms round trip), never past StreamWindowCap; without it, or when the
+// budget shared by the open streams leaves no room, it stays.
+func TestWindowAutoTuning(t *testing.T) {
+	for _, tc := range []struct {
+		name       string
+		cap        uint32
+		budget     uint64
+		extra      int // streams open besides the bulk one
+		wantGrowth bool
+		wantAtMost uint32
+	}{
+		{"off", 0, 0, 0, false, 256 << 10},
+		{"grows to the cap", 1 << 20, 0, 0, true, 1 << 20},
+		{"budget shared by streams", 4 << 20, 1 << 20, 7, false, 256 << 10},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			c1, c2 := testConnTCP(t)
+			conf := testConfNoKeepAlive()
+			conf.MaxStreamWindowSize = 256 << 10
+			conf.StreamWindowCap = tc.cap
+			conf.WindowBudget = tc.budget
+			client, err := Client(newDelayConn(c1.(net.Conn), 30*time.Millisecond), conf)
+			if err != nil {
+				t.Fatal(err)
+			}
+			defer client.Close()
+			server, err := Server(newDelayConn(c2.(net.Conn), 30*time.Millisecond), conf.Clone())
+			if err != nil {
+				t.Fatal(err)
+			}
+			defer server.Close()
+			for i := 0; i < tc.extra; i++ {
+				if _, err := client.OpenStream(); err != nil {
+					t.Fatal(err)
+				}
+			}
+			st, err := client.OpenStream()
+			if err != nil {
+				t.Fatal(err)
+			}
+			go func() {
+				buf := make([]byte, 64<<10)
+				for {
+					if _, err := st.Write(buf); err != nil {
+						return
+					}
+				}
+			}()
+			// The server reads everything of every stream at once.
+			go func() {
+				for {
+					in, err := server.AcceptStream()
+					if err != nil {
+						return
+					}
+					go func() { _, _ = io.Copy(io.Discard, in) }()
+				}
+			}()
+			deadline := time.Now().Add(3 * time.Second)
+			for time.Now().Before(deadline) && server.window() <= 256<<10 {
+				time.Sleep(10 * time.Millisecond)
+			}
+			if tc.wantGrowth {
+				// Let it grow as far as it will.
+				time.Sleep(time.Second)
+			}
+			w := server.window()
+			t.Logf("window %d KiB", w>>10)
+			if grew := w > 256<<10; grew != tc.wantGrowth {
+				t.Errorf("window %d KiB: grew %v, want %v", w>>10, grew, tc.wantGrowth)
+			}
+			if w > tc.wantAtMost {
+				t.Errorf("window %d KiB, above %d KiB", w>>10, tc.wantAtMost>>10)
+			}
+		})
+	}
+}
+
+// After a quiet spell a grown window starts small again with the next data.
+func TestWindowShrinksAfterIdle(t *testing.T) {
+	defer func(d time.Duration) { windowIdleReset = d }(windowIdleReset)
+	windowIdleReset = 300 * time.Millisecond
+	c1, c2 := testConnTCP(t)
+	conf := testConfNoKeepAlive()
+	conf.MaxStreamWindowSize = 256 << 10
+	conf.StreamWindowCap = 1 << 20
+	client, err := Client(newDelayConn(c1.(net.Conn), 30*time.Millisecond), conf)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer client.Close()
+	server, err := Server(newDelayConn(c2.(net.Conn), 30*time.Millisecond), conf.Clone())
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer server.Close()
+	st, err := client.OpenStream()
+	if err != nil {
+		t.Fatal(err)
+	}
+	in, err := server.AcceptStream()
+	if err != nil {
+		t.Fatal(err)
+	}
+	go func() { _, _ = io.Copy(io.Discard, in) }()
+	buf := make([]byte, 64<<10)
+	deadline := time.Now().Add(5 * time.Second)
+	for server.window() <= 256<<10 {
+		if time.Now().After(deadline) {
+			t.Fatal("the window never grew")
+		}
+		if _, err := st.Write(buf); err != nil {
+			t.Fatal(err)
+		}
+	}
+	time.Sleep(2 * windowIdleReset)
+	if _, err := st.Write([]byte("x")); err != nil {
+		t.Fatal(err)
+	}
+	deadline = time.Now().Add(5 * time.Second)
+	for server.window() != 256<<10 {
+		if time.Now().After(deadline) {
+			t.Fatalf("window %d KiB after a quiet spell, want 256 KiB again", server.window()>>10)
+		}
+		time.Sleep(5 * time.Millisecond)
+	}
+}
+
 // slowConn writes at rate bytes per second, as a slow link drains a full
 // socket buffer.
 type slowConn struct {

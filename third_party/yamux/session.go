@@ -92,6 +92,19 @@ type Session struct {
 	// recvDoneCh is closed when recv() exits to avoid a race
 	// between stream registration and stream shutdown
 
+	// streamWindow (local patch) is the receive window each stream is
+	// given: Config.MaxStreamWindowSize, grown by the BDP estimator (see
+	// bdpAnswered) up to Config.StreamWindowCap.
+	streamWindow atomic.Uint32
+	// bdp is the estimator's state, the receive loop's alone.
+	bdp struct {
+		pinging bool
+		id      uint32
+		sent    time.Time
+		bytes   uint64
+		last    time.Time // the last stream data
+	}
+
 	// pendingPong (local patch) is the last ping whose answer found the
 	// urgent queue full, | pongPending; the send loop queues it after its
 	// next write.
@@ -140,6 +153,7 @@ func newSession(config *Config, conn io.ReadWriteCloser, client bool) *Session {
 		shutdownCh: make(chan struct{}),
 	}
 	s.frameCap.Store(sendBatch)
+	s.streamWindow.Store(config.MaxStreamWindowSize)
 	if client {
 		s.nextStreamID = 1
 	} else {
@@ -1068,6 +1082,7 @@ func (s *Session) handleStreamMessage(hdr header) error {
 	}
 
 	// Read the new data
+	s.bdpReceived(hdr.Length())
 	if err := stream.readData(hdr, flags, s.bufRead); err != nil {
 		if sendErr := s.sendNoWait(s.goAway(goAwayProtoErr)); sendErr != nil {
 			s.logger.Printf("[WARN] yamux: failed to send go away: %v", sendErr)
@@ -1100,6 +1115,10 @@ func (s *Session) handlePing(hdr header) error {
 	}
 
 	// Handle a response
+	if pingID&bdpPing != 0 {
+		s.bdpAnswered(pingID)
+		return nil
+	}
 	s.pingLock.Lock()
 	ch := s.pings[pingID]
 	if ch != nil {
@@ -1109,6 +1128,90 @@ func (s *Session) handlePing(hdr header) error {
 	s.pingLock.Unlock()
 	return nil
 }
+
+// windowIdleReset is how long a session may receive no stream data
+// before grown windows go back to MaxStreamWindowSize (local patch).
+var windowIdleReset = 10 * time.Second
+
+// bdpPing marks the ids of the estimator's pings (local patch); other
+// pings count up from 0 and never reach it.
+const bdpPing = 1 << 31
+
+// bdpReceived counts n bytes of stream data arriving (local patch): with
+// auto-tuning on (Config.StreamWindowCap) and no estimate under way, it
+// starts one with a ping, and counts what arrives until its answer. It
+// runs on the receive loop only.
+func (s *Session) bdpReceived(n uint32) {
+	if s.config.StreamWindowCap <= s.config.MaxStreamWindowSize || n == 0 {
+		return
+	}
+	now := time.Now()
+	if !s.bdp.last.IsZero() && now.Sub(s.bdp.last) > windowIdleReset {
+		// After a quiet spell, windows start small again: what the path
+		// carried then says nothing about the streams to come.
+		s.streamWindow.Store(s.config.MaxStreamWindowSize)
+	}
+	s.bdp.last = now
+	if s.bdp.pinging {
+		s.bdp.bytes += uint64(n)
+		return
+	}
+	s.bdp.id = (s.bdp.id + 1) | bdpPing
+	hdr := header(make([]byte, headerSize))
+	hdr.encode(typePing, flagSYN, 0, s.bdp.id)
+	select {
+	case s.urgentCh <- &sendReady{Hdr: hdr}:
+		s.bdp.pinging, s.bdp.sent, s.bdp.bytes = true, now, uint64(n)
+	default:
+	}
+}
+
+// bdpAnswered takes the answer to the estimator's ping (local patch): what
+// arrived during that round trip is what the path carried in one, a
+// sample of the bandwidth-delay product. When it comes close to the
+// streams' window (two thirds of it), the window was likely what limited
+// the senders, and it doubles the sample: gRPC's BDP estimator. The
+// window never exceeds StreamWindowCap, nor WindowBudget shared by the
+// open streams, and never shrinks here: a stream's window is only ever
+// reopened by what its reader consumed.
+func (s *Session) bdpAnswered(id uint32) {
+	if !s.bdp.pinging || id != s.bdp.id {
+		return
+	}
+	s.bdp.pinging = false
+	w := uint64(s.streamWindow.Load())
+	sample := s.bdp.bytes
+	if sample*3 < w*2 {
+		return
+	}
+	grow := min64(2*sample, uint64(s.config.StreamWindowCap))
+	if b := s.config.WindowBudget; b > 0 {
+		s.streamLock.Lock()
+		n := uint64(len(s.streams))
+		s.streamLock.Unlock()
+		grow = min64(grow, b/max64(n, 1))
+	}
+	if grow > w {
+		s.streamWindow.Store(uint32(grow))
+	}
+}
+
+func min64(a, b uint64) uint64 {
+	if a < b {
+		return a
+	}
+	return b
+}
+
+func max64(a, b uint64) uint64 {
+	if a > b {
+		return a
+	}
+	return b
+}
+
+// window is the receive window a stream reopens to (local patch).
+func (s *Session) window() uint32 { return s.streamWindow.Load() }
 
 // queuePong queues the answer to ping id if the urgent queue has room
 // (local patch, see handlePing).

@@ -337,7 +337,7 @@ func (s *Stream) sendWindowUpdate() error {
 	flags := s.sendFlags()
 
 	// Determine the delta update
-	max := s.session.config.MaxStreamWindowSize
+	max := s.session.window()
 	s.recvLock.Lock()
 	delta := s.windowDelta()
 
@@ -375,7 +375,7 @@ func (s *Stream) queueWindowUpdate() error {
 	flags := s.sendFlags()
 	s.recvLock.Lock()
 	delta := s.windowDelta()
-	if delta < s.session.config.MaxStreamWindowSize/2 && flags == 0 {
+	if delta < s.session.window()/2 && flags == 0 {
 		s.recvLock.Unlock()
 		return nil
 	}
@@ -873,14 +873,15 @@ func (s *Stream) windowDelta() uint32 {
 	if s.recvBuf != nil {
 		bufLen = uint32(s.recvBuf.Len())
 	}
+	w := s.session.window()
 	held := uint64(s.recvWindow) + uint64(bufLen) + uint64(s.delivering)
-	if held >= uint64(s.session.config.MaxStreamWindowSize) {
+	if held >= uint64(w) {
 		// Nothing to reopen. Never wrap: a "negative" delta is a window
 		// update of nearly 4 GiB, after which a sender that had used its
 		// window believes it has 4 GiB more and overruns the stream.
 		return 0
 	}
-	return s.session.config.MaxStreamWindowSize - uint32(held)
+	return w - uint32(held)
 }
 
 // windowDue reports whether enough of the receive window is consumed that
@@ -893,7 +894,7 @@ func (s *Stream) windowDue() bool {
 
 // windowDueLocked is windowDue for a caller that holds recvLock.
 func (s *Stream) windowDueLocked() bool {
-	return s.windowDelta() >= s.session.config.MaxStreamWindowSize/2
+	return s.windowDelta() >= s.session.window()/2
 }
 
 // SetDeadline sets the read and write deadlines
