@@ -102,7 +102,9 @@ type Session struct {
 		id      uint32
 		sent    time.Time
 		bytes   uint64
-		last    time.Time // the last stream data
+		last    time.Time     // the last stream data
+		minRTT  time.Duration // the shortest round trip a ping has seen
+		samples int
 	}
 
 	// pendingPong (local patch) is the last ping whose answer found the
@@ -1133,6 +1135,14 @@ func (s *Session) handlePing(hdr header) error {
 // before grown windows go back to MaxStreamWindowSize (local patch).
 var windowIdleReset = 10 * time.Second
 
+// bdpSamples is how many round trips the estimator measures before it
+// trusts the shortest, and bdpMinRTT the shortest path it grows windows
+// for (local patch).
+const (
+	bdpSamples = 4
+	bdpMinRTT  = 5 * time.Millisecond
+)
+
 // bdpPing marks the ids of the estimator's pings (local patch); other
 // pings count up from 0 and never reach it.
 const bdpPing = 1 << 31
@@ -1167,21 +1177,43 @@ func (s *Session) bdpReceived(n uint32) {
 }
 
 // bdpAnswered takes the answer to the estimator's ping (local patch): what
-// arrived during that round trip is what the path carried in one, a
-// sample of the bandwidth-delay product. When it comes close to the
-// streams' window (two thirds of it), the window was likely what limited
-// the senders, and it doubles the sample: gRPC's BDP estimator. The
-// window never exceeds StreamWindowCap, nor WindowBudget shared by the
-// open streams, and never shrinks here: a stream's window is only ever
-// reopened by what its reader consumed.
+// arrived during that round trip, scaled to the shortest round trip seen,
+// is what the path carries in one: a sample of the bandwidth-delay
+// product. When it reaches half the streams' window, the window was
+// likely what limited the senders, and the window becomes twice the
+// sample (gRPC's BDP estimator), at most StreamWindowCap and WindowBudget
+// shared by the open streams. It never shrinks here: a stream's window is
+// only ever reopened by what its reader consumed.
 func (s *Session) bdpAnswered(id uint32) {
 	if !s.bdp.pinging || id != s.bdp.id {
 		return
 	}
 	s.bdp.pinging = false
-	w := uint64(s.streamWindow.Load())
+	rtt := time.Since(s.bdp.sent)
+	if s.bdp.minRTT == 0 || rtt < s.bdp.minRTT {
+		s.bdp.minRTT = rtt
+	}
+	s.bdp.samples++
+	// A few round trips before the shortest is believed, and none on a
+	// path whose round trip is so short that the starting window carries
+	// more than a tunnel does (4 MiB in 5 ms is 6.7 Gbit/s).
+	if s.bdp.samples < bdpSamples || s.bdp.minRTT < bdpMinRTT {
+		return
+	}
+	// What arrived per round trip at the path's own round trip, not at
+	// this ping's: on a short path the ping waits behind data queued in
+	// socket buffers, and counting that as path would grow windows on
+	// loopback, where nothing needs them, into memory held for slow
+	// readers.
 	sample := s.bdp.bytes
-	if sample*3 < w*2 {
+	if rtt > 0 {
+		sample = uint64(float64(sample) * float64(s.bdp.minRTT) / float64(rtt))
+	}
+	// Half the window: a sender limited by its window gets well under a
+	// window per round trip through, since the window reopens in halves
+	// as the reader consumes it (gRPC's two thirds missed it at 200 ms).
+	w := uint64(s.streamWindow.Load())
+	if sample*2 < w {
 		return
 	}
 	grow := min64(2*sample, uint64(s.config.StreamWindowCap))
