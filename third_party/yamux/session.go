@@ -1136,11 +1136,12 @@ func (s *Session) handlePing(hdr header) error {
 var windowIdleReset = 10 * time.Second
 
 // bdpSamples is how many round trips the estimator measures before it
-// trusts the shortest, and bdpMinRTT the shortest path it grows windows
-// for (local patch).
+// trusts the shortest, bdpMinRTT the shortest path it grows windows for,
+// and bdpEvery the least time between two of its pings (local patch).
 const (
 	bdpSamples = 4
 	bdpMinRTT  = 5 * time.Millisecond
+	bdpEvery   = 50 * time.Millisecond
 )
 
 // bdpPing marks the ids of the estimator's pings (local patch); other
@@ -1164,6 +1165,12 @@ func (s *Session) bdpReceived(n uint32) {
 	s.bdp.last = now
 	if s.bdp.pinging {
 		s.bdp.bytes += uint64(n)
+		return
+	}
+	// One estimate per bdpEvery at most (a ping and its answer are two
+	// writes; one per round trip on loopback would be thousands a
+	// second), and none once the window is at its cap.
+	if now.Sub(s.bdp.sent) < bdpEvery || s.streamWindow.Load() >= s.config.StreamWindowCap {
 		return
 	}
 	s.bdp.id = (s.bdp.id + 1) | bdpPing
