@@ -20,7 +20,8 @@ import (
 // user-space relay (tt.NewDelayRelay) holds data for half the round trip each
 // way, at most at LFN_MBIT (200 Mbit/s), for round trips of 20, 50 and
 // 200 ms. The baseline is a plain TCP connection through the same relay;
-// the tunnel is the built binaries with the session through the relay.
+// the tunnel is the built binaries with the session through the relay,
+// both ends with [window] stream_max = "16MiB" (LFN_STREAM_MAX).
 // One connection and 8 connections write for 5 s after 2 s of warm-up;
 // what reaches the sink counts. Each hop's TCP runs on loopback, so the
 // only end-to-end flow control across the path is the tunnel's own
@@ -59,6 +60,16 @@ func BenchmarkLongFatLink(b *testing.B) {
 	b.Log(out)
 }
 
+// lfnWindow lets windows grow, as the docs advise for long, fast paths;
+// LFN_STREAM_MAX overrides it ("4MiB": the default, no growth).
+var lfnWindow = func() string {
+	v := "16MiB"
+	if s := os.Getenv("LFN_STREAM_MAX"); s != "" {
+		v = s
+	}
+	return fmt.Sprintf("\n[window]\nstream_max = %q\n", v)
+}()
+
 func listen(b *testing.B) net.Listener {
 	ln, err := net.Listen("tcp", "127.0.0.1:0")
 	if err != nil {
@@ -77,7 +88,7 @@ func lfnTunnel(b *testing.B, bin, sink string, rtt time.Duration, mbit float64) 
 token = "lfn-bench-token-0123456789"
 bind_addr = "127.0.0.1"
 state_dir = %q
-`, port, filepath.Join(dir, "state")), 0o600); err != nil {
+%s`, port, filepath.Join(dir, "state"), lfnWindow), 0o600); err != nil {
 		b.Fatal(err)
 	}
 	fp, err := exec.Command(filepath.Join(bin, "tunneld"), "fingerprint", "-c", srvConf).Output()
@@ -95,10 +106,11 @@ name = "lfn"
 [tls]
 fingerprint = %q
 
+%s
 [tunnels.bulk]
 local = %q
 remote_port = %d
-`, relay.Addr(), strings.TrimSpace(string(fp)), sink, pubPort), 0o600); err != nil {
+`, relay.Addr(), strings.TrimSpace(string(fp)), lfnWindow, sink, pubPort), 0o600); err != nil {
 		b.Fatal(err)
 	}
 	cli := tt.Start(b, exec.Command(filepath.Join(bin, "tunnelc"), "up", "-c", cliConf))

@@ -1203,8 +1203,11 @@ func (s *Session) bdpAnswered(id uint32) {
 	s.bdp.samples++
 	// A few round trips before the shortest is believed, and none on a
 	// path whose round trip is so short that the starting window carries
-	// more than a tunnel does (4 MiB in 5 ms is 6.7 Gbit/s).
-	if s.bdp.samples < bdpSamples || s.bdp.minRTT < bdpMinRTT {
+	// more than a tunnel does (4 MiB in 5 ms is 6.7 Gbit/s). None while
+	// this end's writes show a slow link (see noteWrite): the link is the
+	// bottleneck there, its round trips are mostly queue, and a grown
+	// window only queues more behind it.
+	if s.bdp.samples < bdpSamples || s.bdp.minRTT < bdpMinRTT || s.slow.Load() {
 		return
 	}
 	// What arrived per round trip at the path's own round trip, not at
