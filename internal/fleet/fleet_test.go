@@ -12,6 +12,7 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
+	"runtime"
 	"strconv"
 	"strings"
 	"sync"
@@ -76,7 +77,7 @@ func BenchmarkFleet(b *testing.B) {
 	for _, n := range sizes {
 		rows = append(rows, run(b, bin, echo.Addr(), n, false, 0))
 	}
-	out := fmt.Sprintf("\nFleet: N client sessions, 2 tunnels each, one tunneld (%s, %d CPUs):\n", time.Now().Format("2006-01-02"), cpus())
+	out := fmt.Sprintf("\nFleet: N client sessions, 2 tunnels each, one tunneld (%s, %d CPUs):\n", time.Now().Format("2006-01-02"), runtime.NumCPU())
 	out += fmt.Sprintf("  %6s %4s %14s %12s %14s %19s %14s %16s %12s\n", "N", "TLS", "sessions up in", "sessions/s", "RSS idle", "RSS per session", "idle CPU", "CPU per session", "restart")
 	out += fmt.Sprintf("  %6s %4s %14s %12s %14s %19s %14s %16s %12s\n", "", "", "", "", "", "idle (just up)", "% of a core", "per minute", "all back")
 	for _, r := range rows {
@@ -332,9 +333,4 @@ func echoOnce(port int) error {
 		return fmt.Errorf("the echo differs from what was sent")
 	}
 	return nil
-}
-
-func cpus() int {
-	data, _ := os.ReadFile("/proc/cpuinfo")
-	return strings.Count(string(data), "processor\t:")
 }

@@ -492,19 +492,12 @@ func (s *Session) SendPing() bool {
 	id := s.pingID
 	s.pingID++
 	s.pingLock.Unlock()
-	hdr := header(make([]byte, headerSize))
-	hdr.encode(typePing, flagSYN, 0, id)
 	select {
 	case <-s.shutdownCh:
 		return false
 	default:
 	}
-	select {
-	case s.urgentCh <- &sendReady{Hdr: hdr}:
-		return true
-	default:
-		return false
-	}
+	return s.queuePing(flagSYN, id)
 }
 
 // keepalive is a long running goroutine that periodically does
@@ -836,11 +829,11 @@ func (s *Session) sendLoop() error {
 	var batch []*sendReady
 	// held (local patch) is a bulk frame that Config.Hold keeps back
 	// while urgent frames still go; since is when it left the queue.
+	// wasHeld is whether Hold kept back what goes out next, and unheld
+	// counts the bulk writes in a row it did not, while it paces them
+	// (see noteWrite below).
 	var held *sendReady
 	var since time.Time
-	// wasHeld is whether the bulk frame going out was held at all, and
-	// unheld counts the bulk writes in a row that were not, while Hold
-	// paces them (see noteWrite below).
 	wasHeld, unheld := false, 0
 	var holdTimer *time.Timer
 	defer func() {
@@ -891,13 +884,6 @@ func (s *Session) sendLoop() error {
 		// A batch that starts with urgent frames while a bulk frame is
 		// held takes only urgent frames.
 		urgentOnly := held != nil
-		heldSince := time.Time{}
-		if !urgentOnly {
-			if wasHeld {
-				heldSince = since
-			}
-			since = time.Time{}
-		}
 		buf, batch = buf[:0], batch[:0]
 		limit := int(s.frameCap.Load())
 	BATCH:
@@ -932,8 +918,8 @@ func (s *Session) sendLoop() error {
 		// may have it), or, for a bulk frame Hold held, when it left the
 		// queue: the link was what it waited for.
 		start := time.Now()
-		if !heldSince.IsZero() {
-			start = heldSince
+		if wasHeld && !urgentOnly {
+			start = since
 		}
 		_, err := s.conn.Write(buf)
 		d := time.Since(start)
@@ -1100,13 +1086,15 @@ func (s *Session) handlePing(hdr header) error {
 	pingID := hdr.Length()
 
 	// Check if this is a query. local patch: the reply goes straight onto
-	// the urgent queue, and is dropped when the queue is full. Upstream
+	// the urgent queue; when the queue is full it is kept in one slot
+	// (pendingPong) for the send loop, a later ping's in place of an
+	// earlier one's. Upstream
 	// starts a goroutine per ping, each waiting up to the write timeout: a
 	// peer that floods pings and never reads made a server start over a
 	// million of them (gigabytes) before any authentication. A full urgent
-	// queue means the session cannot write; an honest peer's ping then
-	// fails anyway, and its next one is answered once the queue drains. A
-	// dropped reply to a flood costs the flooder its answer, nothing else.
+	// queue means the session cannot write for now; the kept answer goes
+	// once it drains. The answers a flood loses to the one slot cost the
+	// flooder its answers, nothing else.
 	if flags&flagSYN == flagSYN {
 		if !s.queuePong(pingID) {
 			// Answered when the send loop has room again; a later ping
@@ -1174,12 +1162,8 @@ func (s *Session) bdpReceived(n uint32) {
 		return
 	}
 	s.bdp.id = (s.bdp.id + 1) | bdpPing
-	hdr := header(make([]byte, headerSize))
-	hdr.encode(typePing, flagSYN, 0, s.bdp.id)
-	select {
-	case s.urgentCh <- &sendReady{Hdr: hdr}:
+	if s.queuePing(flagSYN, s.bdp.id) {
 		s.bdp.pinging, s.bdp.sent, s.bdp.bytes = true, now, uint64(n)
-	default:
 	}
 }
 
@@ -1257,9 +1241,14 @@ func (s *Session) window() uint32 { return s.streamWindow.Load() }
 
 // queuePong queues the answer to ping id if the urgent queue has room
 // (local patch, see handlePing).
-func (s *Session) queuePong(id uint32) bool {
+func (s *Session) queuePong(id uint32) bool { return s.queuePing(flagACK, id) }
+
+// queuePing queues a ping frame (flagSYN: a ping, flagACK: an answer) if
+// the urgent queue has room, without waiting (local patch): the
+// heartbeat's pings, the BDP estimator's and the answers to the peer's.
+func (s *Session) queuePing(flags uint16, id uint32) bool {
 	hdr := header(make([]byte, headerSize))
-	hdr.encode(typePing, flagACK, 0, id)
+	hdr.encode(typePing, flags, 0, id)
 	select {
 	case s.urgentCh <- &sendReady{Hdr: hdr}:
 		return true

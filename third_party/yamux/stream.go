@@ -329,28 +329,10 @@ func (s *Stream) sendFlags() uint16 {
 func (s *Stream) sendWindowUpdate() error {
 	s.controlHdrLock.Lock()
 	defer s.controlHdrLock.Unlock()
-
-	// Determine the flags if any. local patch: before recvLock, not under
-	// it: Read takes recvLock under stateLock, and with window updates
-	// sent from another goroutine (see deliver) the two orders deadlock.
-	// Flags are only set when the update is sent regardless of delta.
-	flags := s.sendFlags()
-
-	// Determine the delta update
-	max := s.session.window()
-	s.recvLock.Lock()
-	delta := s.windowDelta()
-
-	// Check if we can omit the update
-	if delta < (max/2) && flags == 0 {
-		s.recvLock.Unlock()
+	flags, delta, ok := s.grant()
+	if !ok {
 		return nil
 	}
-
-	// Update our window
-	s.recvWindow += delta
-	s.granted += uint64(delta)
-	s.recvLock.Unlock()
 
 	// Send the header
 	s.controlHdr.encode(typeWindowUpdate, flags, s.id, delta)
@@ -364,6 +346,27 @@ func (s *Stream) sendWindowUpdate() error {
 	return nil
 }
 
+// grant decides the window update to send and books it: the flags due and
+// how far the receive window reopens, or ok false when none is due (no
+// flags, and less than half the window consumed). The caller holds
+// controlHdrLock.
+func (s *Stream) grant() (flags uint16, delta uint32, ok bool) {
+	// Determine the flags if any. local patch: before recvLock, not under
+	// it: Read takes recvLock under stateLock, and with window updates
+	// sent from another goroutine (see deliver) the two orders deadlock.
+	// Flags are only set when the update is sent regardless of delta.
+	flags = s.sendFlags()
+	s.recvLock.Lock()
+	defer s.recvLock.Unlock()
+	delta = s.windowDelta()
+	if flags == 0 && delta < s.session.window()/2 {
+		return 0, 0, false
+	}
+	s.recvWindow += delta
+	s.granted += uint64(delta)
+	return flags, delta, true
+}
+
 // queueWindowUpdate is sendWindowUpdate without waiting for the frame to
 // be written (local patch, see Config.QueueAcceptAck): the frame gets a
 // header of its own, as the stream's control header may be reused before
@@ -372,16 +375,10 @@ func (s *Stream) sendWindowUpdate() error {
 func (s *Stream) queueWindowUpdate() error {
 	s.controlHdrLock.Lock()
 	defer s.controlHdrLock.Unlock()
-	flags := s.sendFlags()
-	s.recvLock.Lock()
-	delta := s.windowDelta()
-	if delta < s.session.window()/2 && flags == 0 {
-		s.recvLock.Unlock()
+	flags, delta, ok := s.grant()
+	if !ok {
 		return nil
 	}
-	s.recvWindow += delta
-	s.granted += uint64(delta)
-	s.recvLock.Unlock()
 	hdr := header(make([]byte, headerSize))
 	hdr.encode(typeWindowUpdate, flags, s.id, delta)
 	return s.session.sendNoWait(hdr)
