@@ -121,10 +121,7 @@ func TestThousandIdleConnections(t *testing.T) {
 func TestLocalServiceDown(t *testing.T) {
 	tt.CheckLeaks(t)
 	echo := tt.NewEcho(t)
-	// A port nothing listens on: bind, note it, close.
-	l, _ := net.Listen("tcp", "127.0.0.1:0")
-	dead := l.Addr().String()
-	l.Close()
+	dead := tt.RefusingAddr(t)
 	srv := tt.StartServer(t, tt.ServerConfig(t, nil))
 	cl := tt.StartClient(t, tt.ClientConfig(t, srv.Addr().String(), map[string]*config.Tunnel{
 		"echo": {Local: echo.Addr()},

@@ -9,6 +9,7 @@ import (
 	"os"
 	"strconv"
 	"strings"
+	"testing"
 	"time"
 
 	"golang.org/x/sys/unix"
@@ -150,4 +151,27 @@ func TCPState(c *net.TCPConn) (uint8, error) {
 		return 0, serr
 	}
 	return info.State, nil
+}
+
+// RefusingAddr returns a 127.0.0.1 address where connections are refused
+// for the whole test: a socket bound to it that never listens. Binding a
+// port and closing it is not enough, because the kernel may hand the
+// same port to the next listener the test starts (a "dead" local service
+// once turned out to be the tunnel server itself).
+func RefusingAddr(t testing.TB) string {
+	t.Helper()
+	fd, err := unix.Socket(unix.AF_INET, unix.SOCK_STREAM|unix.SOCK_CLOEXEC, 0)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { unix.Close(fd) })
+	// No SO_REUSEADDR: no other socket, listening or not, may share it.
+	if err := unix.Bind(fd, &unix.SockaddrInet4{Addr: [4]byte{127, 0, 0, 1}}); err != nil {
+		t.Fatal(err)
+	}
+	sa, err := unix.Getsockname(fd)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return fmt.Sprintf("127.0.0.1:%d", sa.(*unix.SockaddrInet4).Port)
 }
