@@ -62,6 +62,8 @@ type opts struct {
 	// (net.ipv4.tcp_congestion_control in its namespace), set before the
 	// daemons start.
 	congestion string
+	// streamMax, when set, is [window] stream_max on both daemons.
+	streamMax string
 }
 
 func defaultOpts() opts {
@@ -176,6 +178,11 @@ remote_port = 0
 
 `, serverAddr, tt.Token, tt.Fingerprint(), r.o.dialTimeout, r.o.maxDelay, r.loc.Addr(echoPort), fixedPort, r.loc.Addr(echoPort)) +
 		r.session() + "\n" + r.o.localKA.toml("keepalive.local") + "\n" + r.o.extra
+	if r.o.streamMax != "" {
+		w := fmt.Sprintf("\n[window]\nstream_max = %q\n", r.o.streamMax)
+		server += w
+		client += w
+	}
 	for name, content := range map[string]string{"tunneld.toml": server, "tunnel.toml": client} {
 		if err := os.WriteFile(filepath.Join(r.dir, name), []byte(content), 0o600); err != nil {
 			r.t.Fatal(err)

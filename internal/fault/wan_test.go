@@ -1,6 +1,7 @@
 package fault
 
 import (
+	"cmp"
 	"fmt"
 	"io"
 	"net"
@@ -41,6 +42,9 @@ func BenchmarkWANInteractive(b *testing.B) {
 	if cc := os.Getenv("WAN_CC"); cc != "" {
 		o.congestion = cc
 	}
+	// WAN_STREAM_MAX sets [window] stream_max on both daemons (window
+	// growth is off at the default).
+	o.streamMax = os.Getenv("WAN_STREAM_MAX")
 	r := newRig(b, o)
 	r.lab.Shape(r.cli, rate)
 
@@ -51,7 +55,7 @@ func BenchmarkWANInteractive(b *testing.B) {
 	plain := r.saturated(b, r.echo.Addr())
 	tunnel := r.saturated(b, r.fixed)
 
-	out := fmt.Sprintf("\nWAN, session link %s, TCP %s (%s):\n", rate, o.congestion, time.Now().Format("2006-01-02"))
+	out := fmt.Sprintf("\nWAN, session link %s, TCP %s, stream_max %s (%s):\n", rate, o.congestion, cmp.Or(o.streamMax, "default"), time.Now().Format("2006-01-02"))
 	out += fmt.Sprintf("  %-36s %10s %10s %12s %12s %12s %12s\n", "", "idle p50", "idle p99", "loaded p50", "loaded p99", "plain p50", "plain p99")
 	row := func(name string, pick func(probes) []time.Duration) {
 		i, l, p := pick(tunnel.idle), pick(tunnel.loaded), pick(plain.loaded)

@@ -855,6 +855,64 @@ func TestHoldAndTheLinksSpeed(t *testing.T) {
 	}
 }
 
+// A bulk frame that Hold kept back, and that urgent frames passed while
+// it waited, was still held: its write counts from when it left the queue,
+// not as one Hold let go at once. Before, the urgent batch forgot the hold,
+// and a link whose every bulk frame waited (with pings and window updates
+// going meanwhile) looked fast after eight writes; frames grew back to
+// their full size on a slow link.
+func TestHeldFramePassedByUrgentFrames(t *testing.T) {
+	client, server := testConnTCP(t)
+	cfg := testConf()
+	cfg.EnableKeepAlive = false
+	cfg.SlowLink = func(bool) {}
+	var srv *Session
+	var asked atomic.Int64
+	// Every bulk frame is held: asked first, Hold takes 2 ms (time the
+	// frame spends held), queues a ping and says wait 5 ms more; the ping
+	// goes at once; asked again, Hold lets the frame go.
+	cfg.Hold = func() time.Duration {
+		if asked.Add(1)%2 == 1 {
+			time.Sleep(2 * time.Millisecond)
+			srv.SendPing()
+			return 5 * time.Millisecond
+		}
+		return 0
+	}
+	srv, err := Server(server, cfg)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer srv.Close()
+	cli, err := Client(client, testConf())
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer cli.Close()
+	srv.frameCap.Store(minFrameCap)
+	srv.noteSlow(true)
+
+	st, err := srv.OpenStream()
+	if err != nil {
+		t.Fatal(err)
+	}
+	go func() {
+		peer, err := cli.AcceptStream()
+		if err == nil {
+			_, _ = io.Copy(io.Discard, peer)
+		}
+	}()
+	buf := make([]byte, 4<<10)
+	for i := 0; i < 100; i++ {
+		if _, err := st.Write(buf); err != nil {
+			t.Fatal(err)
+		}
+	}
+	if !srv.slow.Load() {
+		t.Fatalf("bulk writes that each waited a millisecond or more turned the link fast (frame cap %d)", srv.frameCap.Load())
+	}
+}
+
 // SendPing queues a ping without waiting for its answer, which still
 // comes back (a heartbeat only needs something to arrive); on a closed
 // session it reports false.

@@ -938,11 +938,13 @@ func (s *Session) sendLoop() error {
 		switch {
 		case urgentOnly:
 			// Control frames say little about the link, and noteWrite
-			// ignores small writes anyway.
+			// ignores small writes anyway. The bulk frame in hand is
+			// still the one Hold kept back: wasHeld stays.
 			s.noteWrite(len(buf), d)
 		case wasHeld || s.config.Hold == nil || !s.slow.Load():
 			unheld = 0
 			s.noteWrite(len(buf), d)
+			wasHeld = false
 		default:
 			// Hold keeps the kernel's queue short, so a paced write never
 			// waits in it: that it was quick says the pacing works, not
@@ -952,7 +954,6 @@ func (s *Session) sendLoop() error {
 				s.noteWrite(len(buf), d)
 			}
 		}
-		wasHeld = false
 		if v := s.pendingPong.Swap(0); v != 0 && !s.queuePong(uint32(v)) {
 			s.pendingPong.CompareAndSwap(0, v)
 		}
