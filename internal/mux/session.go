@@ -2,6 +2,7 @@ package mux
 
 import (
 	"context"
+	"crypto/tls"
 	"errors"
 	"fmt"
 	"io"
@@ -58,6 +59,12 @@ func Server(c net.Conn, o Options) (*Session, error) {
 func start(side func(io.ReadWriteCloser, *yamux.Config) (*yamux.Session, error), c net.Conn, o Options) (*Session, error) {
 	s := &Session{conn: findWatch(c), o: o, done: make(chan struct{})}
 	cfg := yamuxConfig(o, s)
+	switch c.(type) {
+	case *tlsConn, *tls.Conn:
+		// TLS holds a whole record already; yamux's 4 KiB read buffer
+		// on top would be a second copy kept per session.
+		cfg.ReadBufferSize = -1
+	}
 	cfg.SlowLink = slowLink(c)
 	if cfg.SlowLink != nil {
 		cfg.Hold = s.conn.hold

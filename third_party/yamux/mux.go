@@ -97,9 +97,17 @@ type Config struct {
 	// DeliverBufferSize (local patch) is the receive loop's buffer for
 	// handing frames to a stream's sink (Stream.NotifyReadableOrDeliver):
 	// the most of a frame one sink call gets. Match it to what the sink
-	// writes in one call; 0 means 256 KiB. It is allocated on the first
-	// delivery, so sessions that never deliver do not pay for it.
+	// writes in one call; 0 means 256 KiB. A session holds one only while
+	// it delivers a frame; the buffers are shared by the process's
+	// sessions.
 	DeliverBufferSize int
+
+	// ReadBufferSize (local patch) is the receive loop's read buffer on
+	// the conn: 0 means 4 KiB, as upstream; negative means none, for a
+	// conn that buffers already. A TLS conn holds a whole record, so a
+	// buffer over it copies what follows each frame header once more and
+	// keeps 4 KiB per session for nothing.
+	ReadBufferSize int
 }
 
 func (c *Config) Clone() *Config {

@@ -6,6 +6,7 @@ package yamux
 
 import (
 	"bytes"
+	"crypto/sha256"
 	"encoding/binary"
 	"errors"
 	"fmt"
@@ -1282,5 +1283,108 @@ func TestQueueAcceptAck(t *testing.T) {
 		if id == 3 && flags&flagACK != 0 {
 			return
 		}
+	}
+}
+
+// Sessions share the buffers that carry frames to a sink: after 40
+// sessions each delivered a frame and went idle, the heap holds a buffer
+// or two, not 40 of DeliverBufferSize (each session kept its own before).
+func TestSinkBuffersAreShared(t *testing.T) {
+	const sessions = 40
+	heap := func() uint64 {
+		runtime.GC()
+		runtime.GC()
+		var ms runtime.MemStats
+		runtime.ReadMemStats(&ms)
+		return ms.HeapAlloc
+	}
+	type pair struct{ a, sa *Stream }
+	var pairs []pair
+	for i := 0; i < sessions; i++ {
+		cli, srv := tcpSessions(t, testWindow)
+		a, sa := openPair(t, cli, srv, "x")
+		if _, err := sa.Read(make([]byte, 1)); err != nil {
+			t.Fatal(err)
+		}
+		pairs = append(pairs, pair{a, sa})
+	}
+	before := heap()
+	for _, p := range pairs {
+		var got atomic.Int64
+		done := make(chan struct{})
+		p.sa.NotifyReadableOrDeliver(func() {}, func(b []byte) (int, error) {
+			if got.Add(int64(len(b))) == 64<<10 {
+				close(done)
+			}
+			return len(b), nil
+		})
+		if _, err := p.a.Write(make([]byte, 64<<10)); err != nil {
+			t.Fatal(err)
+		}
+		select {
+		case <-done:
+		case <-time.After(5 * time.Second):
+			t.Fatalf("delivered %d of %d bytes", got.Load(), 64<<10)
+		}
+	}
+	after := heap()
+	grown := int64(after) - int64(before)
+	t.Logf("heap %d KiB before the deliveries, %d KiB after", before>>10, after>>10)
+	if limit := int64(4 * defaultDeliverBufferSize); grown > limit {
+		t.Fatalf("heap grew %d KiB after %d sessions delivered a frame each, want at most %d KiB",
+			grown>>10, sessions, limit>>10)
+	}
+	runtime.KeepAlive(pairs)
+}
+
+// With ReadBufferSize negative the receive loop reads the conn itself (a
+// TLS conn buffers whole records): every byte still arrives, in order, in
+// both directions, in large frames and in small ones.
+func TestUnbufferedReadOverTLS(t *testing.T) {
+	c, s := testConnTLS(t)
+	cfg := testConfNoKeepAlive()
+	cfg.ReadBufferSize = -1
+	client, server := testClientServerConfig(t, c, s, cfg, cfg.Clone())
+	if client.bufRead != c || server.bufRead != s {
+		t.Fatalf("receive loops read through %T and %T, want the TLS conns", client.bufRead, server.bufRead)
+	}
+	a, sa := openPair(t, client, server, "x")
+	if _, err := sa.Read(make([]byte, 1)); err != nil {
+		t.Fatal(err)
+	}
+	send := func(w *Stream) [32]byte {
+		h := sha256.New()
+		r := mrand.New(mrand.NewPCG(5, 6))
+		for i := 0; i < 400; i++ {
+			b := make([]byte, 1+r.IntN(64<<10))
+			for j := range b {
+				b[j] = byte(r.Uint32())
+			}
+			h.Write(b)
+			if _, err := w.Write(b); err != nil {
+				t.Error(err)
+				break
+			}
+		}
+		w.Close()
+		return [32]byte(h.Sum(nil))
+	}
+	recv := func(r *Stream) [32]byte {
+		h := sha256.New()
+		if _, err := io.Copy(h, r); err != nil {
+			t.Error(err)
+		}
+		return [32]byte(h.Sum(nil))
+	}
+	var wg sync.WaitGroup
+	var sentAB, sentBA, gotAB, gotBA [32]byte
+	wg.Add(4)
+	go func() { defer wg.Done(); sentAB = send(a) }()
+	go func() { defer wg.Done(); sentBA = send(sa) }()
+	go func() { defer wg.Done(); gotAB = recv(sa) }()
+	go func() { defer wg.Done(); gotBA = recv(a) }()
+	wg.Wait()
+	if sentAB != gotAB || sentBA != gotBA {
+		t.Fatal("data differs from what was sent")
 	}
 }

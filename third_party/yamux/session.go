@@ -40,15 +40,12 @@ type Session struct {
 	// conn is the underlying connection
 	conn io.ReadWriteCloser
 
-	// bufRead is a buffered reader
-	bufRead *bufio.Reader
+	// bufRead is a buffered reader (local patch: or conn itself, see
+	// Config.ReadBufferSize)
+	bufRead io.Reader
 
 	// bg counts the session's goroutines, for Close (local patch).
 	bg sync.WaitGroup
-
-	// sinkBuf (local patch) carries a frame from bufRead to a stream's
-	// sink; only the receive loop uses it.
-	sinkBuf []byte
 
 	// pings is used to track inflight pings
 	pings    map[uint32]chan struct{}
@@ -144,7 +141,7 @@ func newSession(config *Config, conn io.ReadWriteCloser, client bool) *Session {
 		config:     config,
 		logger:     logger,
 		conn:       conn,
-		bufRead:    bufio.NewReader(conn),
+		bufRead:    readBuffer(conn, config.ReadBufferSize),
 		pings:      make(map[uint32]chan struct{}),
 		streams:    make(map[uint32]*Stream),
 		inflight:   make(map[uint32]struct{}),
@@ -1379,18 +1376,40 @@ func (s *Session) establishStream(id uint32) {
 	s.streamLock.Unlock()
 }
 
-// sinkBuffer returns the receive loop's buffer for delivering frames to a
-// stream's sink (local patch), allocated on first use: sessions whose
-// streams never park with a sink do not pay for it.
-func (s *Session) sinkBuffer() []byte {
-	if s.sinkBuf == nil {
-		n := s.config.DeliverBufferSize
-		if n <= 0 {
-			n = defaultDeliverBufferSize
-		}
-		s.sinkBuf = make([]byte, n)
+// sinkBuffer returns a buffer for carrying a frame from bufRead to a
+// stream's sink (local patch); putSinkBuffer gives it back once the frame
+// is delivered. The buffers are shared by every session of the process: a
+// session holds one only while its receive loop delivers, so a thousand
+// idle sessions that once moved data hold none (each kept its own before,
+// DeliverBufferSize of heap for the session's life).
+func (s *Session) sinkBuffer() *[]byte {
+	n := s.config.DeliverBufferSize
+	if n <= 0 {
+		n = defaultDeliverBufferSize
 	}
-	return s.sinkBuf
+	if bp, _ := sinkPool.Get().(*[]byte); bp != nil && cap(*bp) >= n {
+		*bp = (*bp)[:n]
+		return bp
+	}
+	b := make([]byte, n)
+	return &b
+}
+
+func putSinkBuffer(bp *[]byte) { sinkPool.Put(bp) }
+
+var sinkPool sync.Pool
+
+// readBuffer is the receive loop's reader on conn (local patch): buffered
+// with size bytes, 0 meaning bufio's default (4 KiB), or conn itself when
+// size is negative.
+func readBuffer(conn io.Reader, size int) io.Reader {
+	switch {
+	case size < 0:
+		return conn
+	case size == 0:
+		return bufio.NewReader(conn)
+	}
+	return bufio.NewReaderSize(conn, size)
 }
 
 // defaultDeliverBufferSize is Config.DeliverBufferSize's default.

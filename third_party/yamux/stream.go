@@ -805,7 +805,9 @@ func (s *Stream) readData(hdr header, flags uint16, conn io.Reader) error {
 // woken. Runs on the receive loop, so frames of this stream cannot overtake
 // each other.
 func (s *Stream) deliver(sink func([]byte) (int, error), conn io.Reader, length int) error {
-	buf := s.session.sinkBuffer()
+	bp := s.session.sinkBuffer()
+	defer putSinkBuffer(bp)
+	buf := *bp
 	for length > 0 {
 		chunk := buf
 		if length < len(chunk) {
