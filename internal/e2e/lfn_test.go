@@ -21,7 +21,7 @@ import (
 // way, at most at LFN_MBIT (200 Mbit/s), for round trips of 20, 50 and
 // 200 ms. The baseline is a plain TCP connection through the same relay;
 // the tunnel is the built binaries with the session through the relay,
-// both ends with [window] stream_max = "16MiB" (LFN_STREAM_MAX).
+// both ends with the default [window] (LFN_STREAM_MAX sets stream_max).
 // One connection and 8 connections write for 5 s after 2 s of warm-up;
 // what reaches the sink counts. Each hop's TCP runs on loopback, so the
 // only end-to-end flow control across the path is the tunnel's own
@@ -60,14 +60,13 @@ func BenchmarkLongFatLink(b *testing.B) {
 	b.Log(out)
 }
 
-// lfnWindow lets windows grow, as the docs advise for long, fast paths;
-// LFN_STREAM_MAX overrides it ("4MiB": the default, no growth).
+// lfnWindow is the daemons' [window]: the default unless LFN_STREAM_MAX
+// sets stream_max ("4MiB": no growth).
 var lfnWindow = func() string {
-	v := "16MiB"
 	if s := os.Getenv("LFN_STREAM_MAX"); s != "" {
-		v = s
+		return fmt.Sprintf("\n[window]\nstream_max = %q\n", s)
 	}
-	return fmt.Sprintf("\n[window]\nstream_max = %q\n", v)
+	return ""
 }()
 
 func listen(b *testing.B) net.Listener {

@@ -167,14 +167,12 @@ const DefaultStreamWindow = 4 << 20
 
 // DefaultStreamWindowCap is how far a stream's window may grow when the
 // session measures a bandwidth-delay product above what DefaultStreamWindow
-// carries per round trip (4 MiB is 168 Mbit/s at 200 ms): by default not
-// at all, as growth cost a slow saturated link its interactive tail
-// (docs/performance.md); configs ask for it ([window] stream_max).
+// carries per round trip (4 MiB is 168 Mbit/s at 200 ms; 16 MiB, 670).
 // DefaultWindowBudget bounds a grown window times the streams open: what
 // one session may hold for slow readers beyond the default windows. A
 // reader that does not read holds at most its window.
 const (
-	DefaultStreamWindowCap = DefaultStreamWindow
+	DefaultStreamWindowCap = 16 << 20
 	DefaultWindowBudget    = 64 << 20
 )
 
