@@ -5,6 +5,7 @@ import (
 	"context"
 	"crypto/rand"
 	"crypto/sha256"
+	"errors"
 	"fmt"
 	"io"
 	"log/slog"
@@ -98,8 +99,9 @@ func BenchmarkFleet(b *testing.B) {
 	}
 	for _, r := range rows {
 		if r.idleWindow > 0 {
-			out += fmt.Sprintf("  N=%d: tunneld RSS %.1f MiB with no session; data through all %d tunnels checked; idle again after it, %.1f KiB per session; during the restart %d tunnels were refused for a while (%s)\n",
-				r.n, float64(r.rss0)/(1<<20), 2*r.n, float64(r.rssData-r.rss0)/float64(r.n)/1024, r.refused, r.refusedWhy)
+			kib := func(v int64) float64 { return float64(v) / float64(r.n) / 1024 }
+			out += fmt.Sprintf("  N=%d: tunneld RSS %.1f MiB with no session; live per idle session %.1f KiB heap + %.1f KiB stacks; data through all %d tunnels checked; idle again after it, RSS %.1f KiB per session, live %.1f + %.1f KiB; during the restart %d tunnels were refused for a while (%s)\n",
+				r.n, float64(r.rss0)/(1<<20), kib(r.heap-r.heap0), kib(r.stacks-r.stacks0), 2*r.n, kib(r.rssData-r.rss0), kib(r.heapData-r.heap0), kib(r.stacksData-r.stacks0), r.refused, r.refusedWhy)
 		}
 	}
 	fmt.Fprint(os.Stdout, out)
@@ -107,17 +109,20 @@ func BenchmarkFleet(b *testing.B) {
 }
 
 type result struct {
-	n          int
-	tls        bool
-	up         time.Duration // from the first client's start to all tunnels up
-	rss0, rss  int64         // tunneld's RSS with no session, and with n idle
-	rssUp      int64         // with n, 5 s after they came up
-	rssData    int64         // with n, an idle window after data moved through all
-	idleWindow time.Duration
-	cpu        time.Duration // tunneld's CPU time over idleWindow
-	restart    time.Duration // from tunneld's new start to all tunnels up again
-	refused    int           // tunnels seen pending during the restart
-	refusedWhy string
+	n         int
+	tls       bool
+	up        time.Duration // from the first client's start to all tunnels up
+	rss0, rss int64         // tunneld's RSS with no session, and with n idle
+	rssUp     int64         // with n, 5 s after they came up
+	rssData   int64         // with n, an idle window after data moved through all
+	// tunneld's live heap and goroutine stacks with no session, at the
+	// end of the idle window, and after data moved
+	heap0, stacks0, heap, stacks, heapData, stacksData int64
+	idleWindow                                         time.Duration
+	cpu                                                time.Duration // tunneld's CPU time over idleWindow
+	restart                                            time.Duration // from tunneld's new start to all tunnels up again
+	refused                                            int           // tunnels seen pending during the restart
+	refusedWhy                                         string
 }
 
 // serverTOML is tunneld's defaults on loopback, but for the limits per
@@ -175,6 +180,7 @@ func run(b *testing.B, bin, echo string, n int, tls bool, idle time.Duration) re
 	srv := startServer(b, bin, conf)
 	time.Sleep(2 * time.Second)
 	r.rss0 = srv.Mem(b, "VmRSS")
+	r.heap0, r.stacks0 = liveMem(b, srv)
 
 	ctx, cancel := context.WithCancel(context.Background())
 	var wg sync.WaitGroup
@@ -221,12 +227,16 @@ func run(b *testing.B, bin, echo string, n int, tls bool, idle time.Duration) re
 	time.Sleep(idle)
 	r.cpu = srv.CPUTime(b) - cpu0
 	r.rss = srv.Mem(b, "VmRSS")
+	// What of it is live (the status line collects first): after the RSS
+	// reading, since the collection changes what follows.
+	r.heap, r.stacks = liveMem(b, srv)
 
 	// Idle sessions that have carried data: what their connections left
 	// behind (buffers a session keeps once it has used them) stays.
 	through(b, n)
 	time.Sleep(idle)
 	r.rssData = srv.Mem(b, "VmRSS")
+	r.heapData, r.stacksData = liveMem(b, srv)
 
 	if code := srv.Signal(b, syscall.SIGTERM, 30*time.Second); code != 0 {
 		b.Fatalf("tunneld exited with %d on SIGTERM", code)
@@ -245,6 +255,18 @@ func run(b *testing.B, bin, echo string, n int, tls bool, idle time.Duration) re
 	}
 	through(b, n)
 	return r
+}
+
+// liveMem is tunneld's live heap and goroutine stack bytes, from its
+// status line (SIGUSR1; it collects garbage first).
+func liveMem(b *testing.B, srv *tt.Proc) (heap, stacks int64) {
+	st := srv.Status(b)
+	heap, err1 := strconv.ParseInt(st["heap_bytes"], 10, 64)
+	stacks, err2 := strconv.ParseInt(st["stack_bytes"], 10, 64)
+	if err := errors.Join(err1, err2); err != nil {
+		b.Fatalf("tunneld's status line: %v (%v)", err, st)
+	}
+	return heap, stacks
 }
 
 func startServer(b *testing.B, bin, conf string) *tt.Proc {
