@@ -119,7 +119,27 @@ type corker struct {
 	*watchConn
 	mu     sync.Mutex
 	corked bool
-	pend   []byte
+	// pend is what gathered; its buffer goes back to pendPool whenever
+	// it has all been written, so a quiet session holds none (it grows
+	// to the largest write, up to maxPend, and a thousand sessions that
+	// once moved bulk data kept theirs).
+	pend []byte
+	box  *[]byte // what pend's buffer travels in to and from the pool
+}
+
+var pendPool sync.Pool
+
+// gather appends p to what is pending, taking a buffer from the pool when
+// none is held. The caller holds mu.
+func (c *corker) gather(p []byte) {
+	if c.box == nil {
+		c.box, _ = pendPool.Get().(*[]byte)
+		if c.box == nil {
+			c.box = new([]byte)
+		}
+		c.pend = (*c.box)[:0]
+	}
+	c.pend = append(c.pend, p...)
 }
 
 // maxPend bounds what a cork gathers: a larger write goes out in pieces
@@ -146,7 +166,7 @@ func (c *corker) Write(p []byte) (int, error) {
 		} else if !errors.Is(err, os.ErrDeadlineExceeded) {
 			return 0, err
 		}
-		c.pend = append(c.pend, p...)
+		c.gather(p)
 		return all, nil
 	}
 	if len(c.pend) > 0 && len(c.pend)+len(p) > maxPend {
@@ -154,7 +174,7 @@ func (c *corker) Write(p []byte) (int, error) {
 		// failing TLS's write here would break the conn for good.
 		_ = c.sendLocked()
 	}
-	c.pend = append(c.pend, p...)
+	c.gather(p)
 	return len(p), nil
 }
 
@@ -179,6 +199,11 @@ func (c *corker) sendLocked() error {
 	}
 	n, err := c.watchConn.Write(c.pend)
 	c.pend = c.pend[:copy(c.pend, c.pend[n:])]
+	if len(c.pend) == 0 && c.box != nil {
+		*c.box = c.pend
+		pendPool.Put(c.box)
+		c.box, c.pend = nil, nil
+	}
 	return err
 }
 

@@ -92,6 +92,14 @@ func TestTLSFrameOneWrite(t *testing.T) {
 		if k := cio.writes.Load() - before; k != 1 {
 			t.Errorf("frame of %d bytes: %d socket writes, want 1", 12+sizes[i], k)
 		}
+		// Written in full: the cork's buffer went back to the pool, so
+		// a session gone quiet holds none.
+		tc.c.mu.Lock()
+		held := cap(tc.c.pend)
+		tc.c.mu.Unlock()
+		if held != 0 {
+			t.Errorf("frame of %d bytes: the cork still holds a %d-byte buffer", 12+sizes[i], held)
+		}
 	}
 	if _, err := tc.Write(big); err != nil {
 		t.Fatal(err)

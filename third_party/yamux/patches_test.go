@@ -1388,3 +1388,84 @@ func TestUnbufferedReadOverTLS(t *testing.T) {
 		t.Fatal("data differs from what was sent")
 	}
 }
+
+// A send loop gone quiet holds no batch buffer: after 40 sessions each
+// sent 256 KiB through their send loops (Hold set and the link slow, so
+// nothing goes direct) and went idle, the heap holds a few batch
+// buffers, not 40 (each loop kept its largest before).
+func TestQuietSendLoopHoldsNoBuffer(t *testing.T) {
+	const sessions = 40
+	heap := func() uint64 {
+		runtime.GC()
+		runtime.GC()
+		var ms runtime.MemStats
+		runtime.ReadMemStats(&ms)
+		return ms.HeapAlloc
+	}
+	type pair struct {
+		srv *Session
+		a   *Stream
+		got chan int64
+	}
+	var pairs []pair
+	for i := 0; i < sessions; i++ {
+		c1, c2 := testConnTCP(t)
+		cfg := testConfNoKeepAlive()
+		cfg.SlowLink = func(bool) {}
+		cfg.Hold = func() time.Duration { return 0 }
+		cfg.LogOutput = io.Discard
+		srv, err := Server(c2, cfg)
+		if err != nil {
+			t.Fatal(err)
+		}
+		cli, err := Client(c1, testConfNoKeepAlive())
+		if err != nil {
+			t.Fatal(err)
+		}
+		t.Cleanup(func() { srv.Close(); cli.Close() })
+		srv.noteSlow(true)
+		a, err := srv.OpenStream()
+		if err != nil {
+			t.Fatal(err)
+		}
+		got := make(chan int64, 1)
+		go func() {
+			peer, err := cli.AcceptStream()
+			if err != nil {
+				got <- -1
+				return
+			}
+			// To the end, and closed: the streams are gone, and what
+			// stays is the sessions'.
+			n, _ := io.Copy(io.Discard, peer)
+			peer.Close()
+			got <- n
+		}()
+		pairs = append(pairs, pair{srv, a, got})
+	}
+	before := heap()
+	for _, p := range pairs {
+		if _, err := p.a.Write(make([]byte, 256<<10)); err != nil {
+			t.Fatal(err)
+		}
+		p.a.Close()
+		select {
+		case n := <-p.got:
+			if n != 256<<10 {
+				t.Fatalf("peer read %d bytes", n)
+			}
+		case <-time.After(10 * time.Second):
+			t.Fatal("data did not arrive")
+		}
+	}
+	// Each loop is back waiting once its session has nothing queued.
+	time.Sleep(100 * time.Millisecond)
+	after := heap()
+	grown := int64(after) - int64(before)
+	t.Logf("heap %d KiB before, %d KiB after", before>>10, after>>10)
+	if limit := int64(4 * sendBatch); grown > limit {
+		t.Fatalf("heap grew %d KiB after %d quiet sessions each sent 256 KiB, want at most %d KiB",
+			grown>>10, sessions, limit>>10)
+	}
+	runtime.KeepAlive(pairs)
+}

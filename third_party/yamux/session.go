@@ -823,6 +823,7 @@ func (s *Session) sendLoop() error {
 	// separately: two syscalls per frame, and a wakeup of the writer
 	// between every pair, and sends every frame in arrival order.
 	var buf []byte
+	var box *[]byte // buf's box while the loop holds it (see batchPool)
 	var batch []*sendReady
 	// held (local patch) is a bulk frame that Config.Hold keeps back
 	// while urgent frames still go; since is when it left the queue.
@@ -844,6 +845,14 @@ func (s *Session) sendLoop() error {
 			select {
 			case ready = <-s.urgentCh:
 			default:
+				// Nothing to send: the batch buffer goes back to the
+				// pool while the loop waits (local patch), so a quiet
+				// session holds none; it grows to the largest batch.
+				if box != nil {
+					*box = buf
+					batchPool.Put(box)
+					box, buf = nil, nil
+				}
 				select {
 				case ready = <-s.urgentCh:
 				case held = <-s.sendCh:
@@ -881,6 +890,13 @@ func (s *Session) sendLoop() error {
 		// A batch that starts with urgent frames while a bulk frame is
 		// held takes only urgent frames.
 		urgentOnly := held != nil
+		if box == nil {
+			box, _ = batchPool.Get().(*[]byte)
+			if box == nil {
+				box = new([]byte)
+			}
+			buf = *box
+		}
 		buf, batch = buf[:0], batch[:0]
 		limit := int(s.frameCap.Load())
 	BATCH:
@@ -959,6 +975,10 @@ func (s *Session) sendLoop() error {
 		}
 	}
 }
+
+// batchPool holds send loops' batch buffers, each in its box (a *[]byte
+// that travels with it), while their sessions are quiet (local patch).
+var batchPool sync.Pool
 
 // fastRun is how many bulk writes in a row Config.Hold must let go at
 // once before their speed counts (see sendLoop).
