@@ -1469,3 +1469,243 @@ func TestQuietSendLoopHoldsNoBuffer(t *testing.T) {
 	}
 	runtime.KeepAlive(pairs)
 }
+
+// vecConn is a conn with writev (WriteBuffers) and write deadlines, as the
+// tunnel's session conns have; it records the first byte's address of every
+// buffer it is asked to write, to tell a caller's buffer from a copy.
+type vecConn struct {
+	net.Conn
+	mu   sync.Mutex
+	seen map[*byte]bool
+	most int // the most large buffers one write had
+	// writing is whether a WriteBuffers is under way; a failed one
+	// returns linger late, as a write cut short may take time to unwind.
+	writing atomic.Bool
+	linger  time.Duration
+}
+
+func (c *vecConn) WriteBuffers(b net.Buffers) (int64, error) {
+	c.mu.Lock()
+	large := 0
+	for _, p := range b {
+		if len(p) > 0 {
+			c.seen[&p[0]] = true
+		}
+		if len(p) >= refBody {
+			large++
+		}
+	}
+	if large > c.most {
+		c.most = large
+	}
+	c.mu.Unlock()
+	c.writing.Store(true)
+	defer c.writing.Store(false)
+	n, err := b.WriteTo(c.Conn)
+	if err != nil {
+		time.Sleep(c.linger)
+	}
+	return n, err
+}
+
+func (c *vecConn) wrote(p []byte) bool {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	return c.seen[&p[0]]
+}
+
+// forceSendLoop makes every bulk frame of s go through the send loop (as
+// while a slow link is paced), where frames of several streams are
+// batched; a lone idle writer would otherwise write its frame directly.
+func forceSendLoop(cfg *Config) {
+	cfg.SlowLink = func(bool) {}
+	cfg.Hold = func() time.Duration { return 0 }
+}
+
+// The send loop writes large bodies from their callers' buffers, several
+// in one writev, and the bytes of several streams sending at once arrive
+// whole and in order.
+func TestBatchWritesLargeBodiesInPlace(t *testing.T) {
+	c1, c2 := testConnTCP(t)
+	vc := &vecConn{Conn: c2.(net.Conn), seen: map[*byte]bool{}}
+	cfg := testConfNoKeepAlive()
+	forceSendLoop(cfg)
+	cfg.LogOutput = io.Discard
+	srv, err := Server(vc, cfg)
+	if err != nil {
+		t.Fatal(err)
+	}
+	cli, err := Client(c1, testConfNoKeepAlive())
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer cli.Close()
+	defer srv.Close()
+	srv.noteSlow(true)
+
+	const streams, chunk, chunks = 4, 20 << 10, 64 // chunk >= refBody
+	type result struct {
+		sum [32]byte
+		err error
+	}
+	got := make(chan result, streams)
+	go func() {
+		for i := 0; i < streams; i++ {
+			peer, err := cli.AcceptStream()
+			if err != nil {
+				got <- result{err: err}
+				return
+			}
+			go func() {
+				h := sha256.New()
+				_, err := io.Copy(h, peer)
+				peer.Close()
+				var r result
+				copy(r.sum[:], h.Sum(nil))
+				r.err = err
+				got <- r
+			}()
+		}
+	}()
+	want := map[[32]byte]bool{}
+	var inPlace atomic.Int32
+	var wg sync.WaitGroup
+	sts := make([]*Stream, streams)
+	for i := range sts {
+		if sts[i], err = srv.OpenStream(); err != nil {
+			t.Fatal(err)
+		}
+	}
+	// The first frames of all streams wait together while the test holds
+	// the write lock, so the first write carries them all.
+	srv.writeMu.Lock()
+	for i, st := range sts {
+		st := st // go 1.20: one variable for all iterations
+		rng := mrand.New(mrand.NewPCG(uint64(i), 7))
+		data := make([]byte, chunk*chunks)
+		for j := range data {
+			data[j] = byte(rng.Uint32())
+		}
+		want[sha256.Sum256(data)] = true
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			defer st.Close()
+			for j := 0; j < chunks; j++ {
+				p := data[j*chunk : (j+1)*chunk]
+				if _, err := st.Write(p); err != nil {
+					t.Error(err)
+					return
+				}
+				if vc.wrote(p) {
+					inPlace.Add(1)
+				}
+			}
+		}()
+	}
+	for len(srv.sendCh) < streams-1 { // the loop holds the first one
+		time.Sleep(time.Millisecond)
+	}
+	srv.writeMu.Unlock()
+	wg.Wait()
+	for i := 0; i < streams; i++ {
+		select {
+		case r := <-got:
+			if r.err != nil {
+				t.Fatal(r.err)
+			}
+			if !want[r.sum] {
+				t.Fatal("a stream's bytes arrived changed")
+			}
+			delete(want, r.sum)
+		case <-time.After(20 * time.Second):
+			t.Fatal("streams did not finish")
+		}
+	}
+	// A direct write carries one body; only the send loop's batches
+	// carry several, each from its caller's buffer.
+	vc.mu.Lock()
+	most := vc.most
+	vc.mu.Unlock()
+	if most < 2 {
+		t.Fatalf("no write carried two bodies from their callers' buffers (%d chunks went that way or directly)", inPlace.Load())
+	}
+}
+
+// A caller that stops waiting for a frame whose body the send loop is
+// writing from its buffer returns only once the write is over (the write
+// is cut at the caller's deadline, and the session with it), so it can
+// reuse the buffer at once: nothing it writes there afterwards reaches
+// the peer.
+func TestCallerGivingUpWaitsForWriteOfItsBody(t *testing.T) {
+	a, b := net.Pipe()
+	defer b.Close()
+	vc := &vecConn{Conn: a, seen: map[*byte]bool{}, linger: 200 * time.Millisecond}
+	cfg := testConfNoKeepAlive()
+	forceSendLoop(cfg)
+	cfg.ConnectionWriteTimeout = 300 * time.Millisecond
+	cfg.LogOutput = io.Discard
+	srv, err := Server(vc, cfg)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer srv.Close()
+	srv.noteSlow(true)
+
+	// The peer reads slowly, a KiB at a time, so that the write of the
+	// body is under way when its caller gives up.
+	var peerGot bytes.Buffer
+	peerDone := make(chan struct{})
+	go func() {
+		defer close(peerDone)
+		p := make([]byte, 1<<10)
+		for {
+			n, err := b.Read(p)
+			peerGot.Write(p[:n])
+			if err != nil {
+				return
+			}
+			time.Sleep(20 * time.Millisecond)
+		}
+	}()
+	st, err := srv.OpenStream()
+	if err != nil {
+		t.Fatal(err)
+	}
+	body := bytes.Repeat([]byte{0x5a}, 64<<10)
+	done := make(chan error, 1)
+	go func() {
+		_, err := st.Write(body)
+		done <- err
+	}()
+	select {
+	case err := <-done:
+		if vc.writing.Load() {
+			t.Fatal("the caller returned while its body was still being written")
+		}
+		if err == nil {
+			t.Fatal("a write the peer cannot take in time succeeded")
+		}
+	case <-time.After(10 * time.Second):
+		t.Fatal("the caller did not return")
+	}
+	if !vc.wrote(body) {
+		t.Fatal("the body was copied, not written in place: the test proves nothing")
+	}
+	for i := range body {
+		body[i] = 0xff // the caller reuses its buffer
+	}
+	select {
+	case <-srv.CloseChan():
+	case <-time.After(10 * time.Second):
+		t.Fatal("the session outlived a write cut at its deadline")
+	}
+	b.Close()
+	<-peerDone
+	if i := bytes.IndexByte(peerGot.Bytes(), 0xff); i >= 0 {
+		t.Fatalf("byte %d the peer read came from the reused buffer", i)
+	}
+	if peerGot.Len() >= len(body) {
+		t.Fatalf("peer read %d bytes: the write was not cut", peerGot.Len())
+	}
+}

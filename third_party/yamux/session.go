@@ -128,6 +128,11 @@ type sendReady struct {
 	mu   sync.Mutex // Protects Body from unsafe reads.
 	Body []byte
 	Err  chan error
+	// deadline (local patch) is when the caller stops waiting for this
+	// frame (its ConnectionWriteTimeout); zero for frames nobody waits
+	// on. Until then the send loop may write Body from the caller's
+	// buffer instead of copying it (see sendLoop).
+	deadline time.Time
 }
 
 // newSession is used to construct a new session
@@ -543,6 +548,9 @@ func (s *Session) waitForSendErr(hdr header, body []byte, errCh chan error) erro
 	}()
 
 	ready := &sendReady{Hdr: hdr, Body: body, Err: errCh}
+	if len(body) >= refBody {
+		ready.deadline = time.Now().Add(s.config.ConnectionWriteTimeout)
+	}
 	select {
 	case s.queueFor(hdr, body) <- ready:
 	case <-s.shutdownCh:
@@ -825,6 +833,17 @@ func (s *Session) sendLoop() error {
 	var buf []byte
 	var box *[]byte // buf's box while the loop holds it (see batchPool)
 	var batch []*sendReady
+	// refs (local patch) are the batch's frames whose bodies the write
+	// takes from their callers' buffers rather than from buf; each one's
+	// mu stays locked until the write is over, so that a caller giving up
+	// (bodyCopy) waits for it instead of reusing the buffer under it.
+	// cuts[i] is where in buf refs[i]'s body goes, vec the write's list.
+	var refs []*sendReady
+	var cuts []int
+	var vec net.Buffers
+	dl, canDeadline := s.conn.(writeDeadliner)
+	bw, canVec := s.conn.(buffersWriter)
+	canRef := canDeadline && canVec
 	// held (local patch) is a bulk frame that Config.Hold keeps back
 	// while urgent frames still go; since is when it left the queue.
 	// wasHeld is whether Hold kept back what goes out next, and unheld
@@ -897,19 +916,37 @@ func (s *Session) sendLoop() error {
 			}
 			buf = *box
 		}
-		buf, batch = buf[:0], batch[:0]
+		// The lock comes before the batch: a body the write takes from
+		// its caller's buffer is locked from here to the write's end,
+		// which must not include a wait for a direct writer.
+		s.writeMu.Lock()
+		buf, batch, refs, cuts = buf[:0], batch[:0], refs[:0], cuts[:0]
 		limit := int(s.frameCap.Load())
+		size := 0 // bytes in the write: buf and the referenced bodies
+		var first time.Time
 	BATCH:
 		for {
 			buf = append(buf, ready.Hdr...)
+			size += len(ready.Hdr)
 			ready.mu.Lock()
-			if ready.Body != nil {
+			switch {
+			case ready.Body == nil:
+				ready.mu.Unlock()
+			case canRef && len(ready.Body) >= refBody && time.Until(ready.deadline) > 0:
+				// Written from the caller's buffer; mu stays locked.
+				refs, cuts = append(refs, ready), append(cuts, len(buf))
+				size += len(ready.Body)
+				if first.IsZero() || ready.deadline.Before(first) {
+					first = ready.deadline
+				}
+			default:
 				buf = append(buf, ready.Body...)
+				size += len(ready.Body)
 				ready.Body = nil
+				ready.mu.Unlock()
 			}
-			ready.mu.Unlock()
 			batch = append(batch, ready)
-			if len(buf) >= limit {
+			if size >= limit {
 				break
 			}
 			select {
@@ -926,7 +963,6 @@ func (s *Session) sendLoop() error {
 				}
 			}
 		}
-		s.writeMu.Lock()
 		// A write's time starts when it holds the lock (a direct writer
 		// may have it), or, for a bulk frame Hold held, when it left the
 		// queue: the link was what it waited for.
@@ -934,7 +970,12 @@ func (s *Session) sendLoop() error {
 		if wasHeld && !urgentOnly {
 			start = since
 		}
-		_, err := s.conn.Write(buf)
+		var err error
+		if len(refs) == 0 {
+			_, err = s.conn.Write(buf)
+		} else {
+			err = s.writeRefs(dl, bw, buf, refs, cuts, &vec, first)
+		}
 		d := time.Since(start)
 		s.writeMu.Unlock()
 		var sendErr error
@@ -953,10 +994,10 @@ func (s *Session) sendLoop() error {
 			// Control frames say little about the link, and noteWrite
 			// ignores small writes anyway. The bulk frame in hand is
 			// still the one Hold kept back: wasHeld stays.
-			s.noteWrite(len(buf), d)
+			s.noteWrite(size, d)
 		case wasHeld || s.config.Hold == nil || !s.slow.Load():
 			unheld = 0
-			s.noteWrite(len(buf), d)
+			s.noteWrite(size, d)
 			wasHeld = false
 		default:
 			// Hold keeps the kernel's queue short, so a paced write never
@@ -964,7 +1005,7 @@ func (s *Session) sendLoop() error {
 			// that the link is fast. Only a run of writes that Hold let
 			// go at once does.
 			if unheld++; unheld >= fastRun {
-				s.noteWrite(len(buf), d)
+				s.noteWrite(size, d)
 			}
 		}
 		if v := s.pendingPong.Swap(0); v != 0 && !s.queuePong(uint32(v)) {
@@ -975,6 +1016,45 @@ func (s *Session) sendLoop() error {
 		}
 	}
 }
+
+// writeRefs writes a batch whose larger bodies stay in their callers'
+// buffers (local patch): buf holds the headers and small bodies, and
+// refs[i]'s body goes at buf offset cuts[i], all in one writev. Copying
+// every body into buf cost a user-space copy of every byte whenever
+// several streams were sending at once (a lone sender writes directly,
+// see tryDirect). The write is bounded as a direct write is: it is cut
+// (and the session ends) when the first of its callers would stop
+// waiting, so a caller whose body it holds never waits past its
+// ConnectionWriteTimeout. refs' locks are released, their bodies
+// dropped, and vec cleared (it must not keep callers' buffers).
+func (s *Session) writeRefs(dl writeDeadliner, bw buffersWriter, buf []byte, refs []*sendReady, cuts []int, vec *net.Buffers, first time.Time) error {
+	v, prev := (*vec)[:0], 0
+	for i, r := range refs {
+		v = append(v, buf[prev:cuts[i]], r.Body)
+		prev = cuts[i]
+	}
+	if prev < len(buf) {
+		v = append(v, buf[prev:])
+	}
+	// WriteBuffers may consume its argument's elements; v keeps the
+	// length to clear them all after.
+	s.direct.start(dl, time.Until(first))
+	_, err := bw.WriteBuffers(v)
+	s.direct.stop(dl)
+	for _, r := range refs {
+		r.Body = nil
+		r.mu.Unlock()
+	}
+	for i := range v {
+		v[i] = nil
+	}
+	*vec = v[:0]
+	return err
+}
+
+// refBody is the size from which the send loop writes a body from its
+// caller's buffer instead of copying it into the batch (local patch).
+const refBody = 16 << 10
 
 // batchPool holds send loops' batch buffers, each in its box (a *[]byte
 // that travels with it), while their sessions are quiet (local patch).
