@@ -1709,3 +1709,60 @@ func TestCallerGivingUpWaitsForWriteOfItsBody(t *testing.T) {
 		t.Fatalf("peer read %d bytes: the write was not cut", peerGot.Len())
 	}
 }
+
+// A stream whose reader fell megabytes behind and then caught up holds no
+// receive buffer while it idles, though it stays open.
+func TestDrainedReceiveBufferIsReleased(t *testing.T) {
+	const burst = 8 << 20
+	c1, c2 := testConnTCP(t)
+	cfg := testConfNoKeepAlive()
+	cfg.MaxStreamWindowSize = 2 * burst
+	cfg.LogOutput = io.Discard
+	srv, err := Server(c2, cfg)
+	if err != nil {
+		t.Fatal(err)
+	}
+	cli, err := Client(c1, cfg.Clone())
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer cli.Close()
+	defer srv.Close()
+	a, b := openPair(t, cli, srv, "x")
+	defer a.Close()
+	defer b.Close()
+	heap := func() uint64 {
+		runtime.GC()
+		runtime.GC() // the second empties the pools' victim caches
+		var ms runtime.MemStats
+		runtime.ReadMemStats(&ms)
+		return ms.HeapAlloc
+	}
+	one := make([]byte, 1)
+	if _, err := io.ReadFull(b, one); err != nil {
+		t.Fatal(err)
+	}
+	data := make([]byte, burst)
+	for i := range data {
+		data[i] = byte(i * 7)
+	}
+	want := sha256.Sum256(data)
+	before := heap()
+	// The window allows the whole burst; nobody reads until it is all
+	// buffered.
+	go func() { _, _ = a.Write(data) }()
+	waitBuffered(t, b, burst)
+	h := sha256.New()
+	if _, err := io.CopyN(h, b, burst); err != nil {
+		t.Fatal(err)
+	}
+	if !bytes.Equal(h.Sum(nil), want[:]) {
+		t.Fatal("the burst arrived changed")
+	}
+	after := heap()
+	if after > before+1<<20 {
+		t.Fatalf("heap %d KiB after the idle stream drained its %d KiB burst, %d KiB before",
+			after>>10, burst>>10, before>>10)
+	}
+	runtime.KeepAlive(data)
+}
