@@ -278,6 +278,13 @@ func LoadOrCreateAuto(dir string, names []string) (cert tls.Certificate, created
 		return cert, false, nil
 	}
 	if _, statErr := os.Stat(certPath); !errors.Is(statErr, os.ErrNotExist) {
+		// A pair missing at the load and there now was renamed into
+		// place whole by a server starting at the same moment: load it.
+		if errors.Is(err, os.ErrNotExist) {
+			if cert, err = tls.LoadX509KeyPair(certPath, keyPath); err == nil {
+				return cert, false, nil
+			}
+		}
 		// There is something, and it does not load: never overwrite
 		// what clients may have pinned.
 		return tls.Certificate{}, false, fmt.Errorf("automatic certificate %s and key %s do not load (fix or remove both to make a new one, which clients must then pin again): %w", certPath, keyPath, err)
