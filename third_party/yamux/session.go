@@ -869,7 +869,7 @@ func (s *Session) sendLoop() error {
 				// session holds none; it grows to the largest batch.
 				if box != nil {
 					*box = buf
-					batchPool.Put(box)
+					batchPool.put(box)
 					box, buf = nil, nil
 				}
 				select {
@@ -910,10 +910,7 @@ func (s *Session) sendLoop() error {
 		// held takes only urgent frames.
 		urgentOnly := held != nil
 		if box == nil {
-			box, _ = batchPool.Get().(*[]byte)
-			if box == nil {
-				box = new([]byte)
-			}
+			box = batchPool.get(0)
 			buf = *box
 		}
 		// The lock comes before the batch: a body the write takes from
@@ -1058,7 +1055,7 @@ const refBody = 16 << 10
 
 // batchPool holds send loops' batch buffers, each in its box (a *[]byte
 // that travels with it), while their sessions are quiet (local patch).
-var batchPool sync.Pool
+var batchPool bufPool
 
 // fastRun is how many bulk writes in a row Config.Hold must let go at
 // once before their speed counts (see sendLoop).
@@ -1487,17 +1484,30 @@ func (s *Session) sinkBuffer() *[]byte {
 	if n <= 0 {
 		n = defaultDeliverBufferSize
 	}
-	if bp, _ := sinkPool.Get().(*[]byte); bp != nil && cap(*bp) >= n {
-		*bp = (*bp)[:n]
-		return bp
+	return sinkPool.get(n)
+}
+
+func putSinkBuffer(bp *[]byte) { sinkPool.put(bp) }
+
+var sinkPool bufPool
+
+// bufPool lends byte buffers shared by the process's sessions (local
+// patch), each in the box (a *[]byte) it travels in, so that lending and
+// returning allocate nothing and a buffer can come back grown.
+type bufPool struct{ p sync.Pool }
+
+// get returns a box holding a buffer of length n; a pooled buffer with
+// less room is dropped for a new one.
+func (bp *bufPool) get(n int) *[]byte {
+	if b, _ := bp.p.Get().(*[]byte); b != nil && cap(*b) >= n {
+		*b = (*b)[:n]
+		return b
 	}
 	b := make([]byte, n)
 	return &b
 }
 
-func putSinkBuffer(bp *[]byte) { sinkPool.Put(bp) }
-
-var sinkPool sync.Pool
+func (bp *bufPool) put(b *[]byte) { bp.p.Put(b) }
 
 // readBuffer is the receive loop's reader on conn (local patch): buffered
 // with size bytes, 0 meaning bufio's default (4 KiB), or conn itself when
