@@ -3,6 +3,7 @@ package mux
 import (
 	"context"
 	"log/slog"
+	"sync"
 	"testing"
 	"time"
 
@@ -79,3 +80,78 @@ func TestIdleSessionSharesTheHeartbeat(t *testing.T) {
 
 // headerSize is a yamux frame header: a ping or its answer.
 const headerSize = 12
+
+// The monitors of many idle sessions run together on a shared grid, so an
+// idle server wakes a few times per grid slot, not once per session: a
+// run lands at the start of its slot (timer latency aside), where runs
+// at each session's own phase would spread over the whole slot.
+func TestMonitorsShareAGrid(t *testing.T) {
+	const interval, sessions = time.Second, 30
+	o := Options{
+		KeepAlive:         sockopt.KeepAlive{Idle: time.Hour, Interval: time.Hour, Count: 1},
+		HeartbeatInterval: interval,
+		HeartbeatTimeout:  4 * interval,
+		HandshakeTimeout:  5 * time.Second,
+		Logger:            slog.New(slog.DiscardHandler),
+	}
+	grid := monitorGrid(o)
+	if grid != interval/20 {
+		t.Fatalf("grid %v for a %v heartbeat", grid, interval)
+	}
+	var mu sync.Mutex
+	var runs []time.Duration // each run's offset into its grid slot
+	monitorRan = func(now time.Time) {
+		mu.Lock()
+		runs = append(runs, now.Sub(gridEpoch)%grid)
+		mu.Unlock()
+	}
+	defer func() { monitorRan = nil }()
+
+	ln, err := Listen(context.Background(), "127.0.0.1:0", o)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer ln.Close()
+	for i := 0; i < sessions; i++ {
+		accepted := make(chan *Session, 1)
+		go func() {
+			c, err := ln.Accept()
+			if err != nil {
+				accepted <- nil
+				return
+			}
+			s, _ := Server(c, o)
+			accepted <- s
+		}()
+		cc, err := Dial(context.Background(), ln.Addr().String(), o)
+		if err != nil {
+			t.Fatal(err)
+		}
+		cli, err := Client(cc, o)
+		if err != nil {
+			t.Fatal(err)
+		}
+		defer cli.Close()
+		srv := <-accepted
+		if srv == nil {
+			t.Fatal("no server session")
+		}
+		defer srv.Close()
+		// Stagger the sessions' phases, as clients arriving over time.
+		time.Sleep(time.Duration(i) * grid / sessions)
+	}
+	time.Sleep(3 * interval)
+	mu.Lock()
+	defer mu.Unlock()
+	early := 0
+	for _, d := range runs {
+		if d < grid/5 {
+			early++
+		}
+	}
+	// Timer latency under -race on a busy machine moves some runs later;
+	// without the grid about a fifth would be this early.
+	if len(runs) < sessions || early < len(runs)*3/4 {
+		t.Fatalf("%d of %d monitor runs in the first fifth of their %v grid slot", early, len(runs), grid)
+	}
+}
