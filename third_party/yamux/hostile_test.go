@@ -183,6 +183,10 @@ func TestIncomingStreamLimit(t *testing.T) {
 	if s.IsClosed() {
 		t.Fatal("a refused stream closed the session")
 	}
+	// Its accept queue has room for the one stream it may ever hold.
+	if c := cap(s.acceptCh); c != 1 {
+		t.Fatalf("accept queue of %d for a peer allowed one stream", c)
+	}
 }
 
 // A stream the peer opens with an id that is not its own (0, or our

@@ -142,6 +142,14 @@ func newSession(config *Config, conn io.ReadWriteCloser, client bool) *Session {
 		logger = log.New(config.LogOutput, "", log.LstdFlags)
 	}
 
+	// local patch: a peer that may open only IncomingStreamLimit streams
+	// in the session's life never has more waiting to be accepted, and
+	// each slot of the queue is heap every session carries (256 slots,
+	// 2 KiB, on a server whose clients open one stream).
+	acceptQueue := config.AcceptBacklog
+	if lim := config.IncomingStreamLimit; lim > 0 && lim < acceptQueue {
+		acceptQueue = lim
+	}
 	s := &Session{
 		config:     config,
 		logger:     logger,
@@ -151,7 +159,7 @@ func newSession(config *Config, conn io.ReadWriteCloser, client bool) *Session {
 		streams:    make(map[uint32]*Stream),
 		inflight:   make(map[uint32]struct{}),
 		synCh:      make(chan struct{}, config.AcceptBacklog),
-		acceptCh:   make(chan *Stream, config.AcceptBacklog),
+		acceptCh:   make(chan *Stream, acceptQueue),
 		sendCh:     make(chan *sendReady, 64),
 		urgentCh:   make(chan *sendReady, 64),
 		shutdownCh: make(chan struct{}),
