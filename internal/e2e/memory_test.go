@@ -1,14 +1,19 @@
 package e2e
 
 import (
+	"context"
 	"fmt"
+	"log/slog"
 	"net"
 	"os/exec"
 	"path/filepath"
 	"strconv"
+	"sync"
 	"testing"
 	"time"
 
+	"github.com/tunnel-dev/tunnel/internal/client"
+	"github.com/tunnel-dev/tunnel/internal/config"
 	tt "github.com/tunnel-dev/tunnel/internal/tunneltest"
 )
 
@@ -93,4 +98,74 @@ func TestSilentServiceConnectionsCostAsIdle(t *testing.T) {
 			t.Errorf("%s: %.2f goroutines per connection to a silent service, want at most 1", name, g)
 		}
 	}
+}
+
+// An idle session with two tunnels costs tunneld four goroutines: the two
+// ports' accept loops and yamux's receive and send loops. Its control
+// stream is watched without one (a parked reader was a fifth, about 4 KiB
+// of stack per session on a server holding a thousand). When the clients
+// leave, the sessions finish and every one of those goroutines ends.
+func TestIdleSessionGoroutines(t *testing.T) {
+	const n = 24
+	bin := tt.Binaries(t)
+	dir := t.TempDir()
+	echo := tt.NewService(t, tt.Silent)
+	ctrlPort := tt.FreePort(t)
+	cert, key := tt.CertFiles(t)
+	srvConf := writeFile(t, dir, "tunneld.toml", fmt.Sprintf(
+		"listen = \"127.0.0.1:%d\"\ntoken = %q\nbind_addr = \"127.0.0.1\"\nallow_ports = [\"1024-65535\"]\nhandshake_limit_per_address = 1024\n[tls]\ncert_file = %q\nkey_file = %q\n",
+		ctrlPort, tt.Token, cert, key))
+	srv := tt.Start(t, exec.Command(filepath.Join(bin, "tunneld"), "serve", "-c", srvConf))
+	srv.WaitOutput(t, 10*time.Second, `listening for sessions`)
+	goroutines := func() int {
+		v, err := strconv.Atoi(srv.Status(t)["goroutines"])
+		if err != nil {
+			t.Fatal(err)
+		}
+		return v
+	}
+	g0 := goroutines()
+
+	ctx, cancel := context.WithCancel(context.Background())
+	var wg sync.WaitGroup
+	defer func() { cancel(); wg.Wait() }()
+	log := slog.New(slog.DiscardHandler)
+	clients := make([]*client.Client, n)
+	for i := range clients {
+		cfg, err := config.ParseClient(fmt.Sprintf("c%d.toml", i), fmt.Appendf(nil,
+			"server = \"127.0.0.1:%d\"\ntoken = %q\nname = \"idle-%d\"\n[tls]\nfingerprint = %q\n[tunnels.a]\nlocal = %q\nremote_port = %d\n[tunnels.b]\nlocal = %q\nremote_port = %d\n",
+			ctrlPort, tt.Token, i, tt.Fingerprint(), echo.Addr(), tt.FreePort(t), echo.Addr(), tt.FreePort(t)))
+		if err != nil {
+			t.Fatal(err)
+		}
+		if clients[i], err = client.New(cfg, log); err != nil {
+			t.Fatal(err)
+		}
+		wg.Add(1)
+		go func(c *client.Client) {
+			defer wg.Done()
+			_ = c.Run(ctx)
+		}(clients[i])
+	}
+	tt.Eventually(t, 30*time.Second, "every client's two tunnels up", func() bool {
+		for _, c := range clients {
+			if st := c.Status(); st.Sessions < 1 || len(st.Public) != 2 {
+				return false
+			}
+		}
+		return true
+	})
+	// Handshake goroutines end shortly after the sessions are up.
+	var per float64
+	tt.Eventually(t, 10*time.Second, "tunneld's goroutines to settle at 4 per idle session", func() bool {
+		per = float64(goroutines()-g0) / n
+		return per <= 4
+	})
+	t.Logf("tunneld: %.2f goroutines per idle session", per)
+
+	cancel()
+	wg.Wait()
+	tt.Eventually(t, 15*time.Second, "tunneld's goroutines back to where they were with no session", func() bool {
+		return goroutines() <= g0
+	})
 }

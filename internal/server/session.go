@@ -22,9 +22,9 @@ import (
 	"github.com/tunnel-dev/tunnel/internal/sockopt"
 )
 
-// session is one live client. handleConn owns it: handshake makes it and
-// run runs it to its end. shutdown may be called from anywhere (a
-// takeover, the server's stop) and is idempotent.
+// session is one live client. handleConn owns it: handshake makes it, run
+// starts it, and the control reader finishes it. shutdown may be called
+// from anywhere (a takeover, the server's stop) and is idempotent.
 type session struct {
 	srv    *Server
 	id     string
@@ -43,7 +43,7 @@ type session struct {
 	reason    string                    // why shutdown was called, if it was
 	closed    bool
 
-	parts parts // every goroutine of the session but run's own
+	parts parts // every goroutine of the session but the control reader's
 	once  sync.Once
 	// ctx ends when the session does, with the reason as its cause; every
 	// public connection's join runs under it.
@@ -77,17 +77,17 @@ func (s *Server) handleConn(ctx context.Context, c net.Conn, handshook func(fail
 	if ss == nil {
 		return
 	}
-	// The session runs on a goroutine of its own, and this one ends: TLS
+	// No goroutine waits for the session's end: this one ends here (TLS
 	// and the hello grew its stack, which a goroutine parked for the
-	// session's life would keep, once per idle session. The accept
-	// loop's count of this goroutine covers the Add.
+	// session's life would keep, once per idle session), and the one that
+	// finds the control stream ended finishes the session (see run). The
+	// accept loop's count of this goroutine covers the Add.
 	s.wg.Add(1)
-	go func() {
-		defer s.wg.Done()
-		defer ss.ys.Close() // waits for the session's own goroutines
-		defer ss.cancel(nil)
-		ss.run(ctx)
-	}()
+	ss.run(ctx, func() {
+		ss.cancel(nil)
+		ss.ys.Close() // waits for the session's own goroutines
+		s.wg.Done()
+	})
 }
 
 // handshake takes a connection from TLS to the welcome: the session, the
@@ -215,20 +215,43 @@ func (s *Server) handshake(ctx context.Context, c net.Conn, handshook func(faile
 	return ss
 }
 
-// run serves a welcomed session until it ends, then waits for every part
-// of it, gives its ports up and logs how it ended.
-func (ss *session) run(ctx context.Context) {
+// run serves a welcomed session: it starts the accept loops and watches
+// the control stream, and returns. done is called once the session has
+// ended and finish has run.
+func (ss *session) run(ctx context.Context, done func()) {
 	for _, pl := range ss.publicListeners() {
 		ss.serveListener(pl)
 	}
 	// After the accept loops above: a pending tunnel that comes up starts
 	// its own.
 	ss.startPending()
+	ss.watchControl(ctx, done)
+}
 
-	// The control reader runs here, not as a part: a goodbye read just
-	// before the session closes must name the close before shutdown("")
-	// below marks it lost.
-	ss.readControl()
+// watchControl reads the client's control messages as they arrive. An
+// idle session's control stream holds no goroutine (a parked reader was
+// one of the five an idle session cost, about 4 KiB of stack): one starts
+// when the stream becomes readable — a message, its end, or the session's
+// — reads what there is and parks the stream again. The one that finds
+// the stream ended finishes the session, so a goodbye read just before
+// the session closes names the close before finish marks it lost.
+func (ss *session) watchControl(ctx context.Context, done func()) {
+	ss.ctrl.NotifyReadable(func() {
+		go func() {
+			if ss.readControl() {
+				ss.watchControl(ctx, done)
+				return
+			}
+			ss.finish(ctx)
+			done()
+		}()
+	})
+}
+
+// finish waits for the session's end and every part of it, gives its
+// ports up and logs how it ended. It runs once the control stream has
+// ended.
+func (ss *session) finish(ctx context.Context) {
 	if !ss.ys.IsClosed() {
 		// The client ended its control stream and nothing else: it
 		// cannot be told anything any more.
@@ -598,12 +621,15 @@ func (ss *session) send(m protocol.Control) error {
 	return protocol.WriteFrame(ss.ctrl, m)
 }
 
-// readControl reads the client's control messages until the stream ends.
-func (ss *session) readControl() {
-	for {
+// readControl reads the client's control messages while the stream has
+// something to read. It returns false once the stream has ended (or the
+// client said goodbye, after which nothing it says matters), true when
+// it has read all there was.
+func (ss *session) readControl() bool {
+	for ss.ctrl.Readable() {
 		var m protocol.Control
 		if err := protocol.ReadFrame(ss.ctrl, &m); err != nil {
-			return
+			return false
 		}
 		switch m.Type {
 		case protocol.TypeGoodbye:
@@ -612,11 +638,12 @@ func (ss *session) readControl() {
 				reason += ": " + m.Goodbye.Reason
 			}
 			ss.end(reason, false)
-			return
+			return false
 		default:
 			ss.log.Debug("ignoring control message", "type", m.Type)
 		}
 	}
+	return true
 }
 
 // acceptPublic accepts public connections on pl until it is closed.
