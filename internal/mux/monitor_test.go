@@ -1,7 +1,6 @@
 package mux
 
 import (
-	"context"
 	"log/slog"
 	"sync"
 	"testing"
@@ -10,6 +9,17 @@ import (
 	"github.com/tunnel-dev/tunnel/internal/sockopt"
 )
 
+// heartbeatOptions is a session whose heartbeat is all that watches it.
+func heartbeatOptions(interval time.Duration) Options {
+	return Options{
+		KeepAlive:         sockopt.KeepAlive{Idle: time.Hour, Interval: time.Hour, Count: 1},
+		HeartbeatInterval: interval,
+		HeartbeatTimeout:  4 * interval,
+		HandshakeTimeout:  5 * time.Second,
+		Logger:            slog.New(slog.DiscardHandler),
+	}
+}
+
 // An idle session's two ends share the heartbeat: whoever has heard
 // nothing for an interval pings, and the other hears the ping, so the pair
 // exchanges about one ping and one answer per interval, not a ping and an
@@ -17,46 +27,8 @@ import (
 // one). Both ends stay up.
 func TestIdleSessionSharesTheHeartbeat(t *testing.T) {
 	const interval = 50 * time.Millisecond
-	o := Options{
-		KeepAlive:         sockopt.KeepAlive{Idle: time.Hour, Interval: time.Hour, Count: 1},
-		HeartbeatInterval: interval,
-		HeartbeatTimeout:  4 * interval,
-		HandshakeTimeout:  5 * time.Second,
-		Logger:            slog.New(slog.DiscardHandler),
-	}
-	ln, err := Listen(context.Background(), "127.0.0.1:0", o)
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer ln.Close()
-	accepted := make(chan *Session, 1)
-	go func() {
-		c, err := ln.Accept()
-		if err != nil {
-			t.Error(err)
-			accepted <- nil
-			return
-		}
-		s, err := Server(c, o)
-		if err != nil {
-			t.Error(err)
-		}
-		accepted <- s
-	}()
-	cc, err := Dial(context.Background(), ln.Addr().String(), o)
-	if err != nil {
-		t.Fatal(err)
-	}
-	cli, err := Client(cc, o)
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer cli.Close()
-	srv := <-accepted
-	if srv == nil {
-		t.FailNow()
-	}
-	defer srv.Close()
+	o := heartbeatOptions(interval)
+	cli, srv, _, _ := pair(t, o)
 
 	rx0 := cli.conn.rx.Load() + srv.conn.rx.Load()
 	start := time.Now()
@@ -87,56 +59,23 @@ const headerSize = 12
 // at each session's own phase would spread over the whole slot.
 func TestMonitorsShareAGrid(t *testing.T) {
 	const interval, sessions = time.Second, 30
-	o := Options{
-		KeepAlive:         sockopt.KeepAlive{Idle: time.Hour, Interval: time.Hour, Count: 1},
-		HeartbeatInterval: interval,
-		HeartbeatTimeout:  4 * interval,
-		HandshakeTimeout:  5 * time.Second,
-		Logger:            slog.New(slog.DiscardHandler),
-	}
+	o := heartbeatOptions(interval)
 	grid := monitorGrid(o)
 	if grid != interval/20 {
 		t.Fatalf("grid %v for a %v heartbeat", grid, interval)
 	}
 	var mu sync.Mutex
 	var runs []time.Duration // each run's offset into its grid slot
-	monitorRan = func(now time.Time) {
+	ran := func(now time.Time) {
 		mu.Lock()
 		runs = append(runs, now.Sub(gridEpoch)%grid)
 		mu.Unlock()
 	}
-	defer func() { monitorRan = nil }()
+	monitorRan.Store(&ran)
+	defer monitorRan.Store(nil)
 
-	ln, err := Listen(context.Background(), "127.0.0.1:0", o)
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer ln.Close()
 	for i := 0; i < sessions; i++ {
-		accepted := make(chan *Session, 1)
-		go func() {
-			c, err := ln.Accept()
-			if err != nil {
-				accepted <- nil
-				return
-			}
-			s, _ := Server(c, o)
-			accepted <- s
-		}()
-		cc, err := Dial(context.Background(), ln.Addr().String(), o)
-		if err != nil {
-			t.Fatal(err)
-		}
-		cli, err := Client(cc, o)
-		if err != nil {
-			t.Fatal(err)
-		}
-		defer cli.Close()
-		srv := <-accepted
-		if srv == nil {
-			t.Fatal("no server session")
-		}
-		defer srv.Close()
+		pair(t, o)
 		// Stagger the sessions' phases, as clients arriving over time.
 		time.Sleep(time.Duration(i) * grid / sessions)
 	}

@@ -269,11 +269,11 @@ func (s *Session) stopMonitor() {
 }
 
 // monitorRan, when set (by tests), is called at each monitor run.
-var monitorRan func(time.Time)
+var monitorRan atomic.Pointer[func(time.Time)]
 
 func (s *Session) monitor() {
-	if monitorRan != nil {
-		monitorRan(time.Now())
+	if f := monitorRan.Load(); f != nil {
+		(*f)(time.Now())
 	}
 	s.mon.Lock()
 	if s.stopped {
