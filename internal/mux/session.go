@@ -269,11 +269,11 @@ func (s *Session) stopMonitor() {
 }
 
 // monitorRan, when set (by tests), is called at each monitor run.
-var monitorRan atomic.Pointer[func(time.Time)]
+var monitorRan atomic.Pointer[func(*Session, time.Time)]
 
 func (s *Session) monitor() {
 	if f := monitorRan.Load(); f != nil {
-		(*f)(time.Now())
+		(*f)(s, time.Now())
 	}
 	s.mon.Lock()
 	if s.stopped {
