@@ -60,8 +60,8 @@ func newUp() *cobra.Command {
 			}
 			ctx, stop := cli.SignalContext()
 			defer stop()
-			log.Info("tunnelc started", "version", cli.Version, "config", cfg.File, "server", cfg.Server)
-			wait := cli.Notify(ctx, log, "serving tunnels through "+cfg.Server, func() error { c.Status(); return nil })
+			// As in tunneld: the status signal is handled before "started"
+			// is logged and systemd told.
 			waitStatus := cli.StatusOnSignal(ctx, log, func() []any {
 				st := c.Status()
 				attrs := []any{"connected", st.Connected, "session", st.Session, "tunnels", len(st.Public), "sessions_since_start", st.Sessions,
@@ -71,6 +71,8 @@ func newUp() *cobra.Command {
 				}
 				return attrs
 			})
+			log.Info("tunnelc started", "version", cli.Version, "config", cfg.File, "server", cfg.Server)
+			wait := cli.Notify(ctx, log, "serving tunnels through "+cfg.Server, func() error { c.Status(); return nil })
 			err = c.Run(ctx)
 			stop()
 			wait()

@@ -93,9 +93,12 @@ func newServe() *cobra.Command {
 			if err := srv.Start(ctx); err != nil {
 				return err
 			}
+			// The status signal is handled before "started" is logged and
+			// systemd told: a SIGUSR1 sent on either is answered, not
+			// dropped.
+			waitStatus := cli.StatusOnSignal(ctx, log, func() []any { return []any{"sessions", srv.Sessions(), "pending_tunnels", len(srv.Pending())} })
 			log.Info("tunneld started", "version", cli.Version, "config", cfg.File)
 			wait := cli.Notify(ctx, log, "listening on "+srv.Addr().String(), func() error { srv.Sessions(); return nil })
-			waitStatus := cli.StatusOnSignal(ctx, log, func() []any { return []any{"sessions", srv.Sessions(), "pending_tunnels", len(srv.Pending())} })
 			err = srv.Serve(ctx)
 			stop()
 			wait()

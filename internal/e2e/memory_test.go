@@ -116,7 +116,7 @@ func TestIdleSessionGoroutines(t *testing.T) {
 		"listen = \"127.0.0.1:%d\"\ntoken = %q\nbind_addr = \"127.0.0.1\"\nallow_ports = [\"1024-65535\"]\nhandshake_limit_per_address = 1024\n[tls]\ncert_file = %q\nkey_file = %q\n",
 		ctrlPort, tt.Token, cert, key))
 	srv := tt.Start(t, exec.Command(filepath.Join(bin, "tunneld"), "serve", "-c", srvConf))
-	srv.WaitOutput(t, 10*time.Second, `listening for sessions`)
+	srv.WaitOutput(t, 10*time.Second, `tunneld started`) // answers the status signal from here
 	goroutines := func() int {
 		v, err := strconv.Atoi(srv.Status(t)["goroutines"])
 		if err != nil {
