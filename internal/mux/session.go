@@ -42,22 +42,38 @@ type Session struct {
 	// lastPing is when the monitor last pinged, nextSample when it
 	// samples the socket next.
 	lastPing, nextSample time.Time
+	// quietPing is how long nothing must have arrived before this end
+	// pings: the heartbeat interval on the client, two grid slots more
+	// on the server (see serverPingDelay).
+	quietPing time.Duration
 }
 
 // Client starts the client side of a session on c (from Dial). The
 // session owns c.
 func Client(c net.Conn, o Options) (*Session, error) {
-	return start(yamux.Client, c, o)
+	return start(yamux.Client, c, o, o.HeartbeatInterval)
 }
 
 // Server starts the server side of a session on c (from Listen and
 // Handshake). The session owns c.
 func Server(c net.Conn, o Options) (*Session, error) {
-	return start(yamux.Server, c, o)
+	return start(yamux.Server, c, o, o.HeartbeatInterval+serverPingDelay(o))
 }
 
-func start(side func(io.ReadWriteCloser, *yamux.Config) (*yamux.Session, error), c net.Conn, o Options) (*Session, error) {
-	s := &Session{conn: findWatch(c), o: o, done: make(chan struct{})}
+// serverPingDelay is how much longer than the client the server lets a
+// session be quiet before it pings. With both ends' monitors on grids
+// (see monitorGrid), both would often find the session quiet in the
+// same slot and each ping: two pings and two answers per interval
+// instead of one of each. The server waiting two slots more lets the
+// client's ping arrive first, so an idle server only answers; it pings
+// itself when the client has gone quiet, early enough to hear an answer
+// before its timeout.
+func serverPingDelay(o Options) time.Duration {
+	return min(2*monitorGrid(o), o.HeartbeatTimeout/2)
+}
+
+func start(side func(io.ReadWriteCloser, *yamux.Config) (*yamux.Session, error), c net.Conn, o Options, quietPing time.Duration) (*Session, error) {
+	s := &Session{conn: findWatch(c), o: o, done: make(chan struct{}), quietPing: quietPing}
 	cfg := yamuxConfig(o, s)
 	switch c.(type) {
 	case *tlsConn, *tls.Conn:
@@ -313,17 +329,17 @@ func (s *Session) monitor() {
 		}
 		// Without a watched socket nothing tells what arrived: ping
 		// every interval.
-		if (s.conn == nil || quiet >= hb) && now.Sub(s.lastPing) >= hb {
+		if (s.conn == nil || quiet >= s.quietPing) && now.Sub(s.lastPing) >= hb {
 			s.ys.SendPing()
 			s.lastPing = now
 		}
-		// The next ping is due an interval after both the last thing
-		// heard and the last ping.
-		ping := s.lastPing
-		if s.conn != nil && lastSeen.After(ping) {
-			ping = lastSeen
+		// The next ping is due an interval after the last ping and
+		// quietPing after the last thing heard.
+		ping := s.lastPing.Add(hb)
+		if s.conn != nil && lastSeen.Add(s.quietPing).After(ping) {
+			ping = lastSeen.Add(s.quietPing)
 		}
-		next = earliest(next, ping.Add(hb))
+		next = earliest(next, ping)
 		if s.conn != nil {
 			next = earliest(next, lastSeen.Add(hb+s.o.HeartbeatTimeout))
 		}
