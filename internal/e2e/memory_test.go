@@ -133,8 +133,10 @@ func TestIdleSessionGoroutines(t *testing.T) {
 	clients := make([]*client.Client, n)
 	for i := range clients {
 		cfg, err := config.ParseClient(fmt.Sprintf("c%d.toml", i), fmt.Appendf(nil,
-			"server = \"127.0.0.1:%d\"\ntoken = %q\nname = \"idle-%d\"\n[tls]\nfingerprint = %q\n[tunnels.a]\nlocal = %q\nremote_port = %d\n[tunnels.b]\nlocal = %q\nremote_port = %d\n",
-			ctrlPort, tt.Token, i, tt.Fingerprint(), echo.Addr(), tt.FreePort(t), echo.Addr(), tt.FreePort(t)))
+			// remote_port 0: tunneld picks, so no two clients (nor
+			// another test) can want the same port.
+			"server = \"127.0.0.1:%d\"\ntoken = %q\nname = \"idle-%d\"\n[tls]\nfingerprint = %q\n[tunnels.a]\nlocal = %q\nremote_port = 0\n[tunnels.b]\nlocal = %q\nremote_port = 0\n",
+			ctrlPort, tt.Token, i, tt.Fingerprint(), echo.Addr(), echo.Addr()))
 		if err != nil {
 			t.Fatal(err)
 		}
