@@ -159,16 +159,6 @@ START:
 
 	// Read any bytes
 	n, _ = s.recvBuf.Read(b)
-	if s.recvBuf.Len() == 0 {
-		// local patch: a drained buffer goes back to the pool. It grew
-		// to what the reader let pile up, up to the stream's window
-		// (megabytes), and upstream kept it for the stream's life unless
-		// its owner called Shrink: an idle connection that once fell
-		// behind held its burst. The pool keeps a busy reader from
-		// allocating a buffer per frame.
-		putRecvBuf(s.recvBuf)
-		s.recvBuf = nil
-	}
 	s.recvLock.Unlock()
 
 	// Send a window update potentially
@@ -787,7 +777,9 @@ func (s *Stream) readData(hdr header, flags uint16, conn io.Reader) error {
 	}
 
 	if s.recvBuf == nil {
-		s.recvBuf = getRecvBuf(int(length))
+		// Allocate the receive buffer just-in-time to fit the full data frame.
+		// This way we can read in the whole packet without further allocations.
+		s.recvBuf = bytes.NewBuffer(make([]byte, 0, length))
 	}
 	copiedLength, err := io.Copy(s.recvBuf, conn)
 	if err != nil {
@@ -835,7 +827,7 @@ func (s *Stream) deliver(sink func([]byte) (int, error), conn io.Reader, length 
 		s.sink = nil
 		s.hookLock.Unlock()
 		if s.recvBuf == nil {
-			s.recvBuf = getRecvBuf(len(chunk) - n + length)
+			s.recvBuf = bytes.NewBuffer(make([]byte, 0, len(chunk)-n+length))
 		}
 		s.recvBuf.Write(chunk[n:])
 		_, err := io.CopyN(s.recvBuf, conn, int64(length))
@@ -927,25 +919,6 @@ func (s *Stream) SetWriteDeadline(t time.Time) error {
 	s.writeDeadline.Store(t)
 	asyncNotify(s.sendNotifyCh)
 	return nil
-}
-
-// recvBufPool holds drained receive buffers (local patch, see Read).
-var recvBufPool sync.Pool
-
-// getRecvBuf returns an empty receive buffer with room for n bytes.
-func getRecvBuf(n int) *bytes.Buffer {
-	b, _ := recvBufPool.Get().(*bytes.Buffer)
-	if b == nil {
-		return bytes.NewBuffer(make([]byte, 0, n))
-	}
-	b.Grow(n)
-	return b
-}
-
-// putRecvBuf pools an empty receive buffer.
-func putRecvBuf(b *bytes.Buffer) {
-	b.Reset()
-	recvBufPool.Put(b)
 }
 
 // Shrink is used to compact the amount of buffers utilized
