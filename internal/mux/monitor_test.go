@@ -1,7 +1,9 @@
 package mux
 
 import (
+	"io"
 	"log/slog"
+	"runtime"
 	"sync"
 	"testing"
 	"time"
@@ -98,5 +100,57 @@ func TestMonitorsShareAGrid(t *testing.T) {
 	// without the grid about a fifth would be this early.
 	if len(runs) < sessions || early < len(runs)*3/4 {
 		t.Fatalf("%d of %d monitor runs in the first fifth of their %v grid slot", early, len(runs), grid)
+	}
+}
+
+// A burst that a reader fell behind on leaves the stream's receive buffer
+// at up to a window; once the stream has been quiet for a sample period or
+// two the monitor gives it back, so an open idle connection does not keep
+// megabytes for its life.
+func TestQuietStreamGivesBackItsBuffer(t *testing.T) {
+	const window = 4 << 20
+	o := heartbeatOptions(time.Second)
+	o.UserTimeout = time.Second // samples, and so shrinks, every 250 ms
+	o.StreamWindow = window
+	cli, srv, _, _ := pair(t, o)
+	a, sa := openPair(t, cli, srv, "x")
+	if _, err := io.ReadFull(sa, make([]byte, 1)); err != nil {
+		t.Fatal(err)
+	}
+	heap := func() uint64 {
+		runtime.GC()
+		runtime.GC()
+		var ms runtime.MemStats
+		runtime.ReadMemStats(&ms)
+		return ms.HeapAlloc
+	}
+	data := make([]byte, window-1)
+	base := heap()
+	if _, err := a.Write(data); err != nil {
+		t.Fatal(err)
+	}
+	// Nobody reads until it has all arrived: it is all buffered.
+	for !sa.Readable() {
+		time.Sleep(time.Millisecond)
+	}
+	time.Sleep(100 * time.Millisecond)
+	if _, err := io.ReadFull(sa, make([]byte, len(data))); err != nil {
+		t.Fatal(err)
+	}
+	deadline := time.Now().Add(5 * time.Second)
+	for {
+		after := heap()
+		if after < base+window/8 {
+			t.Logf("heap %d KiB before the burst, %d KiB once the stream was quiet", base>>10, after>>10)
+			break
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("heap %d KiB before the burst, still %d KiB 5 s after it was read", base>>10, after>>10)
+		}
+		time.Sleep(50 * time.Millisecond)
+	}
+	runtime.KeepAlive(data)
+	if cli.IsClosed() || srv.IsClosed() {
+		t.Fatal("the session ended")
 	}
 }

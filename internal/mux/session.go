@@ -316,6 +316,9 @@ func (s *Session) monitor() {
 		lastSeen = time.Unix(0, s.conn.lastRead.Load())
 		if !now.Before(s.nextSample) {
 			s.conn.sample()
+			// Receive buffers a burst left on streams quiet since the
+			// last sample go back to the heap.
+			s.ys.ShrinkIdle()
 			s.nextSample = now.Add(s.every)
 		}
 	}

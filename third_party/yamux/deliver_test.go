@@ -76,9 +76,7 @@ func (l testLog) Write(p []byte) (int, error) {
 func books(s *Stream) (remain, buffered, inflight uint32, ok bool) {
 	s.recvLock.Lock()
 	defer s.recvLock.Unlock()
-	if s.recvBuf != nil {
-		buffered = uint32(s.recvBuf.Len())
-	}
+	buffered = uint32(s.recvBuf.Len())
 	inflight = s.delivering
 	total := uint64(s.recvWindow) + uint64(buffered) + uint64(inflight)
 	return s.recvWindow, buffered, inflight, total <= uint64(s.session.config.MaxStreamWindowSize)

@@ -152,10 +152,7 @@ func waitBuffered(t *testing.T, s *Stream, n int) {
 	deadline := time.Now().Add(5 * time.Second)
 	for {
 		s.recvLock.Lock()
-		got := 0
-		if s.recvBuf != nil {
-			got = s.recvBuf.Len()
-		}
+		got := s.recvBuf.Len()
 		s.recvLock.Unlock()
 		if got >= n {
 			return

@@ -1481,6 +1481,26 @@ func (s *Session) establishStream(id uint32) {
 	s.streamLock.Unlock()
 }
 
+// ShrinkIdle gives up the receive buffers of streams that hold no data
+// and have buffered none since the previous call (local patch). Called
+// every few seconds (the tunnel's session monitor does), it frees what a
+// burst left on a stream that then went quiet, while a busy stream keeps
+// its buffer: giving one up each time it is drained costs an allocation
+// per frame, and slowed a reader that drains every frame enough to skew
+// the window estimator's round trips.
+func (s *Session) ShrinkIdle() {
+	var arr [8]*Stream
+	streams := arr[:0]
+	s.streamLock.Lock()
+	for _, st := range s.streams {
+		streams = append(streams, st)
+	}
+	s.streamLock.Unlock()
+	for _, st := range streams {
+		st.shrinkIfQuiet()
+	}
+}
+
 // sinkBuffer returns a buffer for carrying a frame from bufRead to a
 // stream's sink (local patch); putSinkBuffer gives it back once the frame
 // is delivered. The buffers are shared by every session of the process: a

@@ -1,7 +1,6 @@
 package yamux
 
 import (
-	"bytes"
 	"errors"
 	"io"
 	"sync"
@@ -49,8 +48,11 @@ type Stream struct {
 	state     streamState
 	stateLock sync.Mutex
 
-	recvBuf  *bytes.Buffer
+	recvBuf  recvBuffer // local patch: see recvbuf.go
 	recvLock sync.Mutex
+	// recvQuiet (local patch, under recvLock): the buffer was empty when
+	// Session.ShrinkIdle last looked and nothing was buffered since.
+	recvQuiet bool
 
 	controlHdr     header
 	controlErr     chan error
@@ -138,7 +140,7 @@ START:
 		fallthrough
 	case streamClosed:
 		s.recvLock.Lock()
-		if s.recvBuf == nil || s.recvBuf.Len() == 0 {
+		if s.recvBuf.Len() == 0 {
 			s.recvLock.Unlock()
 			s.stateLock.Unlock()
 			return 0, io.EOF
@@ -152,13 +154,13 @@ START:
 
 	// If there is no data available, block
 	s.recvLock.Lock()
-	if s.recvBuf == nil || s.recvBuf.Len() == 0 {
+	if s.recvBuf.Len() == 0 {
 		s.recvLock.Unlock()
 		goto WAIT
 	}
 
 	// Read any bytes
-	n, _ = s.recvBuf.Read(b)
+	n = s.recvBuf.Read(b)
 	s.recvLock.Unlock()
 
 	// Send a window update potentially
@@ -641,7 +643,7 @@ func (s *Stream) readable() bool {
 	}
 	s.recvLock.Lock()
 	defer s.recvLock.Unlock()
-	return s.recvBuf != nil && s.recvBuf.Len() > 0
+	return s.recvBuf.Len() > 0
 }
 
 // fireReadHook calls the read hook, if one is set, for an end of the
@@ -666,7 +668,7 @@ func (s *Stream) fireReadHook() {
 func (s *Stream) fireReadHookIfBuffered() {
 	s.recvLock.Lock()
 	var f func()
-	if s.recvBuf != nil && s.recvBuf.Len() > 0 {
+	if s.recvBuf.Len() > 0 {
 		s.hookLock.Lock()
 		f = s.takeReadHookLocked()
 		s.hookLock.Unlock()
@@ -739,10 +741,7 @@ func (s *Stream) readData(hdr header, flags uint16, conn io.Reader) error {
 		// connection it carries.
 		first := !s.overrun
 		if first {
-			var bufLen int
-			if s.recvBuf != nil {
-				bufLen = s.recvBuf.Len()
-			}
+			bufLen := s.recvBuf.Len()
 			s.hookLock.Lock()
 			parked := s.sink != nil
 			s.hookLock.Unlock()
@@ -768,7 +767,7 @@ func (s *Stream) readData(hdr header, flags uint16, conn io.Reader) error {
 	s.hookLock.Lock()
 	sink := s.sink
 	s.hookLock.Unlock()
-	if sink != nil && (s.recvBuf == nil || s.recvBuf.Len() == 0) {
+	if sink != nil && s.recvBuf.Len() == 0 {
 		s.recvWindow -= length
 		s.delivering = length
 		s.sunk++
@@ -776,21 +775,16 @@ func (s *Stream) readData(hdr header, flags uint16, conn io.Reader) error {
 		return s.deliver(sink, conn, int(length))
 	}
 
-	if s.recvBuf == nil {
-		// Allocate the receive buffer just-in-time to fit the full data frame.
-		// This way we can read in the whole packet without further allocations.
-		s.recvBuf = bytes.NewBuffer(make([]byte, 0, length))
-	}
-	copiedLength, err := io.Copy(s.recvBuf, conn)
-	if err != nil {
+	if err := s.recvBuf.fill(conn, int(length), s.recvBufLimit()); err != nil {
 		s.session.logger.Printf("[ERR] yamux: Failed to read stream data: %v", err)
 		s.recvLock.Unlock()
 		return err
 	}
 
 	// Decrement the receive window
-	s.recvWindow -= uint32(copiedLength)
+	s.recvWindow -= length
 	s.buffered++
+	s.recvQuiet = false
 	s.recvLock.Unlock()
 
 	// Unblock any readers
@@ -826,11 +820,11 @@ func (s *Stream) deliver(sink func([]byte) (int, error), conn io.Reader, length 
 		s.hookLock.Lock()
 		s.sink = nil
 		s.hookLock.Unlock()
-		if s.recvBuf == nil {
-			s.recvBuf = bytes.NewBuffer(make([]byte, 0, len(chunk)-n+length))
-		}
-		s.recvBuf.Write(chunk[n:])
-		_, err := io.CopyN(s.recvBuf, conn, int64(length))
+		limit := s.recvBufLimit()
+		s.recvBuf.reserve(len(chunk)-n+length, limit)
+		s.recvBuf.Write(chunk[n:], limit)
+		err := s.recvBuf.fill(conn, length, limit)
+		s.recvQuiet = false
 		s.delivering = 0
 		s.recvLock.Unlock()
 		if err != nil {
@@ -868,10 +862,7 @@ func (s *Stream) deliver(sink func([]byte) (int, error), conn io.Reader, length 
 // since the last update. Data buffered or on its way to a sink is not
 // consumed. The caller holds recvLock.
 func (s *Stream) windowDelta() uint32 {
-	var bufLen uint32
-	if s.recvBuf != nil {
-		bufLen = uint32(s.recvBuf.Len())
-	}
+	bufLen := uint32(s.recvBuf.Len())
 	w := s.session.window()
 	held := uint64(s.recvWindow) + uint64(bufLen) + uint64(s.delivering)
 	if held >= uint64(w) {
@@ -926,8 +917,30 @@ func (s *Stream) SetWriteDeadline(t time.Time) error {
 // the idle memory utilization.
 func (s *Stream) Shrink() {
 	s.recvLock.Lock()
-	if s.recvBuf != nil && s.recvBuf.Len() == 0 {
-		s.recvBuf = nil
+	if s.recvBuf.Len() == 0 {
+		s.recvBuf = recvBuffer{}
 	}
 	s.recvLock.Unlock()
 }
+
+// shrinkIfQuiet gives up the receive buffer if it was empty the last time
+// this was called and nothing was buffered since (local patch, see
+// Session.ShrinkIdle).
+func (s *Stream) shrinkIfQuiet() {
+	s.recvLock.Lock()
+	defer s.recvLock.Unlock()
+	if s.recvBuf.Len() > 0 || s.recvBuf.Cap() == 0 {
+		s.recvQuiet = false
+		return
+	}
+	if s.recvQuiet {
+		s.recvBuf, s.recvQuiet = recvBuffer{}, false
+		return
+	}
+	s.recvQuiet = true
+}
+
+// recvBufLimit is what the receive buffer may grow to while its data fits
+// (local patch): the session's stream window, the most a sender may have
+// unacknowledged. The caller holds recvLock.
+func (s *Stream) recvBufLimit() int { return int(s.session.window()) }
