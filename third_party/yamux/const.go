@@ -106,6 +106,12 @@ const (
 	// GoAway is sent to terminate a session. The StreamID
 	// should be 0 and the length is an error code.
 	typeGoAway
+
+	// Ack (local patch) acknowledges the data a stream's reader has
+	// consumed: Length is the low 32 bits of the stream's total. Sent
+	// only for streams whose reader asked (Stream.EnableAcks), which
+	// only a peer that understands it does.
+	typeAck
 )
 
 const (

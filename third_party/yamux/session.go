@@ -1098,6 +1098,7 @@ var (
 		typeWindowUpdate: (*Session).handleStreamMessage,
 		typePing:         (*Session).handlePing,
 		typeGoAway:       (*Session).handleGoAway,
+		typeAck:          (*Session).handleAck,
 	}
 )
 
@@ -1120,7 +1121,7 @@ func (s *Session) recvLoop() error {
 		}
 
 		mt := hdr.MsgType()
-		if mt < typeData || mt > typeGoAway {
+		if mt < typeData || mt > typeAck {
 			return ErrInvalidMsgType
 		}
 
@@ -1479,6 +1480,40 @@ func (s *Session) establishStream(id uint32) {
 		s.logger.Printf("[ERR] yamux: established stream without inflight SYN (didn't have semaphore)")
 	}
 	s.streamLock.Unlock()
+}
+
+// handleAck takes a stream's acknowledgment (local patch, see
+// Stream.EnableAcks). One for a stream that is gone (it crossed a reset or
+// a close) is nothing to act on.
+func (s *Session) handleAck(hdr header) error {
+	s.streamLock.Lock()
+	stream := s.streams[hdr.StreamID()]
+	s.streamLock.Unlock()
+	if stream != nil {
+		stream.takeAck(hdr.Length())
+	}
+	return nil
+}
+
+// FlushAcks acknowledges, on every stream whose reader asked for
+// acknowledgments, what its reader consumed since the last one (local
+// patch). Window updates carry acknowledgments as they go; a stream whose
+// reader took less than half a window since the last update sends none,
+// and this is what acknowledges it. It never waits: a stream whose frame
+// finds the urgent queue full is acknowledged on the next call.
+func (s *Session) FlushAcks() {
+	var arr [8]*Stream
+	streams := arr[:0]
+	s.streamLock.Lock()
+	for _, st := range s.streams {
+		if st.acks.Load() {
+			streams = append(streams, st)
+		}
+	}
+	s.streamLock.Unlock()
+	for _, st := range streams {
+		st.flushAck()
+	}
 }
 
 // ShrinkIdle gives up the receive buffers of streams that hold no data

@@ -92,6 +92,19 @@ type Stream struct {
 	// windowUpdating is set while a window update for sunk data is on
 	// its way, so bulk data does not start one goroutine per frame.
 	windowUpdating atomic.Bool
+
+	// Acknowledgments (local patch, see EnableAcks). consumed is the data
+	// the reader has taken (read, or written by a sink), under recvLock;
+	// ackedSent what this end last acknowledged, under controlHdrLock.
+	consumed  uint64
+	ackedSent uint64
+	acks      atomic.Bool
+	// sent is the data written on the stream, acked what the peer's
+	// reader has acknowledged of it (set by the receive loop only), and
+	// ackHook is called with each new acked total.
+	sent    atomic.Uint64
+	acked   atomic.Uint64
+	ackHook atomic.Pointer[func(uint64)]
 }
 
 // newStream is used to construct a new stream within
@@ -101,7 +114,7 @@ func newStream(session *Session, id uint32, state streamState) *Stream {
 		id:           id,
 		session:      session,
 		state:        state,
-		controlHdr:   header(make([]byte, headerSize)),
+		controlHdr:   newControlHdr(),
 		controlErr:   make(chan error, 1),
 		sendHdr:      header(make([]byte, headerSize)),
 		sendErr:      make(chan error, 1),
@@ -161,6 +174,7 @@ START:
 
 	// Read any bytes
 	n = s.recvBuf.Read(b)
+	s.consumed += uint64(n)
 	s.recvLock.Unlock()
 
 	// Send a window update potentially
@@ -260,7 +274,10 @@ START:
 	max = min(min(window, uint32(len(b))), uint32(s.session.frameCap.Load()))
 	body = b[:max]
 
-	// Send the header
+	// Send the header. local patch: counted as sent before it can
+	// arrive, so that the peer's acknowledgment of it is never ahead of
+	// Sent (see takeAck).
+	s.sent.Add(uint64(max))
 	s.sendHdr.encode(typeData, flags, s.id, max)
 	if err = s.session.waitForSendErr(s.sendHdr, body, s.sendErr); err != nil {
 		if errors.Is(err, ErrSessionShutdown) || errors.Is(err, ErrConnectionWriteTimeout) {
@@ -331,28 +348,48 @@ func (s *Stream) sendFlags() uint16 {
 func (s *Stream) sendWindowUpdate() error {
 	s.controlHdrLock.Lock()
 	defer s.controlHdrLock.Unlock()
-	flags, delta, ok := s.grant()
+	flags, delta, consumed, ok := s.grant()
 	if !ok {
 		return nil
 	}
 
-	// Send the header
-	s.controlHdr.encode(typeWindowUpdate, flags, s.id, delta)
-	if err := s.session.waitForSendErr(s.controlHdr, nil, s.controlErr); err != nil {
+	// Send the header, and the acknowledgment that rides with it
+	hdr := s.withAck(s.controlHdr, flags, delta, consumed)
+	if err := s.session.waitForSendErr(hdr, nil, s.controlErr); err != nil {
 		if errors.Is(err, ErrSessionShutdown) || errors.Is(err, ErrConnectionWriteTimeout) {
 			// Message left in ready queue, header re-use is unsafe.
-			s.controlHdr = header(make([]byte, headerSize))
+			s.controlHdr = newControlHdr()
 		}
 		return err
 	}
 	return nil
 }
 
+// newControlHdr is a stream's control header, with room for the
+// acknowledgment that may follow a window update (local patch).
+func newControlHdr() header { return header(make([]byte, headerSize, 2*headerSize)) }
+
+// withAck encodes a window update into buf (which has room for two
+// frames) and, on a stream that acknowledges, the acknowledgment of
+// consumed right behind it, so that both leave in one write and the peer
+// learns what was consumed whenever it gets window (local patch). The
+// caller holds controlHdrLock.
+func (s *Stream) withAck(buf header, flags uint16, delta uint32, consumed uint64) header {
+	hdr := buf[:headerSize]
+	hdr.encode(typeWindowUpdate, flags, s.id, delta)
+	if !s.acks.Load() || consumed == s.ackedSent {
+		return hdr
+	}
+	header(buf[headerSize:2*headerSize]).encode(typeAck, 0, s.id, uint32(consumed))
+	s.ackedSent = consumed
+	return buf[:2*headerSize]
+}
+
 // grant decides the window update to send and books it: the flags due and
 // how far the receive window reopens, or ok false when none is due (no
 // flags, and less than half the window consumed). The caller holds
 // controlHdrLock.
-func (s *Stream) grant() (flags uint16, delta uint32, ok bool) {
+func (s *Stream) grant() (flags uint16, delta uint32, consumed uint64, ok bool) {
 	// Determine the flags if any. local patch: before recvLock, not under
 	// it: Read takes recvLock under stateLock, and with window updates
 	// sent from another goroutine (see deliver) the two orders deadlock.
@@ -362,11 +399,11 @@ func (s *Stream) grant() (flags uint16, delta uint32, ok bool) {
 	defer s.recvLock.Unlock()
 	delta = s.windowDelta()
 	if flags == 0 && delta < s.session.window()/2 {
-		return 0, 0, false
+		return 0, 0, 0, false
 	}
 	s.recvWindow += delta
 	s.granted += uint64(delta)
-	return flags, delta, true
+	return flags, delta, s.consumed, true
 }
 
 // queueWindowUpdate is sendWindowUpdate without waiting for the frame to
@@ -377,13 +414,11 @@ func (s *Stream) grant() (flags uint16, delta uint32, ok bool) {
 func (s *Stream) queueWindowUpdate() error {
 	s.controlHdrLock.Lock()
 	defer s.controlHdrLock.Unlock()
-	flags, delta, ok := s.grant()
+	flags, delta, consumed, ok := s.grant()
 	if !ok {
 		return nil
 	}
-	hdr := header(make([]byte, headerSize))
-	hdr.encode(typeWindowUpdate, flags, s.id, delta)
-	return s.session.sendNoWait(hdr)
+	return s.session.sendNoWait(s.withAck(newControlHdr(), flags, delta, consumed))
 }
 
 // sendClose is used to send a FIN
@@ -802,6 +837,7 @@ func (s *Stream) deliver(sink func([]byte) (int, error), conn io.Reader, length 
 	bp := s.session.sinkBuffer()
 	defer putSinkBuffer(bp)
 	buf := *bp
+	took := 0 // what the sink has taken of the frame
 	for length > 0 {
 		chunk := buf
 		if length < len(chunk) {
@@ -813,10 +849,12 @@ func (s *Stream) deliver(sink func([]byte) (int, error), conn io.Reader, length 
 		}
 		length -= len(chunk)
 		n, werr := sink(chunk)
+		took += n
 		if n == len(chunk) && werr == nil {
 			continue
 		}
 		s.recvLock.Lock()
+		s.consumed += uint64(took)
 		s.hookLock.Lock()
 		s.sink = nil
 		s.hookLock.Unlock()
@@ -841,6 +879,7 @@ func (s *Stream) deliver(sink func([]byte) (int, error), conn io.Reader, length 
 	// sending, since data delivered meanwhile was not in its delta and the
 	// peer may be waiting for exactly that.
 	s.recvLock.Lock()
+	s.consumed += uint64(took)
 	s.delivering = 0
 	due := s.windowDueLocked()
 	s.recvLock.Unlock()
@@ -944,3 +983,70 @@ func (s *Stream) shrinkIfQuiet() {
 // (local patch): the session's stream window, the most a sender may have
 // unacknowledged. The caller holds recvLock.
 func (s *Stream) recvBufLimit() int { return int(s.session.window()) }
+
+// EnableAcks makes this end acknowledge the data its reader consumes
+// (local patch, see PATCHES.md): every window update it sends is followed,
+// in the same write, by an acknowledgment of all the stream's data read
+// or taken by a sink so far, and Session.FlushAcks acknowledges what was
+// consumed since. The peer's Stream.Acked then tells which of the bytes it
+// wrote have left yamux at this end — what a sender must keep to resend
+// them over another session. Only for a peer that understands the frame:
+// an unpatched yamux ends the session on it.
+func (s *Stream) EnableAcks() { s.acks.Store(true) }
+
+// Sent is how many data bytes were written on the stream (local patch).
+func (s *Stream) Sent() uint64 { return s.sent.Load() }
+
+// Acked is how many of the data bytes written on the stream the peer's
+// reader has acknowledged consuming (local patch, see EnableAcks). It
+// never exceeds Sent.
+func (s *Stream) Acked() uint64 { return s.acked.Load() }
+
+// OnAck sets f to be called with the new Acked total whenever an
+// acknowledgment raises it (local patch); nil removes it. f runs on the
+// session's receive loop and must not block.
+func (s *Stream) OnAck(f func(acked uint64)) {
+	if f == nil {
+		s.ackHook.Store(nil)
+		return
+	}
+	s.ackHook.Store(&f)
+}
+
+// takeAck applies an acknowledgment: low is the low 32 bits of the peer's
+// total, which can be at most 4 GiB ahead of what was acknowledged before,
+// as a stream's window is far smaller. One that would acknowledge data
+// never sent, from a confused or lying peer, is ignored: nothing is freed
+// on its word. Called by the receive loop only, so acked has one writer.
+func (s *Stream) takeAck(low uint32) {
+	old := s.acked.Load()
+	n := old + uint64(low-uint32(old))
+	if n == old || n > s.sent.Load() {
+		return
+	}
+	s.acked.Store(n)
+	if f := s.ackHook.Load(); f != nil {
+		(*f)(n)
+	}
+}
+
+// flushAck acknowledges what was consumed since the last acknowledgment,
+// if anything, without waiting for room in the urgent queue (see
+// Session.FlushAcks).
+func (s *Stream) flushAck() {
+	s.controlHdrLock.Lock()
+	defer s.controlHdrLock.Unlock()
+	s.recvLock.Lock()
+	c := s.consumed
+	s.recvLock.Unlock()
+	if c == s.ackedSent {
+		return
+	}
+	hdr := header(make([]byte, headerSize))
+	hdr.encode(typeAck, 0, s.id, uint32(c))
+	select {
+	case s.session.urgentCh <- &sendReady{Hdr: hdr}:
+		s.ackedSent = c
+	default:
+	}
+}
