@@ -154,3 +154,39 @@ func TestQuietStreamGivesBackItsBuffer(t *testing.T) {
 		t.Fatal("the session ended")
 	}
 }
+
+// A stream whose reader acknowledges: what a window update does not
+// cover (less than half a window read) is acknowledged at the monitor's
+// next sample, so the writer learns it can drop what it kept; a stream
+// that did not ask acknowledges nothing.
+func TestMonitorAcknowledgesWhatWasRead(t *testing.T) {
+	o := heartbeatOptions(time.Second)
+	o.UserTimeout = time.Second // samples every 250 ms
+	cli, srv, _, _ := pair(t, o)
+	a, sa := openPair(t, cli, srv, "x")
+	b, sb := openPair(t, cli, srv, "y")
+	sa.EnableAcks()
+	for _, st := range []*Stream{a, b} {
+		if _, err := st.Write(make([]byte, 100<<10)); err != nil {
+			t.Fatal(err)
+		}
+	}
+	for _, st := range []*Stream{sa, sb} {
+		if _, err := io.ReadFull(st, make([]byte, 1+100<<10)); err != nil {
+			t.Fatal(err)
+		}
+	}
+	deadline := time.Now().Add(5 * time.Second)
+	for a.Acked() != a.Sent() {
+		if time.Now().After(deadline) {
+			t.Fatalf("acknowledged %d of %d bytes read 5 s ago", a.Acked(), a.Sent())
+		}
+		time.Sleep(10 * time.Millisecond)
+	}
+	if a.Sent() != 1+100<<10 {
+		t.Fatalf("sent %d, wrote %d", a.Sent(), 1+100<<10)
+	}
+	if b.Acked() != 0 {
+		t.Fatalf("a stream that did not ask acknowledged %d bytes", b.Acked())
+	}
+}

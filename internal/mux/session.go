@@ -317,8 +317,10 @@ func (s *Session) monitor() {
 		if !now.Before(s.nextSample) {
 			s.conn.sample()
 			// Receive buffers a burst left on streams quiet since the
-			// last sample go back to the heap.
+			// last sample go back to the heap, and what readers consumed
+			// without a window update is acknowledged.
 			s.ys.ShrinkIdle()
+			s.ys.FlushAcks()
 			s.nextSample = now.Add(s.every)
 		}
 	}

@@ -203,6 +203,23 @@ func (s *Stream) NotifyReadableOrDeliver(f func(), deliver func([]byte) (int, er
 	s.ys.NotifyReadableOrDeliver(f, deliver)
 }
 
+// EnableAcks makes this end acknowledge the data its reader consumes, so
+// that the peer's Acked tells which of the bytes it wrote have left the
+// session here: what it must keep to resend them over another session.
+// Only for a peer that said it understands acknowledgments (an older one
+// ends the session on them). The session acknowledges with its window
+// updates, and what those do not cover at its monitor's TCP_INFO samples.
+func (s *Stream) EnableAcks() { s.ys.EnableAcks() }
+
+// Sent is how many bytes were written on the stream; Acked how many of
+// them the peer's reader has acknowledged consuming (never more than Sent).
+func (s *Stream) Sent() uint64  { return s.ys.Sent() }
+func (s *Stream) Acked() uint64 { return s.ys.Acked() }
+
+// OnAck calls f with each new Acked total (nil stops it). f runs on the
+// session's receive loop and must not block.
+func (s *Stream) OnAck(f func(acked uint64)) { s.ys.OnAck(f) }
+
 // Readable reports whether a Read would return without waiting.
 func (s *Stream) Readable() bool { return s.ys.Readable() }
 
