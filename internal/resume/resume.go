@@ -1,0 +1,403 @@
+// Package resume carries one connection's bytes over a succession of
+// session streams, so that the connection outlives the session that
+// carried it: each end keeps what it wrote until the peer's reader has
+// acknowledged it (mux.Stream.Acked), counts what it read, and on a new
+// stream resends what the peer says it never got. A FIN counts as one
+// more byte, as in TCP's sequence space, so a half-close made while the
+// session was dying is resent too.
+//
+// It knows nothing of tunnels or of who may resume what: pairing the two
+// ends on a new session, telling each the other's read offset (Detach,
+// then Attach) and checking that the peer is who it claims to be are its
+// caller's. It never touches the socket at the other side of its join.
+package resume
+
+import (
+	"errors"
+	"fmt"
+	"io"
+	"sync"
+	"time"
+
+	"github.com/tunnel-dev/tunnel/internal/mux"
+)
+
+// Stream is what a Conn runs over: a mux.Stream.
+type Stream interface {
+	io.ReadWriter
+	CloseWrite() error
+	Close() error
+	Abort() error
+	EnableAcks()
+	Sent() uint64
+	Acked() uint64
+	OnAck(func(acked uint64))
+}
+
+var (
+	// ErrExpired is what Read and Write return once the connection waited
+	// detached for longer than its window.
+	ErrExpired = errors.New("no session to resume on within the resume window")
+	// ErrOffset is Attach's error for a peer whose read offset cannot be
+	// true: behind what it acknowledged, or past what was written.
+	ErrOffset = errors.New("peer's read offset is impossible")
+	// ErrClosed is what Read and Write return after Close or Abort.
+	ErrClosed = errors.New("connection closed")
+)
+
+// Conn is one end of a resumable connection: a net.Conn-like byte stream
+// whose Read and Write wait, rather than fail, while it has no stream.
+type Conn struct {
+	window time.Duration
+
+	// wmu orders writes on the stream: a Write, or Attach resending the
+	// tail, holds it from deciding what to send to having sent it.
+	wmu sync.Mutex
+
+	mu   sync.Mutex
+	st   Stream // nil while detached
+	gen  uint64 // counts attaches; a stream's results count only in its generation
+	wake chan struct{}
+	err  error // why the connection ended, if it did
+	// expire ends a detached connection after window.
+	expire *time.Timer
+
+	// What was written: kept holds the bytes from keptFrom to written,
+	// those not yet acknowledged. sendBase is where the current stream's
+	// bytes start in the connection, and ackBase what the stream had sent
+	// before it carried this connection (a header its owner wrote): its
+	// Acked, less ackBase, counts from sendBase.
+	kept     []byte
+	keptFrom uint64
+	written  uint64
+	sendBase uint64
+	ackBase  uint64
+	wclosed  bool // CloseWrite was called: a FIN follows written
+
+	read uint64 // bytes read, plus one once the peer's FIN was read
+	rfin bool
+}
+
+// New returns a Conn running over st, whose reader acknowledges (the caller
+// has agreed this with the peer), that waits up to window for a new stream
+// after st's session dies.
+func New(st Stream, window time.Duration) *Conn {
+	c := &Conn{window: window, wake: make(chan struct{})}
+	c.attachLocked(st, 0)
+	return c
+}
+
+// Offset is how much of the peer's data this end has read, its FIN counted
+// as a byte: what the peer must resend from.
+func (c *Conn) Offset() uint64 {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	return c.read
+}
+
+// Detach gives up the current stream (its session died, or is about to be
+// replaced) and returns the read offset to tell the peer. Data the old
+// stream still holds is dropped: the peer resends it from that offset.
+// The connection then waits up to its window for Attach.
+func (c *Conn) Detach() uint64 {
+	c.mu.Lock()
+	old := c.st
+	c.detachLocked(old)
+	read := c.read
+	c.mu.Unlock()
+	// A write blocked on the old stream (its session alive but being
+	// replaced) must give way; its bytes are kept.
+	if old != nil {
+		_ = old.Abort()
+	}
+	return read
+}
+
+// detachLocked drops st if it is still the current stream.
+func (c *Conn) detachLocked(st Stream) {
+	if c.st == nil || c.st != st || c.err != nil {
+		return
+	}
+	c.st.OnAck(nil)
+	c.st = nil
+	c.gen++
+	if c.window > 0 {
+		c.expire = time.AfterFunc(c.window, c.expired)
+	} else {
+		c.endLocked(ErrExpired)
+	}
+}
+
+func (c *Conn) expired() {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	if c.st == nil {
+		c.endLocked(ErrExpired)
+	}
+}
+
+// endLocked ends the connection with err: every wait returns it, and what
+// was kept is freed.
+func (c *Conn) endLocked(err error) {
+	if c.err != nil {
+		return
+	}
+	c.err = err
+	c.kept = nil
+	if c.expire != nil {
+		c.expire.Stop()
+	}
+	if c.st != nil {
+		c.st.OnAck(nil)
+	}
+	close(c.wake)
+}
+
+// Attach carries the connection on st from now on. peerRead is the
+// peer's read offset (its Detach, or Offset): what the peer is missing of
+// what was written, and the FIN if CloseWrite was called, is resent
+// first. An impossible offset (ErrOffset) ends nothing: the connection
+// keeps waiting for the real peer.
+func (c *Conn) Attach(st Stream, peerRead uint64) error {
+	c.wmu.Lock()
+	defer c.wmu.Unlock()
+	c.mu.Lock()
+	if c.err != nil {
+		c.mu.Unlock()
+		return c.err
+	}
+	end := c.written
+	if c.wclosed {
+		end++
+	}
+	if peerRead < c.keptFrom || peerRead > end {
+		c.mu.Unlock()
+		return fmt.Errorf("%w: %d, with %d to %d kept", ErrOffset, peerRead, c.keptFrom, end)
+	}
+	old := c.st
+	c.detachLocked(old)
+	if c.expire != nil {
+		c.expire.Stop()
+	}
+	// Acknowledged by the peer's offset: what it read is never needed again.
+	c.dropLocked(peerRead)
+	tail := c.kept[:c.written-c.keptFrom]
+	wclosed := c.wclosed
+	c.attachLocked(st, peerRead)
+	c.mu.Unlock()
+	if old != nil {
+		_ = old.Abort()
+	}
+	if len(tail) > 0 {
+		if _, err := st.Write(tail); err != nil {
+			return c.failed(st, err)
+		}
+	}
+	// The FIN again, whether or not the peer read it: a stream that
+	// carries no more data ends like any other.
+	if wclosed {
+		if err := st.CloseWrite(); err != nil {
+			return c.failed(st, err)
+		}
+	}
+	return nil
+}
+
+func (c *Conn) attachLocked(st Stream, base uint64) {
+	c.st = st
+	c.gen++
+	c.sendBase = base
+	c.ackBase = st.Sent()
+	st.EnableAcks()
+	gen := c.gen
+	st.OnAck(func(acked uint64) { c.acked(gen, acked) })
+	close(c.wake)
+	c.wake = make(chan struct{})
+}
+
+// acked frees what the peer's reader acknowledged on the stream of
+// generation gen. It runs on the session's receive loop.
+func (c *Conn) acked(gen, acked uint64) {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	if gen == c.gen && c.err == nil && acked > c.ackBase {
+		c.dropLocked(c.sendBase + acked - c.ackBase)
+	}
+}
+
+// dropLocked forgets the kept bytes before off.
+func (c *Conn) dropLocked(off uint64) {
+	if off > c.written {
+		off = c.written
+	}
+	if off <= c.keptFrom {
+		return
+	}
+	n := off - c.keptFrom
+	c.kept = c.kept[n:]
+	c.keptFrom = off
+	if len(c.kept) == 0 {
+		c.kept = nil // an idle connection keeps no buffer
+	}
+}
+
+// failed handles an error from st: a lost session detaches (the
+// connection waits for the next stream), anything else (the peer reset
+// the stream) ends the connection; nil means carry on.
+func (c *Conn) failed(st Stream, err error) error {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	if st != c.st {
+		return nil // a stream given up already: its errors are no news
+	}
+	if errors.Is(err, mux.ErrSessionLost) {
+		c.detachLocked(st)
+		return nil
+	}
+	c.endLocked(err)
+	return err
+}
+
+// current waits for a stream and returns it with its generation.
+func (c *Conn) current() (Stream, uint64, error) {
+	for {
+		c.mu.Lock()
+		if c.err != nil {
+			err := c.err
+			c.mu.Unlock()
+			return nil, 0, err
+		}
+		if c.st != nil {
+			st, gen := c.st, c.gen
+			c.mu.Unlock()
+			return st, gen, nil
+		}
+		wake := c.wake
+		c.mu.Unlock()
+		<-wake
+	}
+}
+
+// Write keeps p until the peer acknowledges it and writes it on the
+// current stream, waiting for one while detached. It fails only once the
+// connection ended.
+func (c *Conn) Write(p []byte) (int, error) {
+	for {
+		st, _, err := c.current()
+		if err != nil {
+			return 0, err
+		}
+		c.wmu.Lock()
+		c.mu.Lock()
+		if c.st != st || c.err != nil || c.wclosed {
+			wclosed := c.wclosed && c.err == nil
+			c.mu.Unlock()
+			c.wmu.Unlock()
+			if wclosed {
+				return 0, ErrClosed
+			}
+			continue
+		}
+		c.kept = append(c.kept, p...)
+		c.written += uint64(len(p))
+		c.mu.Unlock()
+		_, err = st.Write(p)
+		c.wmu.Unlock()
+		if err != nil {
+			if err = c.failed(st, err); err != nil {
+				return 0, err
+			}
+		}
+		// Kept: sent now, or resent on the next stream.
+		return len(p), nil
+	}
+}
+
+// CloseWrite sends a FIN after what was written, now or on the next
+// stream.
+func (c *Conn) CloseWrite() error {
+	c.wmu.Lock()
+	defer c.wmu.Unlock()
+	c.mu.Lock()
+	if c.err != nil || c.wclosed {
+		err := c.err
+		c.mu.Unlock()
+		return err
+	}
+	c.wclosed = true
+	st := c.st
+	c.mu.Unlock()
+	if st == nil {
+		return nil
+	}
+	if err := st.CloseWrite(); err != nil {
+		return c.failed(st, err)
+	}
+	return nil
+}
+
+// Read reads from the current stream, waiting for one while detached.
+// Data read from a stream that was detached meanwhile is dropped: the
+// offset the peer resends from was taken before it.
+func (c *Conn) Read(p []byte) (int, error) {
+	for {
+		c.mu.Lock()
+		if c.rfin && c.err == nil {
+			c.mu.Unlock()
+			return 0, io.EOF
+		}
+		c.mu.Unlock()
+		st, gen, err := c.current()
+		if err != nil {
+			return 0, err
+		}
+		n, err := st.Read(p)
+		c.mu.Lock()
+		if gen != c.gen {
+			c.mu.Unlock()
+			continue
+		}
+		c.read += uint64(n)
+		if err == io.EOF {
+			c.rfin = true
+			c.read++
+		}
+		c.mu.Unlock()
+		switch {
+		case n > 0:
+			return n, nil
+		case err == io.EOF:
+			return 0, io.EOF
+		case err != nil:
+			if err = c.failed(st, err); err != nil {
+				return 0, err
+			}
+		}
+	}
+}
+
+// Close ends the connection here: the current stream is closed and
+// nothing is resent. Abort does the same with a reset.
+func (c *Conn) Close() error { return c.end(ErrClosed, Stream.Close) }
+
+// Abort ends the connection with a reset of the current stream.
+func (c *Conn) Abort() error { return c.end(ErrClosed, Stream.Abort) }
+
+func (c *Conn) end(err error, f func(Stream) error) error {
+	c.mu.Lock()
+	st := c.st
+	c.endLocked(err)
+	c.mu.Unlock()
+	if st != nil {
+		return f(st)
+	}
+	return nil
+}
+
+// Kept is how many written bytes are kept for the peer, not yet
+// acknowledged.
+func (c *Conn) Kept() int {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	return len(c.kept)
+}

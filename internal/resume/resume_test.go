@@ -1,0 +1,319 @@
+package resume
+
+import (
+	"context"
+	"crypto/sha256"
+	"errors"
+	"io"
+	"log/slog"
+	"math/rand/v2"
+	"net"
+	"runtime"
+	"testing"
+	"time"
+
+	"github.com/tunnel-dev/tunnel/internal/mux"
+	"github.com/tunnel-dev/tunnel/internal/sockopt"
+)
+
+func options() mux.Options {
+	return mux.Options{
+		KeepAlive:         sockopt.KeepAlive{Idle: time.Hour, Interval: time.Hour, Count: 1},
+		UserTimeout:       time.Second, // the monitor samples, and acknowledges, every 250 ms
+		HeartbeatInterval: time.Second,
+		HeartbeatTimeout:  4 * time.Second,
+		HandshakeTimeout:  5 * time.Second,
+		StreamWindow:      512 << 10,
+		Logger:            slog.New(slog.DiscardHandler),
+	}
+}
+
+// session is one session between the two ends, over loopback TCP; kill
+// cuts its connection under both, as a network failure would.
+type session struct {
+	cli, srv *mux.Session
+	cc, sc   net.Conn
+}
+
+func newSession(t *testing.T) *session {
+	t.Helper()
+	o := options()
+	ln, err := mux.Listen(context.Background(), "127.0.0.1:0", o)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer ln.Close()
+	accepted := make(chan net.Conn, 1)
+	go func() {
+		c, err := ln.Accept()
+		if err != nil {
+			close(accepted)
+			return
+		}
+		accepted <- c
+	}()
+	cc, err := mux.Dial(context.Background(), ln.Addr().String(), o)
+	if err != nil {
+		t.Fatal(err)
+	}
+	sc, ok := <-accepted
+	if !ok {
+		t.Fatal("accept failed")
+	}
+	s := &session{cc: cc, sc: sc}
+	if s.cli, err = mux.Client(cc, o); err != nil {
+		t.Fatal(err)
+	}
+	if s.srv, err = mux.Server(sc, o); err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(s.close)
+	return s
+}
+
+func (s *session) kill() { s.cc.Close(); s.sc.Close() }
+
+func (s *session) close() { s.cli.Close(); s.srv.Close() }
+
+// pair opens a stream on the session: the client's end and the server's.
+func (s *session) pair(t *testing.T) (*mux.Stream, *mux.Stream) {
+	t.Helper()
+	a, err := s.cli.Open()
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := a.Write([]byte{0}); err != nil { // announces the stream
+		t.Fatal(err)
+	}
+	b, err := s.srv.Accept()
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := io.ReadFull(b, make([]byte, 1)); err != nil {
+		t.Fatal(err)
+	}
+	return a, b
+}
+
+// resume moves both ends onto a new stream pair, each told the other's
+// read offset, as the daemons will after a reconnect. Both attach at once:
+// each resends its tail while the other reads.
+func resume(t *testing.T, s *session, ca, cb *Conn) {
+	t.Helper()
+	a, b := s.pair(t)
+	ra, rb := ca.Detach(), cb.Detach()
+	errs := make(chan error, 2)
+	go func() { errs <- ca.Attach(a, rb) }()
+	go func() { errs <- cb.Attach(b, ra) }()
+	for range 2 {
+		if err := <-errs; err != nil {
+			t.Fatal(err)
+		}
+	}
+}
+
+// transfer writes n seeded bytes on w and returns their hash; drain reads
+// n bytes from r and sends the hash of what it read.
+func transfer(w *Conn, n int, seed uint64, errs chan<- error) [32]byte {
+	rng := rand.New(rand.NewPCG(seed, seed))
+	data := make([]byte, n)
+	for i := range data {
+		data[i] = byte(rng.Uint32())
+	}
+	go func() {
+		for off := 0; off < n; {
+			k := min(n-off, 1+rng.IntN(300<<10))
+			if _, err := w.Write(data[off : off+k]); err != nil {
+				errs <- err
+				return
+			}
+			off += k
+		}
+		errs <- nil
+	}()
+	return sha256.Sum256(data)
+}
+
+func drain(r *Conn, n int, sum chan<- [32]byte, errs chan<- error) {
+	h := sha256.New()
+	if _, err := io.CopyN(h, r, int64(n)); err != nil {
+		errs <- err
+		return
+	}
+	var s [32]byte
+	copy(s[:], h.Sum(nil))
+	sum <- s
+}
+
+// 16 MiB each way with the session cut under the transfer twice: every
+// byte arrives once and in order in both directions, what each end kept
+// goes once it is acknowledged, half-closes then arrive both ways, and
+// nothing is left running.
+func TestResumeCarriesBothDirections(t *testing.T) {
+	base := runtime.NumGoroutine()
+	s := newSession(t)
+	a, b := s.pair(t)
+	ca, cb := New(a, 10*time.Second), New(b, 10*time.Second)
+
+	const n = 16 << 20
+	errs := make(chan error, 4)
+	sumAB, sumBA := make(chan [32]byte, 1), make(chan [32]byte, 1)
+	wantAB := transfer(ca, n, 1, errs)
+	wantBA := transfer(cb, n, 2, errs)
+	go drain(cb, n, sumAB, errs)
+	go drain(ca, n, sumBA, errs)
+
+	for _, at := range []uint64{3 << 20, 9 << 20} {
+		deadline := time.Now().Add(20 * time.Second)
+		for cb.Offset() < at || ca.Offset() < at {
+			if time.Now().After(deadline) {
+				t.Fatalf("offsets %d and %d, waiting for %d", ca.Offset(), cb.Offset(), at)
+			}
+			time.Sleep(time.Millisecond)
+		}
+		s.kill()
+		s = newSession(t)
+		resume(t, s, ca, cb)
+	}
+	var got [2][32]byte
+	for i := 0; i < 4; {
+		select {
+		case err := <-errs:
+			if err != nil {
+				t.Fatal(err)
+			}
+			i++
+		case got[0] = <-sumAB:
+			i++
+		case got[1] = <-sumBA:
+			i++
+		case <-time.After(30 * time.Second):
+			t.Fatal("the transfers did not finish")
+		}
+	}
+	if got[0] != wantAB || got[1] != wantBA {
+		t.Fatal("the bytes read differ from the bytes written")
+	}
+	if ca.Offset() != n || cb.Offset() != n {
+		t.Fatalf("read offsets %d and %d, want %d", ca.Offset(), cb.Offset(), n)
+	}
+	deadline := time.Now().Add(5 * time.Second)
+	for ca.Kept() != 0 || cb.Kept() != 0 {
+		if time.Now().After(deadline) {
+			t.Fatalf("%d and %d bytes still kept after everything was read", ca.Kept(), cb.Kept())
+		}
+		time.Sleep(10 * time.Millisecond)
+	}
+	for _, c := range []*Conn{ca, cb} {
+		if err := c.CloseWrite(); err != nil {
+			t.Fatal(err)
+		}
+	}
+	for _, c := range []*Conn{ca, cb} {
+		if k, err := c.Read(make([]byte, 1)); k != 0 || err != io.EOF {
+			t.Fatalf("after the peer's CloseWrite: %d bytes, %v", k, err)
+		}
+		if c.Offset() != n+1 {
+			t.Fatalf("read offset %d after the FIN, want %d", c.Offset(), n+1)
+		}
+	}
+	ca.Close()
+	cb.Close()
+	s.close()
+	waitGoroutines(t, base)
+}
+
+// A half-close that the dying session never delivered is delivered on the
+// next one, after the data it followed, exactly once.
+func TestResumeResendsALostFIN(t *testing.T) {
+	s := newSession(t)
+	a, b := s.pair(t)
+	ca, cb := New(a, 10*time.Second), New(b, 10*time.Second)
+	msg := []byte("the last words")
+	if _, err := ca.Write(msg); err != nil {
+		t.Fatal(err)
+	}
+	if err := ca.CloseWrite(); err != nil {
+		t.Fatal(err)
+	}
+	s.kill()
+	s = newSession(t)
+	resume(t, s, ca, cb)
+	got, err := io.ReadAll(cb)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if string(got) != string(msg) {
+		t.Fatalf("read %q, want %q", got, msg)
+	}
+	if _, err := ca.Write([]byte("more")); !errors.Is(err, ErrClosed) {
+		t.Fatalf("a write after CloseWrite: %v", err)
+	}
+	// The other direction is still open: it works after the resume.
+	if _, err := cb.Write([]byte("reply")); err != nil {
+		t.Fatal(err)
+	}
+	buf := make([]byte, 5)
+	if _, err := io.ReadFull(ca, buf); err != nil || string(buf) != "reply" {
+		t.Fatalf("read %q, %v", buf, err)
+	}
+}
+
+// A peer that claims to have read more than was written, or less than it
+// acknowledged, is refused and changes nothing: the real peer then
+// resumes. Without a new stream within the window, the connection ends
+// and frees what it kept.
+func TestResumeRefusesImpossibleOffsetsAndExpires(t *testing.T) {
+	s := newSession(t)
+	a, b := s.pair(t)
+	ca, cb := New(a, 10*time.Second), New(b, 10*time.Second)
+	if _, err := ca.Write(make([]byte, 1000)); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := io.ReadFull(cb, make([]byte, 1000)); err != nil {
+		t.Fatal(err)
+	}
+	s.kill()
+	s = newSession(t)
+	ca.Detach()
+	rb := cb.Detach()
+	x, y := s.pair(t)
+	if err := ca.Attach(x, 1001); !errors.Is(err, ErrOffset) {
+		t.Fatalf("an offset past what was written: %v", err)
+	}
+	x.Abort()
+	y.Abort()
+	resume(t, s, ca, cb)
+	_ = rb
+
+	// Expiry: a window of 100 ms and no new stream.
+	s2 := newSession(t)
+	c, d := s2.pair(t)
+	cc := New(c, 100*time.Millisecond)
+	if _, err := cc.Write(make([]byte, 4096)); err != nil {
+		t.Fatal(err)
+	}
+	_ = d
+	s2.kill()
+	if _, err := cc.Read(make([]byte, 1)); !errors.Is(err, ErrExpired) {
+		t.Fatalf("a read after the window: %v", err)
+	}
+	if _, err := cc.Write([]byte("x")); !errors.Is(err, ErrExpired) {
+		t.Fatalf("a write after the window: %v", err)
+	}
+	if cc.Kept() != 0 {
+		t.Fatalf("%d bytes kept after the window", cc.Kept())
+	}
+}
+
+func waitGoroutines(t *testing.T, base int) {
+	t.Helper()
+	deadline := time.Now().Add(5 * time.Second)
+	for runtime.NumGoroutine() > base {
+		if time.Now().After(deadline) {
+			buf := make([]byte, 1<<20)
+			t.Fatalf("%d goroutines, %d before:\n%s", runtime.NumGoroutine(), base, buf[:runtime.Stack(buf, true)])
+		}
+		time.Sleep(10 * time.Millisecond)
+	}
+}
