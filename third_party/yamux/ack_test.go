@@ -140,7 +140,7 @@ func TestAcksFollowWhatTheReaderConsumed(t *testing.T) {
 // On the wire: a stream that does not acknowledge sends plain window
 // updates, as upstream does (an unpatched peer ends the session on a frame
 // type it does not know); one that does sends each update with its
-// acknowledgment right behind it, and FlushAcks acknowledges what no
+// acknowledgment right before it, and FlushAcks acknowledges what no
 // update covered. The raw peer's own acknowledgments are checked too: one
 // beyond what was sent is ignored, one for an unknown stream is harmless.
 func TestAcksOnTheWire(t *testing.T) {
@@ -203,11 +203,11 @@ func TestAcksOnTheWire(t *testing.T) {
 	if _, err := io.ReadFull(st, body); err != nil {
 		t.Fatal(err)
 	}
-	if typ, _, id, delta := next(); typ != typeWindowUpdate || id != 3 || delta != 200<<10 {
-		t.Fatalf("got type %d stream %d length %d, want a window update of 200 KiB on stream 3", typ, id, delta)
-	}
 	if typ, _, id, n := next(); typ != typeAck || id != 3 || n != 200<<10 {
 		t.Fatalf("got type %d stream %d length %d, want an acknowledgment of 200 KiB on stream 3", typ, id, n)
+	}
+	if typ, _, id, delta := next(); typ != typeWindowUpdate || id != 3 || delta != 200<<10 {
+		t.Fatalf("got type %d stream %d length %d, want a window update of 200 KiB on stream 3", typ, id, delta)
 	}
 	// 1000 bytes more: no update is due; FlushAcks acknowledges them, once.
 	frame(typeData, 0, 3, 1000, body[:1000])
@@ -244,5 +244,78 @@ func TestAcksOnTheWire(t *testing.T) {
 	}
 	if srv.IsClosed() {
 		t.Fatal("the session ended")
+	}
+}
+
+// The reader's reading of the peer's FIN is acknowledged as one more
+// byte, even when both FINs have crossed and the writer's stream is closed
+// by then: the closed stream lingers in its session until that
+// acknowledgment, and only while someone waits for it.
+func TestAcksCoverTheFINAfterBothCloses(t *testing.T) {
+	cli, srv := tcpSessions(t, 512<<10)
+	lingering := func() int {
+		cli.streamLock.Lock()
+		defer cli.streamLock.Unlock()
+		return len(cli.lingering)
+	}
+	a, sa := openPair(t, cli, srv, "x")
+	sa.EnableAcks()
+	acked := make(chan uint64, 16)
+	a.OnAck(func(n uint64) { acked <- n })
+	if _, err := a.Write(make([]byte, 100<<10)); err != nil {
+		t.Fatal(err)
+	}
+	if err := a.Close(); err != nil { // our FIN
+		t.Fatal(err)
+	}
+	if err := sa.Close(); err != nil { // theirs, before they read anything
+		t.Fatal(err)
+	}
+	// Both FINs crossed: the client's stream is closed, and lingers.
+	deadline := time.Now().Add(5 * time.Second)
+	for lingering() != 1 {
+		if time.Now().After(deadline) {
+			t.Fatalf("%d streams lingering, want the closed one", lingering())
+		}
+		time.Sleep(time.Millisecond)
+	}
+	if _, err := io.ReadAll(sa); err != nil {
+		t.Fatal(err)
+	}
+	want := uint64(1 + 100<<10 + 1) // "x", the data, the FIN
+	if a.Sent() != want {
+		t.Fatalf("sent %d, want %d", a.Sent(), want)
+	}
+	for a.Acked() != want {
+		select {
+		case <-acked:
+		case <-time.After(5 * time.Second):
+			t.Fatalf("acked %d of %d after the FIN was read", a.Acked(), want)
+		}
+	}
+	deadline = time.Now().Add(5 * time.Second)
+	for lingering() != 0 {
+		if time.Now().After(deadline) {
+			t.Fatal("a fully acknowledged stream still lingers")
+		}
+		time.Sleep(time.Millisecond)
+	}
+
+	// A peer that never reads: the stream lingers until nobody waits.
+	b, sb := openPair(t, cli, srv, "y")
+	sb.EnableAcks()
+	b.OnAck(func(uint64) {})
+	b.Close()
+	sb.Close()
+	deadline = time.Now().Add(5 * time.Second)
+	for lingering() != 1 {
+		if time.Now().After(deadline) {
+			t.Fatalf("%d streams lingering, want the unread one", lingering())
+		}
+		time.Sleep(time.Millisecond)
+	}
+	b.OnAck(nil)
+	if n := lingering(); n != 0 {
+		t.Fatalf("%d streams lingering after OnAck(nil)", n)
 	}
 }

@@ -55,8 +55,12 @@ type Session struct {
 	// streams maps a stream id to a stream, and inflight has an entry
 	// for any outgoing stream that has not yet been established. Both are
 	// protected by streamLock.
-	streams    map[uint32]*Stream
-	inflight   map[uint32]struct{}
+	streams  map[uint32]*Stream
+	inflight map[uint32]struct{}
+	// lingering (local patch, under streamLock) holds closed streams
+	// still waiting for the peer to acknowledge what they sent (see
+	// Stream.OnAck): their last acknowledgment may come after both FINs.
+	lingering  map[uint32]*Stream
 	streamLock sync.Mutex
 
 	// synCh acts like a semaphore. It is sized to the AcceptBacklog which
@@ -158,6 +162,7 @@ func newSession(config *Config, conn io.ReadWriteCloser, client bool) *Session {
 		pings:      make(map[uint32]chan struct{}),
 		streams:    make(map[uint32]*Stream),
 		inflight:   make(map[uint32]struct{}),
+		lingering:  make(map[uint32]*Stream),
 		synCh:      make(chan struct{}, config.AcceptBacklog),
 		acceptCh:   make(chan *Stream, acceptQueue),
 		sendCh:     make(chan *sendReady, 64),
@@ -428,6 +433,7 @@ func (s *Session) forceCloseStreams() {
 	for _, stream := range s.streams {
 		stream.forceClose()
 	}
+	s.lingering = map[uint32]*Stream{}
 }
 
 // exitErr is used to handle an error that is causing the
@@ -1461,6 +1467,9 @@ func (s *Session) closeStream(id uint32) {
 			s.logger.Printf("[ERR] yamux: SYN tracking out of sync")
 		}
 	}
+	if st := s.streams[id]; st != nil && st.awaitsAcks() {
+		s.lingering[id] = st
+	}
 	delete(s.streams, id)
 	s.streamLock.Unlock()
 }
@@ -1486,13 +1495,31 @@ func (s *Session) establishStream(id uint32) {
 // Stream.EnableAcks). One for a stream that is gone (it crossed a reset or
 // a close) is nothing to act on.
 func (s *Session) handleAck(hdr header) error {
+	id := hdr.StreamID()
 	s.streamLock.Lock()
-	stream := s.streams[hdr.StreamID()]
+	stream := s.streams[id]
+	if stream == nil {
+		stream = s.lingering[id]
+	}
 	s.streamLock.Unlock()
-	if stream != nil {
-		stream.takeAck(hdr.Length())
+	if stream == nil {
+		return nil
+	}
+	stream.takeAck(hdr.Length())
+	if !stream.awaitsAcks() {
+		s.forgetLingering(stream)
 	}
 	return nil
+}
+
+// forgetLingering drops st from the closed streams waiting for
+// acknowledgments, if it is there (local patch).
+func (s *Session) forgetLingering(st *Stream) {
+	s.streamLock.Lock()
+	if s.lingering[st.id] == st {
+		delete(s.lingering, st.id)
+	}
+	s.streamLock.Unlock()
 }
 
 // FlushAcks acknowledges, on every stream whose reader asked for

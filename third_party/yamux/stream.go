@@ -99,6 +99,12 @@ type Stream struct {
 	consumed  uint64
 	ackedSent uint64
 	acks      atomic.Bool
+	// finRecv (under stateLock) is set when the peer's FIN arrives;
+	// finRead (under recvLock) once the reader has read it, as EOF: it
+	// then counts as one more byte consumed, so that the peer learns its
+	// FIN was read.
+	finRecv bool
+	finRead bool
 	// sent is the data written on the stream, acked what the peer's
 	// reader has acknowledged of it (set by the receive loop only), and
 	// ackHook is called with each new acked total.
@@ -154,8 +160,19 @@ START:
 	case streamClosed:
 		s.recvLock.Lock()
 		if s.recvBuf.Len() == 0 {
+			// local patch: the peer's FIN, read, is acknowledged at once
+			// (see EnableAcks); a stream closed by its session's end
+			// read no FIN.
+			final := s.finRecv && !s.finRead
+			if final {
+				s.finRead = true
+				s.consumed++
+			}
 			s.recvLock.Unlock()
 			s.stateLock.Unlock()
+			if final && s.acks.Load() {
+				s.finalAck()
+			}
 			return 0, io.EOF
 		}
 		s.recvLock.Unlock()
@@ -370,25 +387,27 @@ func (s *Stream) sendWindowUpdate() error {
 func newControlHdr() header { return header(make([]byte, headerSize, 2*headerSize)) }
 
 // withAck encodes a window update into buf (which has room for two
-// frames) and, on a stream that acknowledges, the acknowledgment of
-// consumed right behind it, so that both leave in one write and the peer
-// learns what was consumed whenever it gets window (local patch). The
-// caller holds controlHdrLock.
+// frames) and, on a stream that acknowledges, puts the acknowledgment of
+// consumed right before it, so that both leave in one write and the peer
+// learns what was consumed before it gets the window that consumption
+// opened: what a sender has unacknowledged then never exceeds its window
+// (local patch). The caller holds controlHdrLock.
 func (s *Stream) withAck(buf header, flags uint16, delta uint32, consumed uint64) header {
-	hdr := buf[:headerSize]
-	hdr.encode(typeWindowUpdate, flags, s.id, delta)
 	if !s.acks.Load() || consumed == s.ackedSent {
+		hdr := buf[:headerSize]
+		hdr.encode(typeWindowUpdate, flags, s.id, delta)
 		return hdr
 	}
-	header(buf[headerSize:2*headerSize]).encode(typeAck, 0, s.id, uint32(consumed))
+	if cap(buf) < 2*headerSize {
+		buf = newControlHdr()
+	}
+	buf = buf[:2*headerSize]
+	header(buf[:headerSize]).encode(typeAck, 0, s.id, uint32(consumed))
+	header(buf[headerSize:]).encode(typeWindowUpdate, flags, s.id, delta)
 	s.ackedSent = consumed
-	return buf[:2*headerSize]
+	return buf
 }
 
-// grant decides the window update to send and books it: the flags due and
-// how far the receive window reopens, or ok false when none is due (no
-// flags, and less than half the window consumed). The caller holds
-// controlHdrLock.
 func (s *Stream) grant() (flags uint16, delta uint32, consumed uint64, ok bool) {
 	// Determine the flags if any. local patch: before recvLock, not under
 	// it: Read takes recvLock under stateLock, and with window updates
@@ -428,11 +447,14 @@ func (s *Stream) sendClose() error {
 
 	flags := s.sendFlags()
 	flags |= flagFIN
+	// local patch: the FIN counts as a byte sent, as the peer's reader
+	// counts it consumed once it reads it (see EnableAcks).
+	s.sent.Add(1)
 	s.controlHdr.encode(typeWindowUpdate, flags, s.id, 0)
 	if err := s.session.waitForSendErr(s.controlHdr, nil, s.controlErr); err != nil {
 		if errors.Is(err, ErrSessionShutdown) || errors.Is(err, ErrConnectionWriteTimeout) {
 			// Message left in ready queue, header re-use is unsafe.
-			s.controlHdr = header(make([]byte, headerSize))
+			s.controlHdr = newControlHdr()
 		}
 		return err
 	}
@@ -592,6 +614,7 @@ func (s *Stream) processFlags(flags uint16) error {
 		s.session.establishStream(s.id)
 	}
 	if flags&flagFIN == flagFIN {
+		s.finRecv = true // local patch, see finRead
 		switch s.state {
 		case streamSYNSent:
 			fallthrough
@@ -985,16 +1008,18 @@ func (s *Stream) shrinkIfQuiet() {
 func (s *Stream) recvBufLimit() int { return int(s.session.window()) }
 
 // EnableAcks makes this end acknowledge the data its reader consumes
-// (local patch, see PATCHES.md): every window update it sends is followed,
-// in the same write, by an acknowledgment of all the stream's data read
-// or taken by a sink so far, and Session.FlushAcks acknowledges what was
-// consumed since. The peer's Stream.Acked then tells which of the bytes it
-// wrote have left yamux at this end — what a sender must keep to resend
-// them over another session. Only for a peer that understands the frame:
-// an unpatched yamux ends the session on it.
+// (local patch, see PATCHES.md): every window update it sends goes, in the
+// same write, right after an acknowledgment of all the stream's data read
+// or taken by a sink so far (and of the peer's FIN, once read: it counts
+// as a byte, acknowledged at once); Session.FlushAcks acknowledges what
+// was consumed since. The peer's Stream.Acked then tells which of the
+// bytes it wrote have left yamux at this end — what a sender must keep to
+// resend them over another session. Only for a peer that understands the
+// frame: an unpatched yamux ends the session on it.
 func (s *Stream) EnableAcks() { s.acks.Store(true) }
 
-// Sent is how many data bytes were written on the stream (local patch).
+// Sent is how many data bytes were written on the stream, plus one once
+// its FIN was sent (local patch).
 func (s *Stream) Sent() uint64 { return s.sent.Load() }
 
 // Acked is how many of the data bytes written on the stream the peer's
@@ -1004,13 +1029,44 @@ func (s *Stream) Acked() uint64 { return s.acked.Load() }
 
 // OnAck sets f to be called with the new Acked total whenever an
 // acknowledgment raises it (local patch); nil removes it. f runs on the
-// session's receive loop and must not block.
+// session's receive loop and must not block. While f is set, a stream
+// that closes with data or its FIN unacknowledged stays known to the
+// session until they are acknowledged (a peer acknowledges its reading
+// of our FIN after both FINs have crossed), so set nil once nothing more
+// is awaited: a peer that never acknowledges holds that until then.
 func (s *Stream) OnAck(f func(acked uint64)) {
 	if f == nil {
 		s.ackHook.Store(nil)
+		s.session.forgetLingering(s)
 		return
 	}
 	s.ackHook.Store(&f)
+}
+
+// awaitsAcks reports whether someone waits for acknowledgments of data
+// (or the FIN) sent on the stream that have not come yet.
+func (s *Stream) awaitsAcks() bool {
+	return s.ackHook.Load() != nil && s.acked.Load() < s.sent.Load()
+}
+
+// finalAck acknowledges, waiting for room in the queue if it must, that
+// the reader has read the peer's FIN: nothing more will be consumed, the
+// stream may already be gone from the session, and so no FlushAcks would
+// find it.
+func (s *Stream) finalAck() {
+	s.controlHdrLock.Lock()
+	defer s.controlHdrLock.Unlock()
+	s.recvLock.Lock()
+	c := s.consumed
+	s.recvLock.Unlock()
+	if c == s.ackedSent {
+		return
+	}
+	hdr := header(make([]byte, headerSize))
+	hdr.encode(typeAck, 0, s.id, uint32(c))
+	if s.session.sendNoWait(hdr) == nil {
+		s.ackedSent = c
+	}
 }
 
 // takeAck applies an acknowledgment: low is the low 32 bits of the peer's
