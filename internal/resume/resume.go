@@ -58,9 +58,11 @@ type Conn struct {
 	st   Stream // nil while detached
 	gen  uint64 // counts attaches; a stream's results count only in its generation
 	wake chan struct{}
-	err  error // why the connection ended, if it did
-	// expire ends a detached connection after window.
-	expire *time.Timer
+	err  error         // why the connection ended, if it did
+	done chan struct{} // closed when it ended
+	// expire ends a detached connection after window; linger a closed
+	// one whose peer has not read everything by then.
+	expire, linger *time.Timer
 
 	// What was written: kept holds the bytes from keptFrom to written,
 	// those not yet acknowledged. sendBase is where the current stream's
@@ -73,16 +75,25 @@ type Conn struct {
 	sendBase uint64
 	ackBase  uint64
 	wclosed  bool // CloseWrite was called: a FIN follows written
+	finAcked bool // the peer has read that FIN, and so everything
+	closing  bool // Close was called: end once finAcked
 
 	read uint64 // bytes read, plus one once the peer's FIN was read
 	rfin bool
+	// reading is the stream a Read is in, if any; readDone is signalled
+	// when it leaves it. Detach waits for a Read on the old stream to
+	// end, so that what it read is in the offset Detach reports: its
+	// bytes were consumed, and perhaps acknowledged, on that stream.
+	reading  Stream
+	readDone sync.Cond
 }
 
 // New returns a Conn running over st, whose reader acknowledges (the caller
 // has agreed this with the peer), that waits up to window for a new stream
 // after st's session dies.
 func New(st Stream, window time.Duration) *Conn {
-	c := &Conn{window: window, wake: make(chan struct{})}
+	c := &Conn{window: window, wake: make(chan struct{}), done: make(chan struct{})}
+	c.readDone.L = &c.mu
 	c.attachLocked(st, 0)
 	return c
 }
@@ -103,14 +114,22 @@ func (c *Conn) Detach() uint64 {
 	c.mu.Lock()
 	old := c.st
 	c.detachLocked(old)
-	read := c.read
+	stale := c.reading
 	c.mu.Unlock()
-	// A write blocked on the old stream (its session alive but being
-	// replaced) must give way; its bytes are kept.
+	// A write or read blocked on the old stream (its session alive but
+	// being replaced) must give way; written bytes are kept.
 	if old != nil {
 		_ = old.Abort()
 	}
-	return read
+	if stale != nil && stale != old {
+		_ = stale.Abort()
+	}
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	for c.reading != nil && c.reading != c.st {
+		c.readDone.Wait()
+	}
+	return c.read
 }
 
 // detachLocked drops st if it is still the current stream.
@@ -147,10 +166,25 @@ func (c *Conn) endLocked(err error) {
 	if c.expire != nil {
 		c.expire.Stop()
 	}
+	if c.linger != nil {
+		c.linger.Stop()
+	}
 	if c.st != nil {
 		c.st.OnAck(nil)
 	}
 	close(c.wake)
+	close(c.done)
+}
+
+// Done is closed when the connection has ended: closed once the peer read
+// everything, aborted, expired, or reset by the peer (Err says which).
+func (c *Conn) Done() <-chan struct{} { return c.done }
+
+// Err is why the connection ended, nil while it has not.
+func (c *Conn) Err() error {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	return c.err
 }
 
 // Attach carries the connection on st from now on. peerRead is the
@@ -159,6 +193,7 @@ func (c *Conn) endLocked(err error) {
 // first. An impossible offset (ErrOffset) ends nothing: the connection
 // keeps waiting for the real peer.
 func (c *Conn) Attach(st Stream, peerRead uint64) error {
+	c.Detach() // if the caller did not: the stream in use goes first
 	c.wmu.Lock()
 	defer c.wmu.Unlock()
 	c.mu.Lock()
@@ -181,6 +216,17 @@ func (c *Conn) Attach(st Stream, peerRead uint64) error {
 	}
 	// Acknowledged by the peer's offset: what it read is never needed again.
 	c.dropLocked(peerRead)
+	if c.wclosed && peerRead == end {
+		c.finAcked = true
+		if c.closing {
+			c.endLocked(ErrClosed)
+			c.mu.Unlock()
+			if old != nil {
+				_ = old.Abort()
+			}
+			return st.Close()
+		}
+	}
 	tail := c.kept[:c.written-c.keptFrom]
 	wclosed := c.wclosed
 	c.attachLocked(st, peerRead)
@@ -220,8 +266,18 @@ func (c *Conn) attachLocked(st Stream, base uint64) {
 func (c *Conn) acked(gen, acked uint64) {
 	c.mu.Lock()
 	defer c.mu.Unlock()
-	if gen == c.gen && c.err == nil && acked > c.ackBase {
-		c.dropLocked(c.sendBase + acked - c.ackBase)
+	if gen != c.gen || c.err != nil || acked <= c.ackBase {
+		return
+	}
+	off := c.sendBase + acked - c.ackBase
+	c.dropLocked(off)
+	if c.wclosed && off > c.written {
+		c.finAcked = true
+		if c.closing {
+			// Everything delivered: the stream has nothing more to carry
+			// (its FINs are exchanged or ours is all that was left).
+			c.endLocked(ErrClosed)
+		}
 	}
 }
 
@@ -258,19 +314,19 @@ func (c *Conn) failed(st Stream, err error) error {
 	return err
 }
 
-// current waits for a stream and returns it with its generation.
-func (c *Conn) current() (Stream, uint64, error) {
+// current waits for a stream and returns it.
+func (c *Conn) current() (Stream, error) {
 	for {
 		c.mu.Lock()
 		if c.err != nil {
 			err := c.err
 			c.mu.Unlock()
-			return nil, 0, err
+			return nil, err
 		}
 		if c.st != nil {
-			st, gen := c.st, c.gen
+			st := c.st
 			c.mu.Unlock()
-			return st, gen, nil
+			return st, nil
 		}
 		wake := c.wake
 		c.mu.Unlock()
@@ -283,7 +339,7 @@ func (c *Conn) current() (Stream, uint64, error) {
 // connection ended.
 func (c *Conn) Write(p []byte) (int, error) {
 	for {
-		st, _, err := c.current()
+		st, err := c.current()
 		if err != nil {
 			return 0, err
 		}
@@ -337,8 +393,6 @@ func (c *Conn) CloseWrite() error {
 }
 
 // Read reads from the current stream, waiting for one while detached.
-// Data read from a stream that was detached meanwhile is dropped: the
-// offset the peer resends from was taken before it.
 func (c *Conn) Read(p []byte) (int, error) {
 	for {
 		c.mu.Lock()
@@ -346,17 +400,24 @@ func (c *Conn) Read(p []byte) (int, error) {
 			c.mu.Unlock()
 			return 0, io.EOF
 		}
-		c.mu.Unlock()
-		st, gen, err := c.current()
-		if err != nil {
+		if c.err != nil {
+			err := c.err
+			c.mu.Unlock()
 			return 0, err
 		}
-		n, err := st.Read(p)
-		c.mu.Lock()
-		if gen != c.gen {
+		st := c.st
+		if st == nil {
+			wake := c.wake
 			c.mu.Unlock()
+			<-wake
 			continue
 		}
+		c.reading = st
+		c.mu.Unlock()
+		n, err := st.Read(p)
+		c.mu.Lock()
+		c.reading = nil
+		c.readDone.Broadcast()
 		c.read += uint64(n)
 		if err == io.EOF {
 			c.rfin = true
@@ -376,9 +437,34 @@ func (c *Conn) Read(p []byte) (int, error) {
 	}
 }
 
-// Close ends the connection here: the current stream is closed and
-// nothing is resent. Abort does the same with a reset.
-func (c *Conn) Close() error { return c.end(ErrClosed, Stream.Close) }
+// Close ends the connection once the peer has read everything written,
+// like a TCP close with its send buffer still draining: it half-closes
+// if that was not done, and the connection stays resumable until the
+// peer acknowledges reading the FIN (Done is closed then). A peer that
+// has not read everything within the window (attached or not) gets a
+// reset. What the peer sends meanwhile is not read: close after reading
+// the peer's EOF, as a join does.
+func (c *Conn) Close() error {
+	if err := c.CloseWrite(); err != nil {
+		return err
+	}
+	c.mu.Lock()
+	if c.err != nil {
+		c.mu.Unlock()
+		return nil
+	}
+	c.closing = true
+	if !c.finAcked {
+		// A peer that never reads does not hold the connection forever.
+		if c.window > 0 {
+			c.linger = time.AfterFunc(c.window, c.lingered)
+		}
+		c.mu.Unlock()
+		return nil
+	}
+	c.mu.Unlock()
+	return c.end(ErrClosed, Stream.Close)
+}
 
 // Abort ends the connection with a reset of the current stream.
 func (c *Conn) Abort() error { return c.end(ErrClosed, Stream.Abort) }
@@ -392,6 +478,16 @@ func (c *Conn) end(err error, f func(Stream) error) error {
 		return f(st)
 	}
 	return nil
+}
+
+func (c *Conn) lingered() {
+	c.mu.Lock()
+	st := c.st
+	c.endLocked(ErrExpired)
+	c.mu.Unlock()
+	if st != nil {
+		_ = st.Abort()
+	}
 }
 
 // Kept is how many written bytes are kept for the peer, not yet

@@ -262,7 +262,8 @@ func TestResumeResendsALostFIN(t *testing.T) {
 // A peer that claims to have read more than was written, or less than it
 // acknowledged, is refused and changes nothing: the real peer then
 // resumes. Without a new stream within the window, the connection ends
-// and frees what it kept.
+// and frees what it kept; a closed one whose peer does not read it all
+// within the window is reset.
 func TestResumeRefusesImpossibleOffsetsAndExpires(t *testing.T) {
 	s := newSession(t)
 	a, b := s.pair(t)
@@ -304,6 +305,39 @@ func TestResumeRefusesImpossibleOffsetsAndExpires(t *testing.T) {
 	if cc.Kept() != 0 {
 		t.Fatalf("%d bytes kept after the window", cc.Kept())
 	}
+
+	// Closed, attached, and a peer that never reads: reset after the
+	// window.
+	s3 := newSession(t)
+	e, f := s3.pair(t)
+	ce := New(e, 100*time.Millisecond)
+	if _, err := ce.Write(make([]byte, 1000)); err != nil {
+		t.Fatal(err)
+	}
+	if err := ce.Close(); err != nil {
+		t.Fatal(err)
+	}
+	select {
+	case <-ce.Done():
+	case <-time.After(5 * time.Second):
+		t.Fatal("a close whose peer never reads lingered past its window")
+	}
+	if !errors.Is(ce.Err(), ErrExpired) || ce.Kept() != 0 {
+		t.Fatalf("ended with %v, %d bytes kept", ce.Err(), ce.Kept())
+	}
+	// The peer's stream is reset (a reset stream reads as one at once,
+	// whatever it had buffered).
+	deadline := time.Now().Add(5 * time.Second)
+	for {
+		_, err := f.Read(make([]byte, 2000))
+		if err != nil && err != io.EOF {
+			break
+		}
+		if time.Now().After(deadline) {
+			t.Fatal("the peer's stream was never reset")
+		}
+		time.Sleep(10 * time.Millisecond)
+	}
 }
 
 func waitGoroutines(t *testing.T, base int) {
@@ -316,4 +350,115 @@ func waitGoroutines(t *testing.T, base int) {
 		}
 		time.Sleep(10 * time.Millisecond)
 	}
+}
+
+// Close with data the peer has not read yet lingers, as a TCP close
+// drains its send buffer: the connection stays resumable, is resumed
+// after the session dies, and ends (Done) only once the peer has read
+// everything and the FIN.
+func TestCloseLingersUntilThePeerHasReadEverything(t *testing.T) {
+	base := runtime.NumGoroutine()
+	s := newSession(t)
+	a, b := s.pair(t)
+	ca, cb := New(a, 10*time.Second), New(b, 10*time.Second)
+	errs := make(chan error, 1)
+	want := transfer(ca, 256<<10, 3, errs) // less than a window: written without a reader
+	if err := <-errs; err != nil {
+		t.Fatal(err)
+	}
+	// As a join closes: after the peer's EOF was read.
+	if err := cb.CloseWrite(); err != nil {
+		t.Fatal(err)
+	}
+	if rest, err := io.ReadAll(ca); err != nil || len(rest) != 0 {
+		t.Fatalf("read %d bytes, %v; want the EOF", len(rest), err)
+	}
+	if err := ca.Close(); err != nil {
+		t.Fatal(err)
+	}
+	select {
+	case <-ca.Done():
+		t.Fatal("closed while the peer had read nothing")
+	case <-time.After(100 * time.Millisecond):
+	}
+	if ca.Kept() == 0 {
+		t.Fatal("nothing kept for a peer that read nothing")
+	}
+	s.kill()
+	s = newSession(t)
+	resume(t, s, ca, cb)
+	h := sha256.New()
+	if _, err := io.Copy(h, cb); err != nil {
+		t.Fatal(err)
+	}
+	if string(h.Sum(nil)) != string(want[:]) {
+		t.Fatal("the bytes read differ from the bytes written")
+	}
+	select {
+	case <-ca.Done():
+	case <-time.After(5 * time.Second):
+		t.Fatalf("still open 5 s after the peer read everything (kept %d)", ca.Kept())
+	}
+	if !errors.Is(ca.Err(), ErrClosed) || ca.Kept() != 0 {
+		t.Fatalf("ended with %v, %d bytes kept", ca.Err(), ca.Kept())
+	}
+	cb.Close()
+	select {
+	case <-cb.Done():
+	case <-time.After(5 * time.Second):
+		t.Fatal("the reader's end did not close")
+	}
+	s.close()
+	waitGoroutines(t, base)
+}
+
+// slowRead is a stream whose Read, once it has taken bytes from the
+// stream, waits to return them until released.
+type slowRead struct {
+	*mux.Stream
+	took, release chan struct{}
+}
+
+func (s *slowRead) Read(p []byte) (int, error) {
+	n, err := s.Stream.Read(p)
+	s.took <- struct{}{}
+	<-s.release
+	return n, err
+}
+
+// A Read that has taken bytes off the old stream when Detach comes
+// counts them, and Detach waits for it: those bytes were consumed, and
+// may have been acknowledged, on the old stream, so the offset it reports
+// must include them, or the writer, having dropped them on that
+// acknowledgment, finds the offset impossible.
+func TestDetachWaitsForARead(t *testing.T) {
+	s := newSession(t)
+	a, b := s.pair(t)
+	sb := &slowRead{Stream: b, took: make(chan struct{}, 1), release: make(chan struct{})}
+	ca, cb := New(a, 10*time.Second), New(sb, 10*time.Second)
+	if _, err := ca.Write([]byte("12345")); err != nil {
+		t.Fatal(err)
+	}
+	read := make(chan int, 1)
+	go func() {
+		n, _ := cb.Read(make([]byte, 100))
+		read <- n
+	}()
+	<-sb.took
+	offset := make(chan uint64, 1)
+	go func() { offset <- cb.Detach() }()
+	select {
+	case off := <-offset:
+		t.Fatalf("Detach returned %d while a Read held bytes of the old stream", off)
+	case <-time.After(100 * time.Millisecond):
+	}
+	close(sb.release)
+	if n := <-read; n != 5 {
+		t.Fatalf("read %d bytes, want 5", n)
+	}
+	if off := <-offset; off != 5 {
+		t.Fatalf("Detach reported %d, want 5", off)
+	}
+	ca.Abort()
+	cb.Abort()
 }
