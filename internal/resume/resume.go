@@ -32,6 +32,10 @@ type Stream interface {
 	Sent() uint64
 	Acked() uint64
 	OnAck(func(acked uint64))
+	// Readiness, as package proxy parks an idle direction on.
+	NotifyReadableOrDeliver(f func(), deliver func([]byte) (int, error))
+	Readable() bool
+	WaitReadableFor(d time.Duration) bool
 }
 
 var (
@@ -86,6 +90,10 @@ type Conn struct {
 	// bytes were consumed, and perhaps acknowledged, on that stream.
 	reading  Stream
 	readDone sync.Cond
+	// A readiness hook set while detached, installed on the next stream
+	// (or called when the connection ends).
+	hook        func()
+	hookDeliver func([]byte) (int, error)
 }
 
 // New returns a Conn running over st, whose reader acknowledges (the caller
@@ -174,6 +182,10 @@ func (c *Conn) endLocked(err error) {
 	}
 	close(c.wake)
 	close(c.done)
+	if f := c.hook; f != nil {
+		c.hook, c.hookDeliver = nil, nil
+		f() // it must not block, nor call back into c
+	}
 }
 
 // Done is closed when the connection has ended: closed once the peer read
@@ -229,10 +241,13 @@ func (c *Conn) Attach(st Stream, peerRead uint64) error {
 	}
 	tail := c.kept[:c.written-c.keptFrom]
 	wclosed := c.wclosed
-	c.attachLocked(st, peerRead)
+	hook, deliver := c.attachLocked(st, peerRead)
 	c.mu.Unlock()
 	if old != nil {
 		_ = old.Abort()
+	}
+	if hook != nil {
+		st.NotifyReadableOrDeliver(hook, c.deliverer(st, deliver))
 	}
 	if len(tail) > 0 {
 		if _, err := st.Write(tail); err != nil {
@@ -249,7 +264,7 @@ func (c *Conn) Attach(st Stream, peerRead uint64) error {
 	return nil
 }
 
-func (c *Conn) attachLocked(st Stream, base uint64) {
+func (c *Conn) attachLocked(st Stream, base uint64) (hook func(), deliver func([]byte) (int, error)) {
 	c.st = st
 	c.gen++
 	c.sendBase = base
@@ -259,6 +274,9 @@ func (c *Conn) attachLocked(st Stream, base uint64) {
 	st.OnAck(func(acked uint64) { c.acked(gen, acked) })
 	close(c.wake)
 	c.wake = make(chan struct{})
+	hook, deliver = c.hook, c.hookDeliver
+	c.hook, c.hookDeliver = nil, nil
+	return hook, deliver
 }
 
 // acked frees what the peer's reader acknowledged on the stream of
@@ -487,6 +505,92 @@ func (c *Conn) lingered() {
 	c.mu.Unlock()
 	if st != nil {
 		_ = st.Abort()
+	}
+}
+
+// Readable reports whether a Read would return without waiting for a
+// stream or for data.
+func (c *Conn) Readable() bool {
+	c.mu.Lock()
+	if c.err != nil || c.rfin {
+		c.mu.Unlock()
+		return true
+	}
+	st := c.st
+	c.mu.Unlock()
+	return st != nil && st.Readable()
+}
+
+// WaitReadableFor waits up to d until Readable; false means it is not.
+func (c *Conn) WaitReadableFor(d time.Duration) bool {
+	deadline := time.Now().Add(d)
+	for {
+		c.mu.Lock()
+		if c.err != nil || c.rfin {
+			c.mu.Unlock()
+			return true
+		}
+		st, wake := c.st, c.wake
+		c.mu.Unlock()
+		if st != nil {
+			return st.WaitReadableFor(time.Until(deadline))
+		}
+		left := time.Until(deadline)
+		if left <= 0 {
+			return false
+		}
+		t := time.NewTimer(left)
+		select {
+		case <-wake:
+			t.Stop()
+		case <-t.C:
+			return false
+		}
+	}
+}
+
+// NotifyReadable calls f once when Readable (at once if it is); f must not
+// block, nor call back into c.
+func (c *Conn) NotifyReadable(f func()) { c.NotifyReadableOrDeliver(f, nil) }
+
+// NotifyReadableOrDeliver is NotifyReadable, and until f is called data
+// arriving with nothing buffered goes to deliver, as the stream's own
+// (mux.Stream.NotifyReadableOrDeliver), counted in the read offset. While
+// detached the hook waits for the next stream; an end calls f.
+func (c *Conn) NotifyReadableOrDeliver(f func(), deliver func([]byte) (int, error)) {
+	c.mu.Lock()
+	if c.err != nil || c.rfin {
+		c.mu.Unlock()
+		f()
+		return
+	}
+	st := c.st
+	if st == nil {
+		c.hook, c.hookDeliver = f, deliver
+		c.mu.Unlock()
+		return
+	}
+	c.mu.Unlock()
+	st.NotifyReadableOrDeliver(f, c.deliverer(st, deliver))
+}
+
+// deliverer wraps a deliver function for st: what it takes counts as read,
+// under the lock Detach reads the offset under; a stream no longer
+// current delivers nothing (its data stays there, abandoned, and the peer
+// resends it on the next).
+func (c *Conn) deliverer(st Stream, deliver func([]byte) (int, error)) func([]byte) (int, error) {
+	if deliver == nil {
+		return nil
+	}
+	return func(p []byte) (int, error) {
+		c.mu.Lock()
+		defer c.mu.Unlock()
+		if c.st != st || c.err != nil {
+			return 0, nil
+		}
+		n, err := deliver(p)
+		c.read += uint64(n)
+		return n, err
 	}
 }
 

@@ -9,6 +9,7 @@ import (
 	"math/rand/v2"
 	"net"
 	"runtime"
+	"sync"
 	"testing"
 	"time"
 
@@ -461,4 +462,103 @@ func TestDetachWaitsForARead(t *testing.T) {
 	}
 	ca.Abort()
 	cb.Abort()
+}
+
+// A reader parked on the connection, as package proxy parks an idle
+// direction: data is delivered to its function straight from the receive
+// loop and counted in the read offset; a hook set while detached waits
+// for the next stream and works there; the connection's end calls it.
+func TestParkedReaderAcrossAResume(t *testing.T) {
+	s := newSession(t)
+	a, b := s.pair(t)
+	ca, cb := New(a, 10*time.Second), New(b, 10*time.Second)
+	var mu sync.Mutex
+	var got []byte
+	deliver := func(p []byte) (int, error) {
+		mu.Lock()
+		got = append(got, p...)
+		mu.Unlock()
+		return len(p), nil
+	}
+	woke := make(chan struct{}, 4)
+	wake := func() { woke <- struct{}{} }
+	received := func(n int) {
+		t.Helper()
+		deadline := time.Now().Add(5 * time.Second)
+		for {
+			mu.Lock()
+			k := len(got)
+			mu.Unlock()
+			if k == n {
+				return
+			}
+			if time.Now().After(deadline) {
+				t.Fatalf("delivered %d bytes, want %d", k, n)
+			}
+			time.Sleep(time.Millisecond)
+		}
+	}
+	if cb.Readable() {
+		t.Fatal("readable with nothing sent")
+	}
+	cb.NotifyReadableOrDeliver(wake, deliver)
+	if _, err := ca.Write([]byte("hello")); err != nil {
+		t.Fatal(err)
+	}
+	received(5)
+	if off := cb.Offset(); off != 5 {
+		t.Fatalf("offset %d after 5 bytes delivered, want 5", off)
+	}
+
+	// Cut: the hook on the old stream fires (its stream is gone); parked
+	// again while detached, the hook waits for the next stream.
+	s.kill()
+	select {
+	case <-woke:
+	case <-time.After(5 * time.Second):
+		t.Fatal("the hook did not fire when the stream went")
+	}
+	ra := ca.Detach()
+	rb := cb.Detach()
+	if cb.Readable() {
+		t.Fatal("readable while detached")
+	}
+	cb.NotifyReadableOrDeliver(wake, deliver)
+	if cb.WaitReadableFor(50 * time.Millisecond) {
+		t.Fatal("WaitReadableFor: readable while detached")
+	}
+	s = newSession(t)
+	a2, b2 := s.pair(t)
+	errs := make(chan error, 2)
+	go func() { errs <- ca.Attach(a2, rb) }()
+	go func() { errs <- cb.Attach(b2, ra) }()
+	for range 2 {
+		if err := <-errs; err != nil {
+			t.Fatal(err)
+		}
+	}
+	if _, err := ca.Write([]byte(" again")); err != nil {
+		t.Fatal(err)
+	}
+	received(11)
+	mu.Lock()
+	if string(got) != "hello again" {
+		t.Fatalf("delivered %q", got)
+	}
+	mu.Unlock()
+
+	// The end: a hook set while detached is called.
+	ca.Detach()
+	cb.Detach()
+	cb.NotifyReadableOrDeliver(wake, deliver)
+	cb.Abort()
+	select {
+	case <-woke:
+	case <-time.After(5 * time.Second):
+		t.Fatal("the hook was not called when the connection ended")
+	}
+	if !cb.Readable() {
+		t.Fatal("an ended connection is not readable (a Read would fail at once)")
+	}
+	ca.Abort()
 }
