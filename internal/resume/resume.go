@@ -16,7 +16,10 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"net"
+	"os"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	"github.com/tunnel-dev/tunnel/internal/mux"
@@ -32,6 +35,10 @@ type Stream interface {
 	Sent() uint64
 	Acked() uint64
 	OnAck(func(acked uint64))
+	LocalAddr() net.Addr
+	RemoteAddr() net.Addr
+	SetReadDeadline(time.Time) error
+	SetWriteDeadline(time.Time) error
 	// Readiness, as package proxy parks an idle direction on.
 	NotifyReadableOrDeliver(f func(), deliver func([]byte) (int, error))
 	Readable() bool
@@ -45,14 +52,21 @@ var (
 	// ErrOffset is Attach's error for a peer whose read offset cannot be
 	// true: behind what it acknowledged, or past what was written.
 	ErrOffset = errors.New("peer's read offset is impossible")
-	// ErrClosed is what Read and Write return after Close or Abort.
-	ErrClosed = errors.New("connection closed")
+	// ErrClosed is what Read and Write return after Close or Abort; it
+	// is a net.ErrClosed.
+	ErrClosed = fmt.Errorf("resumable connection: %w", net.ErrClosed)
 )
 
-// Conn is one end of a resumable connection: a net.Conn-like byte stream
-// whose Read and Write wait, rather than fail, while it has no stream.
+// Conn is one end of a resumable connection: a net.Conn whose Read and
+// Write wait, rather than fail, while it has no stream (up to their
+// deadlines). Close is TCP's: the caller is done at once, while what it
+// wrote is still delivered (see Close).
 type Conn struct {
 	window time.Duration
+
+	// Deadlines (Unix nanoseconds, 0 for none), applied to each stream
+	// and to the waits for one.
+	rd, wd atomic.Int64
 
 	// wmu orders writes on the stream: a Write, or Attach resending the
 	// tail, holds it from deciding what to send to having sent it.
@@ -81,6 +95,8 @@ type Conn struct {
 	wclosed  bool // CloseWrite was called: a FIN follows written
 	finAcked bool // the peer has read that FIN, and so everything
 	closing  bool // Close was called: end once finAcked
+	laddr    net.Addr
+	raddr    net.Addr
 
 	read uint64 // bytes read, plus one once the peer's FIN was read
 	rfin bool
@@ -269,6 +285,11 @@ func (c *Conn) attachLocked(st Stream, base uint64) (hook func(), deliver func([
 	c.gen++
 	c.sendBase = base
 	c.ackBase = st.Sent()
+	c.laddr, c.raddr = st.LocalAddr(), st.RemoteAddr()
+	if !c.closing {
+		_ = st.SetReadDeadline(deadline(c.rd.Load()))
+		_ = st.SetWriteDeadline(deadline(c.wd.Load()))
+	}
 	st.EnableAcks()
 	gen := c.gen
 	st.OnAck(func(acked uint64) { c.acked(gen, acked) })
@@ -321,6 +342,9 @@ func (c *Conn) dropLocked(off uint64) {
 func (c *Conn) failed(st Stream, err error) error {
 	c.mu.Lock()
 	defer c.mu.Unlock()
+	if errors.Is(err, os.ErrDeadlineExceeded) {
+		return err // the caller's deadline: the connection goes on
+	}
 	if st != c.st {
 		return nil // a stream given up already: its errors are no news
 	}
@@ -332,24 +356,63 @@ func (c *Conn) failed(st Stream, err error) error {
 	return err
 }
 
-// current waits for a stream and returns it.
-func (c *Conn) current() (Stream, error) {
+// current waits for a stream, up to the deadline in dl, and returns it.
+func (c *Conn) current(dl *atomic.Int64) (Stream, error) {
 	for {
 		c.mu.Lock()
-		if c.err != nil {
+		switch {
+		case c.closing:
+			c.mu.Unlock()
+			return nil, ErrClosed
+		case c.err != nil:
 			err := c.err
 			c.mu.Unlock()
 			return nil, err
-		}
-		if c.st != nil {
+		case c.st != nil:
 			st := c.st
 			c.mu.Unlock()
 			return st, nil
 		}
 		wake := c.wake
 		c.mu.Unlock()
-		<-wake
+		if err := wait(wake, dl.Load()); err != nil {
+			return nil, err
+		}
 	}
+}
+
+// wait waits for wake until the deadline d (Unix nanoseconds, 0 none).
+func wait(wake <-chan struct{}, d int64) error {
+	if d == 0 {
+		<-wake
+		return nil
+	}
+	left := time.Until(time.Unix(0, d))
+	if left <= 0 {
+		return os.ErrDeadlineExceeded
+	}
+	t := time.NewTimer(left)
+	defer t.Stop()
+	select {
+	case <-wake:
+		return nil
+	case <-t.C:
+		return os.ErrDeadlineExceeded
+	}
+}
+
+func deadline(ns int64) time.Time {
+	if ns == 0 {
+		return time.Time{}
+	}
+	return time.Unix(0, ns)
+}
+
+func unixNano(t time.Time) int64 {
+	if t.IsZero() {
+		return 0
+	}
+	return t.UnixNano()
 }
 
 // Write keeps p until the peer acknowledges it and writes it on the
@@ -357,17 +420,17 @@ func (c *Conn) current() (Stream, error) {
 // connection ended.
 func (c *Conn) Write(p []byte) (int, error) {
 	for {
-		st, err := c.current()
+		st, err := c.current(&c.wd)
 		if err != nil {
 			return 0, err
 		}
 		c.wmu.Lock()
 		c.mu.Lock()
-		if c.st != st || c.err != nil || c.wclosed {
-			wclosed := c.wclosed && c.err == nil
+		if c.st != st || c.err != nil || c.wclosed || c.closing {
+			end := c.wclosed || c.closing
 			c.mu.Unlock()
 			c.wmu.Unlock()
-			if wclosed {
+			if end {
 				return 0, ErrClosed
 			}
 			continue
@@ -375,11 +438,22 @@ func (c *Conn) Write(p []byte) (int, error) {
 		c.kept = append(c.kept, p...)
 		c.written += uint64(len(p))
 		c.mu.Unlock()
-		_, err = st.Write(p)
+		n, err := st.Write(p)
+		if err != nil && errors.Is(err, os.ErrDeadlineExceeded) {
+			// What did not go stays unwritten: it cannot have been
+			// acknowledged, and the caller may give it up.
+			c.mu.Lock()
+			unsent := len(p) - n
+			c.written -= uint64(unsent)
+			c.kept = c.kept[:len(c.kept)-unsent]
+			c.mu.Unlock()
+			c.wmu.Unlock()
+			return n, err
+		}
 		c.wmu.Unlock()
 		if err != nil {
 			if err = c.failed(st, err); err != nil {
-				return 0, err
+				return n, err
 			}
 		}
 		// Kept: sent now, or resent on the next stream.
@@ -414,6 +488,10 @@ func (c *Conn) CloseWrite() error {
 func (c *Conn) Read(p []byte) (int, error) {
 	for {
 		c.mu.Lock()
+		if c.closing {
+			c.mu.Unlock()
+			return 0, ErrClosed
+		}
 		if c.rfin && c.err == nil {
 			c.mu.Unlock()
 			return 0, io.EOF
@@ -427,7 +505,9 @@ func (c *Conn) Read(p []byte) (int, error) {
 		if st == nil {
 			wake := c.wake
 			c.mu.Unlock()
-			<-wake
+			if err := wait(wake, c.rd.Load()); err != nil {
+				return 0, err
+			}
 			continue
 		}
 		c.reading = st
@@ -449,10 +529,19 @@ func (c *Conn) Read(p []byte) (int, error) {
 			return 0, io.EOF
 		case err != nil:
 			if err = c.failed(st, err); err != nil {
+				if c.isClosing() {
+					return 0, ErrClosed
+				}
 				return 0, err
 			}
 		}
 	}
+}
+
+func (c *Conn) isClosing() bool {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	return c.closing
 }
 
 // Close ends the connection once the peer has read everything written,
@@ -463,6 +552,31 @@ func (c *Conn) Read(p []byte) (int, error) {
 // reset. What the peer sends meanwhile is not read: close after reading
 // the peer's EOF, as a join does.
 func (c *Conn) Close() error {
+	// The caller is done: its pending and later calls fail at once, and
+	// a write it was blocked in gives way (what it did not send is not
+	// sent) before the FIN follows what was.
+	c.mu.Lock()
+	if c.err != nil || c.closing {
+		c.mu.Unlock()
+		return nil
+	}
+	c.closing = true
+	st := c.st
+	close(c.wake)
+	c.wake = make(chan struct{})
+	c.mu.Unlock()
+	past := time.Unix(1, 0)
+	if st != nil {
+		_ = st.SetReadDeadline(past)
+		_ = st.SetWriteDeadline(past)
+	}
+	c.wmu.Lock()
+	c.mu.Lock()
+	if st = c.st; st != nil {
+		_ = st.SetWriteDeadline(time.Time{})
+	}
+	c.mu.Unlock()
+	c.wmu.Unlock()
 	if err := c.CloseWrite(); err != nil {
 		return err
 	}
@@ -471,7 +585,6 @@ func (c *Conn) Close() error {
 		c.mu.Unlock()
 		return nil
 	}
-	c.closing = true
 	if !c.finAcked {
 		// A peer that never reads does not hold the connection forever.
 		if c.window > 0 {
@@ -592,6 +705,52 @@ func (c *Conn) deliverer(st Stream, deliver func([]byte) (int, error)) func([]by
 		c.read += uint64(n)
 		return n, err
 	}
+}
+
+// LocalAddr and RemoteAddr are the current (or last) stream's.
+func (c *Conn) LocalAddr() net.Addr {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	return c.laddr
+}
+
+func (c *Conn) RemoteAddr() net.Addr {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	return c.raddr
+}
+
+// SetDeadline, SetReadDeadline and SetWriteDeadline are net.Conn's: they
+// bound the wait for a stream as well as the stream's own.
+func (c *Conn) SetDeadline(t time.Time) error {
+	_ = c.SetReadDeadline(t)
+	return c.SetWriteDeadline(t)
+}
+
+func (c *Conn) SetReadDeadline(t time.Time) error {
+	return c.setDeadline(&c.rd, t, Stream.SetReadDeadline)
+}
+
+func (c *Conn) SetWriteDeadline(t time.Time) error {
+	return c.setDeadline(&c.wd, t, Stream.SetWriteDeadline)
+}
+
+func (c *Conn) setDeadline(d *atomic.Int64, t time.Time, set func(Stream, time.Time) error) error {
+	c.mu.Lock()
+	if c.closing || c.err != nil {
+		c.mu.Unlock()
+		return nil
+	}
+	d.Store(unixNano(t))
+	st := c.st
+	// Waits for a stream look at the new deadline.
+	close(c.wake)
+	c.wake = make(chan struct{})
+	c.mu.Unlock()
+	if st != nil {
+		return set(st, t)
+	}
+	return nil
 }
 
 // Kept is how many written bytes are kept for the peer, not yet

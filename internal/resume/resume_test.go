@@ -13,6 +13,8 @@ import (
 	"testing"
 	"time"
 
+	"golang.org/x/net/nettest"
+
 	"github.com/tunnel-dev/tunnel/internal/mux"
 	"github.com/tunnel-dev/tunnel/internal/sockopt"
 )
@@ -561,4 +563,56 @@ func TestParkedReaderAcrossAResume(t *testing.T) {
 		t.Fatal("an ended connection is not readable (a Read would fail at once)")
 	}
 	ca.Abort()
+}
+
+// A Conn is a net.Conn by golang.org/x/net/nettest: data in order,
+// deadlines past, present and future (on a stream, and so far without a
+// resume in between), Close unblocking pending calls.
+func TestConnConformance(t *testing.T) {
+	nettest.TestConn(t, func() (c1, c2 net.Conn, stop func(), err error) {
+		s := newSession(t)
+		a, b := s.pair(t)
+		ca, cb := New(a, 10*time.Second), New(b, 10*time.Second)
+		return ca, cb, func() { ca.Abort(); cb.Abort(); s.close() }, nil
+	})
+}
+
+// Close, as TCP's, is the caller's end: a Read and a Write blocked with
+// no deadline (the peer sends nothing and reads nothing) return at once,
+// with net.ErrClosed, and later calls fail the same way.
+func TestCloseUnblocksPendingCalls(t *testing.T) {
+	s := newSession(t)
+	a, b := s.pair(t)
+	ca, cb := New(a, 10*time.Second), New(b, 10*time.Second)
+	defer cb.Abort()
+	read := make(chan error, 1)
+	go func() {
+		_, err := ca.Read(make([]byte, 10))
+		read <- err
+	}()
+	wrote := make(chan error, 1)
+	go func() {
+		_, err := ca.Write(make([]byte, 4<<20)) // more than the window
+		wrote <- err
+	}()
+	time.Sleep(100 * time.Millisecond)
+	if err := ca.Close(); err != nil {
+		t.Fatal(err)
+	}
+	for name, ch := range map[string]chan error{"read": read, "write": wrote} {
+		select {
+		case err := <-ch:
+			if err == nil {
+				t.Fatalf("the pending %s returned no error", name)
+			}
+		case <-time.After(5 * time.Second):
+			t.Fatalf("the pending %s is still blocked after Close", name)
+		}
+	}
+	if _, err := ca.Read(make([]byte, 1)); !errors.Is(err, net.ErrClosed) {
+		t.Fatalf("a read after Close: %v", err)
+	}
+	if _, err := ca.Write([]byte("x")); !errors.Is(err, net.ErrClosed) {
+		t.Fatalf("a write after Close: %v", err)
+	}
 }
