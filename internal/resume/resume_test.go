@@ -16,6 +16,7 @@ import (
 	"golang.org/x/net/nettest"
 
 	"github.com/tunnel-dev/tunnel/internal/mux"
+	"github.com/tunnel-dev/tunnel/internal/proxy"
 	"github.com/tunnel-dev/tunnel/internal/sockopt"
 )
 
@@ -615,4 +616,109 @@ func TestCloseUnblocksPendingCalls(t *testing.T) {
 	if _, err := ca.Write([]byte("x")); !errors.Is(err, net.ErrClosed) {
 		t.Fatalf("a write after Close: %v", err)
 	}
+}
+
+// tcpPair is a loopback TCP connection: the dialed end and the accepted.
+func tcpPair(t *testing.T) (net.Conn, net.Conn) {
+	t.Helper()
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer ln.Close()
+	d, err := net.Dial("tcp", ln.Addr().String())
+	if err != nil {
+		t.Fatal(err)
+	}
+	c, err := ln.Accept()
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { d.Close(); c.Close() })
+	return d, c
+}
+
+// The tunnel's data path with resumable connections in the middle: a
+// public socket joined (package proxy) to one end, the other end joined
+// to a local service's socket, 8 MiB each way with the session cut under
+// them. Both sockets see every byte in order and each other's
+// half-close; the joins end cleanly, the connections end once all was
+// read, and nothing is left running.
+func TestJoinsCarriedThroughAResume(t *testing.T) {
+	base := runtime.NumGoroutine()
+	public, publicSrv := tcpPair(t)
+	localCli, local := tcpPair(t)
+	s := newSession(t)
+	a, b := s.pair(t)
+	ca, cb := New(a, 10*time.Second), New(b, 10*time.Second)
+	joined := make(chan error, 2)
+	ctx := context.Background()
+	proxy.Go(ctx, publicSrv, "public", ca, "resumable", func(_ proxy.Stats, err error) { joined <- err })
+	proxy.Go(ctx, cb, "resumable", localCli, "local", func(_ proxy.Stats, err error) { joined <- err })
+
+	const n = 8 << 20
+	send := func(c net.Conn, seed uint64) [32]byte {
+		data := make([]byte, n)
+		rng := rand.New(rand.NewPCG(seed, seed))
+		for i := range data {
+			data[i] = byte(rng.Uint32())
+		}
+		go func() {
+			_, _ = c.Write(data)
+			_ = c.(*net.TCPConn).CloseWrite()
+		}()
+		return sha256.Sum256(data)
+	}
+	got := func(c net.Conn, out chan<- [32]byte) {
+		h := sha256.New()
+		_, _ = io.Copy(h, c) // to the peer's half-close
+		var s [32]byte
+		copy(s[:], h.Sum(nil))
+		out <- s
+	}
+	up, down := make(chan [32]byte, 1), make(chan [32]byte, 1)
+	wantUp, wantDown := send(public, 7), send(local, 8)
+	go got(local, up)
+	go got(public, down)
+
+	deadline := time.Now().Add(20 * time.Second)
+	for ca.Offset() < n/3 || cb.Offset() < n/3 {
+		if time.Now().After(deadline) {
+			t.Fatalf("offsets %d and %d", ca.Offset(), cb.Offset())
+		}
+		time.Sleep(time.Millisecond)
+	}
+	s.kill()
+	s = newSession(t)
+	resume(t, s, ca, cb)
+
+	for i, c := range []chan [32]byte{up, down} {
+		select {
+		case sum := <-c:
+			if want := [][32]byte{wantUp, wantDown}[i]; sum != want {
+				t.Fatalf("direction %d: the bytes read differ from the bytes written", i)
+			}
+		case <-time.After(30 * time.Second):
+			t.Fatalf("direction %d did not finish", i)
+		}
+	}
+	for range 2 {
+		select {
+		case err := <-joined:
+			if err != nil {
+				t.Fatal(err)
+			}
+		case <-time.After(10 * time.Second):
+			t.Fatal("a join did not end")
+		}
+	}
+	for _, c := range []*Conn{ca, cb} {
+		select {
+		case <-c.Done():
+		case <-time.After(10 * time.Second):
+			t.Fatalf("a connection did not end (kept %d)", c.Kept())
+		}
+	}
+	s.close()
+	waitGoroutines(t, base)
 }
