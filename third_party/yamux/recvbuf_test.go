@@ -6,6 +6,7 @@ import (
 	"io"
 	"math/rand/v2"
 	"runtime"
+	"sync"
 	"testing"
 	"time"
 )
@@ -191,3 +192,32 @@ func imin(a, b int) int {
 }
 
 func imax(a, b int) int { return -imin(-a, -b) }
+
+// ShrinkIdle and FlushAcks run on a liveness monitor's goroutine: they
+// never wait for a stream whose frame is being read (the receive loop
+// holds its recvLock while it reads the body off the socket, which a
+// black-holed path stalls), nor for one whose window update is being
+// sent.
+func TestSessionChoresNeverWait(t *testing.T) {
+	cli, srv := tcpSessions(t, 256<<10)
+	_, sa := openPair(t, cli, srv, "x")
+	sa.EnableAcks()
+	if _, err := sa.Read(make([]byte, 1)); err != nil {
+		t.Fatal(err)
+	}
+	for _, lock := range []*sync.Mutex{&sa.recvLock, &sa.controlHdrLock, &srv.streamLock} {
+		lock.Lock()
+		done := make(chan struct{})
+		go func() {
+			srv.ShrinkIdle()
+			srv.FlushAcks()
+			close(done)
+		}()
+		select {
+		case <-done:
+		case <-time.After(5 * time.Second):
+			t.Fatal("a session chore waited for a held lock")
+		}
+		lock.Unlock()
+	}
+}

@@ -1531,7 +1531,9 @@ func (s *Session) forgetLingering(st *Stream) {
 func (s *Session) FlushAcks() {
 	var arr [8]*Stream
 	streams := arr[:0]
-	s.streamLock.Lock()
+	if !s.streamLock.TryLock() {
+		return // see ShrinkIdle
+	}
 	for _, st := range s.streams {
 		if st.acks.Load() {
 			streams = append(streams, st)
@@ -1553,7 +1555,14 @@ func (s *Session) FlushAcks() {
 func (s *Session) ShrinkIdle() {
 	var arr [8]*Stream
 	streams := arr[:0]
-	s.streamLock.Lock()
+	// Never wait for a lock: the caller is a liveness monitor, and the
+	// receive loop holds a stream's recvLock while it reads a frame off
+	// the socket, which a black hole can stall for as long as TCP's own
+	// timeouts (found by the tunnel's fault tests: the heartbeat timeout
+	// was missed). A busy stream or session is skipped this round.
+	if !s.streamLock.TryLock() {
+		return
+	}
 	for _, st := range s.streams {
 		streams = append(streams, st)
 	}

@@ -989,7 +989,9 @@ func (s *Stream) Shrink() {
 // this was called and nothing was buffered since (local patch, see
 // Session.ShrinkIdle).
 func (s *Stream) shrinkIfQuiet() {
-	s.recvLock.Lock()
+	if !s.recvLock.TryLock() {
+		return // receiving: not quiet (and see Session.ShrinkIdle)
+	}
 	defer s.recvLock.Unlock()
 	if s.recvBuf.Len() > 0 || s.recvBuf.Cap() == 0 {
 		s.recvQuiet = false
@@ -1090,9 +1092,15 @@ func (s *Stream) takeAck(low uint32) {
 // if anything, without waiting for room in the urgent queue (see
 // Session.FlushAcks).
 func (s *Stream) flushAck() {
-	s.controlHdrLock.Lock()
+	// Never wait (see Session.ShrinkIdle): a window update being sent
+	// holds controlHdrLock, a frame being read recvLock.
+	if !s.controlHdrLock.TryLock() {
+		return
+	}
 	defer s.controlHdrLock.Unlock()
-	s.recvLock.Lock()
+	if !s.recvLock.TryLock() {
+		return
+	}
 	c := s.consumed
 	s.recvLock.Unlock()
 	if c == s.ackedSent {
