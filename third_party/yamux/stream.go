@@ -370,7 +370,7 @@ func (s *Stream) sendWindowUpdate() error {
 		return nil
 	}
 
-	// Send the header, and the acknowledgment that rides with it
+	// Send the header, with the acknowledgment that rides before it
 	hdr := s.withAck(s.controlHdr, flags, delta, consumed)
 	if err := s.session.waitForSendErr(hdr, nil, s.controlErr); err != nil {
 		if errors.Is(err, ErrSessionShutdown) || errors.Is(err, ErrConnectionWriteTimeout) {
@@ -408,6 +408,10 @@ func (s *Stream) withAck(buf header, flags uint16, delta uint32, consumed uint64
 	return buf
 }
 
+// grant decides the window update to send and books it: the flags due,
+// how far the receive window reopens and what was consumed by then, or ok
+// false when none is due (no flags, and less than half the window
+// consumed). The caller holds controlHdrLock.
 func (s *Stream) grant() (flags uint16, delta uint32, consumed uint64, ok bool) {
 	// Determine the flags if any. local patch: before recvLock, not under
 	// it: Read takes recvLock under stateLock, and with window updates
