@@ -19,7 +19,6 @@ import (
 	"net"
 	"os"
 	"sync"
-	"sync/atomic"
 	"time"
 
 	"github.com/tunnel-dev/tunnel/internal/mux"
@@ -64,20 +63,18 @@ var (
 type Conn struct {
 	window time.Duration
 
-	// Deadlines (Unix nanoseconds, 0 for none), applied to each stream
-	// and to the waits for one.
-	rd, wd atomic.Int64
-
 	// wmu orders writes on the stream: a Write, or Attach resending the
 	// tail, holds it from deciding what to send to having sent it.
 	wmu sync.Mutex
 
 	mu   sync.Mutex
-	st   Stream // nil while detached
-	gen  uint64 // counts attaches; a stream's results count only in its generation
-	wake chan struct{}
-	err  error         // why the connection ended, if it did
-	done chan struct{} // closed when it ended
+	st   Stream        // nil while detached
+	wake chan struct{} // closed and replaced when a wait has news (wakeLocked)
+	// Deadlines (zero for none), applied to each stream and to the waits
+	// for one.
+	rd, wd time.Time
+	err    error         // why the connection ended, if it did
+	done   chan struct{} // closed when it ended
 	// expire ends a detached connection after window; linger a closed
 	// one whose peer has not read everything by then.
 	expire, linger *time.Timer
@@ -163,7 +160,6 @@ func (c *Conn) detachLocked(st Stream) {
 	}
 	c.st.OnAck(nil)
 	c.st = nil
-	c.gen++
 	if c.window > 0 {
 		c.expire = time.AfterFunc(c.window, c.expired)
 	} else {
@@ -221,7 +217,10 @@ func (c *Conn) Err() error {
 // first. An impossible offset (ErrOffset) ends nothing: the connection
 // keeps waiting for the real peer.
 func (c *Conn) Attach(st Stream, peerRead uint64) error {
-	c.Detach() // if the caller did not: the stream in use goes first
+	// If the caller did not Detach: the stream in use goes first, and
+	// before wmu, which a write blocked on that stream holds until its
+	// abort releases it.
+	c.Detach()
 	c.wmu.Lock()
 	defer c.wmu.Unlock()
 	c.mu.Lock()
@@ -237,8 +236,6 @@ func (c *Conn) Attach(st Stream, peerRead uint64) error {
 		c.mu.Unlock()
 		return fmt.Errorf("%w: %d, with %d to %d kept", ErrOffset, peerRead, c.keptFrom, end)
 	}
-	old := c.st
-	c.detachLocked(old)
 	if c.expire != nil {
 		c.expire.Stop()
 	}
@@ -249,9 +246,6 @@ func (c *Conn) Attach(st Stream, peerRead uint64) error {
 		if c.closing {
 			c.endLocked(ErrClosed)
 			c.mu.Unlock()
-			if old != nil {
-				_ = old.Abort()
-			}
 			return st.Close()
 		}
 	}
@@ -259,9 +253,6 @@ func (c *Conn) Attach(st Stream, peerRead uint64) error {
 	wclosed := c.wclosed
 	hook, deliver := c.attachLocked(st, peerRead)
 	c.mu.Unlock()
-	if old != nil {
-		_ = old.Abort()
-	}
 	if hook != nil {
 		st.NotifyReadableOrDeliver(hook, c.deliverer(st, deliver))
 	}
@@ -282,30 +273,34 @@ func (c *Conn) Attach(st Stream, peerRead uint64) error {
 
 func (c *Conn) attachLocked(st Stream, base uint64) (hook func(), deliver func([]byte) (int, error)) {
 	c.st = st
-	c.gen++
 	c.sendBase = base
 	c.ackBase = st.Sent()
 	c.laddr, c.raddr = st.LocalAddr(), st.RemoteAddr()
 	if !c.closing {
-		_ = st.SetReadDeadline(deadline(c.rd.Load()))
-		_ = st.SetWriteDeadline(deadline(c.wd.Load()))
+		_ = st.SetReadDeadline(c.rd)
+		_ = st.SetWriteDeadline(c.wd)
 	}
 	st.EnableAcks()
-	gen := c.gen
-	st.OnAck(func(acked uint64) { c.acked(gen, acked) })
-	close(c.wake)
-	c.wake = make(chan struct{})
+	st.OnAck(func(acked uint64) { c.acked(st, acked) })
+	c.wakeLocked()
 	hook, deliver = c.hook, c.hookDeliver
 	c.hook, c.hookDeliver = nil, nil
 	return hook, deliver
 }
 
-// acked frees what the peer's reader acknowledged on the stream of
-// generation gen. It runs on the session's receive loop.
-func (c *Conn) acked(gen, acked uint64) {
+// wakeLocked tells every wait for a stream, or for the connection's
+// end, to look again.
+func (c *Conn) wakeLocked() {
+	close(c.wake)
+	c.wake = make(chan struct{})
+}
+
+// acked frees what the peer's reader acknowledged on st, if st is still
+// the current stream. It runs on the session's receive loop.
+func (c *Conn) acked(st Stream, acked uint64) {
 	c.mu.Lock()
 	defer c.mu.Unlock()
-	if gen != c.gen || c.err != nil || acked <= c.ackBase {
+	if st != c.st || c.err != nil || acked <= c.ackBase {
 		return
 	}
 	off := c.sendBase + acked - c.ackBase
@@ -356,8 +351,8 @@ func (c *Conn) failed(st Stream, err error) error {
 	return err
 }
 
-// current waits for a stream, up to the deadline in dl, and returns it.
-func (c *Conn) current(dl *atomic.Int64) (Stream, error) {
+// current waits for a stream, up to the write deadline, and returns it.
+func (c *Conn) current() (Stream, error) {
 	for {
 		c.mu.Lock()
 		switch {
@@ -373,21 +368,21 @@ func (c *Conn) current(dl *atomic.Int64) (Stream, error) {
 			c.mu.Unlock()
 			return st, nil
 		}
-		wake := c.wake
+		wake, dl := c.wake, c.wd
 		c.mu.Unlock()
-		if err := wait(wake, dl.Load()); err != nil {
+		if err := wait(wake, dl); err != nil {
 			return nil, err
 		}
 	}
 }
 
-// wait waits for wake until the deadline d (Unix nanoseconds, 0 none).
-func wait(wake <-chan struct{}, d int64) error {
-	if d == 0 {
+// wait waits for wake until the deadline d (zero: none).
+func wait(wake <-chan struct{}, d time.Time) error {
+	if d.IsZero() {
 		<-wake
 		return nil
 	}
-	left := time.Until(time.Unix(0, d))
+	left := time.Until(d)
 	if left <= 0 {
 		return os.ErrDeadlineExceeded
 	}
@@ -401,26 +396,12 @@ func wait(wake <-chan struct{}, d int64) error {
 	}
 }
 
-func deadline(ns int64) time.Time {
-	if ns == 0 {
-		return time.Time{}
-	}
-	return time.Unix(0, ns)
-}
-
-func unixNano(t time.Time) int64 {
-	if t.IsZero() {
-		return 0
-	}
-	return t.UnixNano()
-}
-
 // Write keeps p until the peer acknowledges it and writes it on the
 // current stream, waiting for one while detached. It fails only once the
 // connection ended.
 func (c *Conn) Write(p []byte) (int, error) {
 	for {
-		st, err := c.current(&c.wd)
+		st, err := c.current()
 		if err != nil {
 			return 0, err
 		}
@@ -503,9 +484,9 @@ func (c *Conn) Read(p []byte) (int, error) {
 		}
 		st := c.st
 		if st == nil {
-			wake := c.wake
+			wake, dl := c.wake, c.rd
 			c.mu.Unlock()
-			if err := wait(wake, c.rd.Load()); err != nil {
+			if err := wait(wake, dl); err != nil {
 				return 0, err
 			}
 			continue
@@ -562,8 +543,7 @@ func (c *Conn) Close() error {
 	}
 	c.closing = true
 	st := c.st
-	close(c.wake)
-	c.wake = make(chan struct{})
+	c.wakeLocked()
 	c.mu.Unlock()
 	past := time.Unix(1, 0)
 	if st != nil {
@@ -648,15 +628,7 @@ func (c *Conn) WaitReadableFor(d time.Duration) bool {
 		if st != nil {
 			return st.WaitReadableFor(time.Until(deadline))
 		}
-		left := time.Until(deadline)
-		if left <= 0 {
-			return false
-		}
-		t := time.NewTimer(left)
-		select {
-		case <-wake:
-			t.Stop()
-		case <-t.C:
+		if wait(wake, deadline) != nil {
 			return false
 		}
 	}
@@ -735,17 +707,15 @@ func (c *Conn) SetWriteDeadline(t time.Time) error {
 	return c.setDeadline(&c.wd, t, Stream.SetWriteDeadline)
 }
 
-func (c *Conn) setDeadline(d *atomic.Int64, t time.Time, set func(Stream, time.Time) error) error {
+func (c *Conn) setDeadline(d *time.Time, t time.Time, set func(Stream, time.Time) error) error {
 	c.mu.Lock()
 	if c.closing || c.err != nil {
 		c.mu.Unlock()
 		return nil
 	}
-	d.Store(unixNano(t))
+	*d = t
 	st := c.st
-	// Waits for a stream look at the new deadline.
-	close(c.wake)
-	c.wake = make(chan struct{})
+	c.wakeLocked() // waits for a stream look at the new deadline
 	c.mu.Unlock()
 	if st != nil {
 		return set(st, t)
