@@ -1359,6 +1359,12 @@ func (s *Session) queuePong(id uint32) bool { return s.queuePing(flagACK, id) }
 func (s *Session) queuePing(flags uint16, id uint32) bool {
 	hdr := header(make([]byte, headerSize))
 	hdr.encode(typePing, flags, 0, id)
+	return s.queueUrgent(hdr)
+}
+
+// queueUrgent puts a frame on the urgent queue if it has room, without
+// waiting (local patch).
+func (s *Session) queueUrgent(hdr header) bool {
 	select {
 	case s.urgentCh <- &sendReady{Hdr: hdr}:
 		return true
@@ -1530,19 +1536,29 @@ func (s *Session) forgetLingering(st *Stream) {
 // finds the urgent queue full is acknowledged on the next call.
 func (s *Session) FlushAcks() {
 	var arr [8]*Stream
-	streams := arr[:0]
-	if !s.streamLock.TryLock() {
-		return // see ShrinkIdle
-	}
-	for _, st := range s.streams {
+	for _, st := range s.streamsNoWait(arr[:0]) {
 		if st.acks.Load() {
-			streams = append(streams, st)
+			st.flushAck()
 		}
 	}
-	s.streamLock.Unlock()
-	for _, st := range streams {
-		st.flushAck()
+}
+
+// streamsNoWait appends the open streams to buf, or nothing if another
+// holds streamLock: the session chores (ShrinkIdle, FlushAcks) run on a
+// liveness monitor and never wait for a lock. The receive loop holds a
+// stream's recvLock while it reads a frame off the socket, which a black
+// hole can stall for as long as TCP's own timeouts (found by the tunnel's
+// fault tests: the heartbeat timeout was missed); so each chore skips a
+// busy stream, or session, for the round.
+func (s *Session) streamsNoWait(buf []*Stream) []*Stream {
+	if !s.streamLock.TryLock() {
+		return buf
 	}
+	defer s.streamLock.Unlock()
+	for _, st := range s.streams {
+		buf = append(buf, st)
+	}
+	return buf
 }
 
 // ShrinkIdle gives up the receive buffers of streams that hold no data
@@ -1554,20 +1570,7 @@ func (s *Session) FlushAcks() {
 // the window estimator's round trips.
 func (s *Session) ShrinkIdle() {
 	var arr [8]*Stream
-	streams := arr[:0]
-	// Never wait for a lock: the caller is a liveness monitor, and the
-	// receive loop holds a stream's recvLock while it reads a frame off
-	// the socket, which a black hole can stall for as long as TCP's own
-	// timeouts (found by the tunnel's fault tests: the heartbeat timeout
-	// was missed). A busy stream or session is skipped this round.
-	if !s.streamLock.TryLock() {
-		return
-	}
-	for _, st := range s.streams {
-		streams = append(streams, st)
-	}
-	s.streamLock.Unlock()
-	for _, st := range streams {
+	for _, st := range s.streamsNoWait(arr[:0]) {
 		st.shrinkIfQuiet()
 	}
 }

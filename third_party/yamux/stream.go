@@ -994,7 +994,7 @@ func (s *Stream) Shrink() {
 // Session.ShrinkIdle).
 func (s *Stream) shrinkIfQuiet() {
 	if !s.recvLock.TryLock() {
-		return // receiving: not quiet (and see Session.ShrinkIdle)
+		return // receiving: not quiet (and see Session.streamsNoWait)
 	}
 	defer s.recvLock.Unlock()
 	if s.recvBuf.Len() > 0 || s.recvBuf.Cap() == 0 {
@@ -1065,14 +1065,20 @@ func (s *Stream) finalAck() {
 	s.recvLock.Lock()
 	c := s.consumed
 	s.recvLock.Unlock()
-	if c == s.ackedSent {
-		return
-	}
-	hdr := header(make([]byte, headerSize))
-	hdr.encode(typeAck, 0, s.id, uint32(c))
-	if s.session.sendNoWait(hdr) == nil {
+	if hdr := s.ackFrame(c); hdr != nil && s.session.sendNoWait(hdr) == nil {
 		s.ackedSent = c
 	}
+}
+
+// ackFrame is the acknowledgment of consumed, or nil when it acknowledges
+// nothing new. The caller holds controlHdrLock.
+func (s *Stream) ackFrame(consumed uint64) header {
+	if consumed == s.ackedSent {
+		return nil
+	}
+	hdr := header(make([]byte, headerSize))
+	hdr.encode(typeAck, 0, s.id, uint32(consumed))
+	return hdr
 }
 
 // takeAck applies an acknowledgment: low is the low 32 bits of the peer's
@@ -1096,7 +1102,7 @@ func (s *Stream) takeAck(low uint32) {
 // if anything, without waiting for room in the urgent queue (see
 // Session.FlushAcks).
 func (s *Stream) flushAck() {
-	// Never wait (see Session.ShrinkIdle): a window update being sent
+	// Never wait (see Session.streamsNoWait): a window update being sent
 	// holds controlHdrLock, a frame being read recvLock.
 	if !s.controlHdrLock.TryLock() {
 		return
@@ -1107,14 +1113,7 @@ func (s *Stream) flushAck() {
 	}
 	c := s.consumed
 	s.recvLock.Unlock()
-	if c == s.ackedSent {
-		return
-	}
-	hdr := header(make([]byte, headerSize))
-	hdr.encode(typeAck, 0, s.id, uint32(c))
-	select {
-	case s.session.urgentCh <- &sendReady{Hdr: hdr}:
+	if hdr := s.ackFrame(c); hdr != nil && s.session.queueUrgent(hdr) {
 		s.ackedSent = c
-	default:
 	}
 }
