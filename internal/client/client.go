@@ -26,6 +26,7 @@ import (
 	"github.com/tunnel-dev/tunnel/internal/mux"
 	"github.com/tunnel-dev/tunnel/internal/protocol"
 	"github.com/tunnel-dev/tunnel/internal/proxy"
+	"github.com/tunnel-dev/tunnel/internal/resume"
 	"github.com/tunnel-dev/tunnel/internal/sockopt"
 	"github.com/tunnel-dev/tunnel/internal/tlsconf"
 )
@@ -57,6 +58,10 @@ type Client struct {
 	// picked remembers the port the server chose for each remote_port = 0
 	// tunnel, so the next session asks for it again.
 	picked map[string]int
+
+	// line is the resumable session's state across its carriers (see
+	// resume.go); nil when there is none. Only Run's goroutine sets it.
+	line *lineage
 }
 
 // Status is what the client currently has, for tests and diagnostics.
@@ -68,8 +73,11 @@ type Status struct {
 	// Pending maps each tunnel the server refused for now, and keeps
 	// trying in this session, to the reason (say, its port is held).
 	Pending map[string]string
-	// Sessions counts sessions established since start.
+	// Sessions counts sessions established since start, resumed ones
+	// included.
 	Sessions int
+	// Resumes counts the sessions that were resumes of a lost one.
+	Resumes int
 }
 
 // New prepares a client.
@@ -145,6 +153,8 @@ func (c *Client) Status() Status {
 
 // Run keeps a session up until ctx ends; see the package doc.
 func (c *Client) Run(ctx context.Context) error {
+	// Whatever ends Run ends the connections held for a resume.
+	defer c.endLine(ErrShuttingDown)
 	attempt := 0
 	for {
 		start := time.Now()
@@ -167,7 +177,13 @@ func (c *Client) Run(ctx context.Context) error {
 			attempt = 0
 		}
 		attempt++
-		delay := backoff(attempt, c.cfg.Reconnect.MinDelay.D(), c.cfg.Reconnect.MaxDelay.D())
+		most := c.cfg.Reconnect.MaxDelay.D()
+		if c.line != nil && c.line.alive() {
+			// Connections wait for this session: try often while it can
+			// still be resumed.
+			most = min(most, resumeRetryMax)
+		}
+		delay := backoff(attempt, min(c.cfg.Reconnect.MinDelay.D(), most), most)
 		c.log.Warn("reconnecting", "attempt", attempt, "delay", delay.Round(time.Millisecond), "after", err)
 		t := time.NewTimer(delay)
 		select {
@@ -236,6 +252,7 @@ func backoff(n int, lo, hi time.Duration) time.Duration {
 // session is one established session; runSession owns it.
 type session struct {
 	c       *Client
+	line    *lineage // nil when the session is not resumable
 	id      string
 	ys      *mux.Session
 	ctrl    *mux.Stream
@@ -267,12 +284,19 @@ func (c *Client) runSession(ctx context.Context) error {
 	defer ys.Close()
 	ctrl, welcome, err := c.handshake(ys)
 	if err != nil {
+		var perm *PermanentError
+		if errors.As(err, &perm) && perm.Code == protocol.CodeResume {
+			// Not ours to resume after all: start afresh.
+			c.endLine(errResumeRefused)
+			return fmt.Errorf("%s; starting a new session", perm.Msg)
+		}
 		return err
 	}
 	ss := &session{c: c, id: welcome.Session, ys: ys, ctrl: ctrl, tunnels: map[string]*config.Tunnel{}}
 	ss.log = c.log.With("session", ss.id)
 	ss.ctx, ss.cancel = context.WithCancelCause(ctx)
 	defer ss.cancel(nil)
+	ss.line = c.carryOn(ctx, welcome, ss.log)
 
 	public, pending := map[string]string{}, map[string]string{}
 	var perm []string
@@ -311,6 +335,9 @@ func (c *Client) runSession(ctx context.Context) error {
 	}
 	c.status.Connected, c.status.Session, c.status.Public, c.status.Pending = true, ss.id, public, pending
 	c.status.Sessions++
+	if welcome.Resumed {
+		c.status.Resumes++
+	}
 	c.mu.Unlock()
 	if welcome.Client != "" {
 		// The server names this client by its credentials; the configured
@@ -355,9 +382,16 @@ func (c *Client) runSession(ctx context.Context) error {
 	}
 	if r := ss.goodbye.Load(); r != nil {
 		ss.log.Info("session closed by server", "reason", *r)
+		c.endLine(errClosedByServer)
 		return fmt.Errorf("server closed the session: %s", *r)
 	}
-	ss.log.Error("session lost", "server", c.cfg.Server, "cause", ss.ys.Cause(err), "err", err)
+	if ss.line != nil {
+		n := ss.line.goAway()
+		ss.log.Error("session lost; holding its connections to resume it", "server", c.cfg.Server, "cause", ss.ys.Cause(err), "err", err,
+			"connections", n, "resume_window", ss.line.window)
+	} else {
+		ss.log.Error("session lost", "server", c.cfg.Server, "cause", ss.ys.Cause(err), "err", err)
+	}
 	return fmt.Errorf("session lost: %s", ss.ys.Cause(err))
 }
 
@@ -367,7 +401,11 @@ func (c *Client) handshake(ys *mux.Session) (*mux.Stream, *protocol.Welcome, err
 	if err != nil {
 		return nil, nil, fmt.Errorf("open control stream: %w", err)
 	}
-	hello := &protocol.Hello{Version: protocol.Version, Client: c.cfg.Name, Token: c.cfg.Token}
+	hello := &protocol.Hello{Version: protocol.Version, Client: c.cfg.Name, Token: c.cfg.Token,
+		ResumeWindow: c.cfg.ResumeWindow.D().Milliseconds()}
+	if l := c.line; l != nil && l.alive() {
+		hello.Resume = &protocol.ResumeRequest{Session: l.session, Secret: l.secret}
+	}
 	for _, name := range c.cfg.TunnelNames() {
 		t := c.cfg.Tunnels[name]
 		req := protocol.TunnelRequest{Name: name, Type: t.Type, RemotePort: t.RemotePort}
@@ -489,44 +527,85 @@ func (ss *session) acceptLoop() error {
 
 // handleStream serves one data stream. It owns st.
 //
-// It calls ss.wg.Done once the connection is over.
-func (ss *session) handleStream(s *mux.Stream) {
+// It calls ss.wg.Done once it has handed the connection to its join (or
+// refused it); a join of a session that is not resumable calls it once
+// the connection is over.
+func (ss *session) handleStream(st *mux.Stream) {
 	joined := false
 	defer func() {
 		if !joined {
 			ss.wg.Done()
 		}
 	}()
-	_ = s.SetReadDeadline(time.Now().Add(ss.c.opts.HandshakeTimeout))
+	_ = st.SetReadDeadline(time.Now().Add(ss.c.opts.HandshakeTimeout))
 	var h protocol.StreamHeader
-	if err := protocol.ReadFrame(s, &h); err != nil {
-		s.Abort()
+	if err := protocol.ReadFrame(st, &h); err != nil {
+		st.Abort()
 		ss.log.Warn("bad stream header", "err", err)
 		return
 	}
-	_ = s.SetReadDeadline(time.Time{})
+	_ = st.SetReadDeadline(time.Time{})
 	log := ss.log.With("tunnel", h.Tunnel, "conn", h.Conn, "peer", h.RemoteAddr)
+	if h.Resume {
+		if !ss.resumeStream(st, &h, log) {
+			return
+		}
+		// A connection taken while this client was away: new here.
+	}
 	t := ss.tunnel(h.Tunnel)
 	if t == nil {
-		ss.refuseStream(s, log, fmt.Sprintf("tunnel %q is not served by this client", h.Tunnel))
+		ss.refuseStream(st, log, fmt.Sprintf("tunnel %q is not served by this client", h.Tunnel))
 		return
 	}
-	local, err := proxy.DialLocal(ss.ctx, t.Local, ss.c.cfg.KeepAlive.Local.Sock(), ss.c.cfg.DialTimeout.D())
+	// The tunnel side of the connection: the stream, or on a resumable
+	// session a connection that outlives it, dialled and joined under the
+	// lineage's context rather than the session's.
+	var side joinable = st
+	ctx := ss.ctx
+	line := ss.line
+	if !h.Resumable {
+		line = nil
+	}
+	var rc *resume.Conn
+	if line != nil {
+		rc = resume.New(st, line.window)
+		side, ctx = rc, line.ctx
+		if !line.add(h.Conn, rc) {
+			_ = rc.Abort()
+			return // the lineage ended meanwhile
+		}
+	}
+	local, err := proxy.DialLocal(ctx, t.Local, ss.c.cfg.KeepAlive.Local.Sock(), ss.c.cfg.DialTimeout.D())
 	if err != nil {
-		ss.refuseStream(s, log, fmt.Sprintf("tunnel %q: dial %s: %v", h.Tunnel, t.Local, unwrapOp(err)))
+		ss.refuseStream(side, log, fmt.Sprintf("tunnel %q: dial %s: %v", h.Tunnel, t.Local, unwrapOp(err)))
+		if rc != nil {
+			line.closed(h.Conn, rc)
+		}
 		return
 	}
-	if _, err := s.Write([]byte{protocol.DialOK}); err != nil {
+	if _, err := side.Write([]byte{protocol.DialOK}); err != nil {
 		_ = sockopt.Abort(local)
-		s.Abort()
+		side.Abort()
+		if rc != nil {
+			line.closed(h.Conn, rc)
+		}
 		log.Info("stream gone before the local service answered", "err", err)
 		return
 	}
 	log.Debug("joined", "local", t.Local)
-	joined = true
+	if line != nil {
+		line.wg.Add(1)
+	} else {
+		joined = true
+	}
 	// In the background: this goroutine, grown by the handshake, ends here.
-	proxy.Go(ss.ctx, s, "stream", local, "local", func(stats proxy.Stats, err error) {
-		defer ss.wg.Done()
+	proxy.Go(ctx, side, "stream", local, "local", func(stats proxy.Stats, err error) {
+		if line != nil {
+			defer line.wg.Done()
+			line.closed(h.Conn, rc)
+		} else {
+			defer ss.wg.Done()
+		}
 		switch {
 		case errors.Is(err, ErrShuttingDown):
 			log.Debug("connection ended: client shutting down", "in", stats.AToB, "out", stats.BToA)
@@ -539,7 +618,15 @@ func (ss *session) handleStream(s *mux.Stream) {
 	})
 }
 
-func (ss *session) refuseStream(s *mux.Stream, log *slog.Logger, msg string) {
+// joinable is the tunnel side of a connection: a stream or a resumable
+// connection.
+type joinable interface {
+	net.Conn
+	CloseWrite() error
+	Abort() error
+}
+
+func (ss *session) refuseStream(s joinable, log *slog.Logger, msg string) {
 	log.Warn("local service unreachable; public connection reset", "err", msg)
 	_ = s.SetWriteDeadline(time.Now().Add(ss.c.opts.HandshakeTimeout))
 	_, err := s.Write([]byte{protocol.DialFailed})

@@ -23,6 +23,10 @@ type Client struct {
 	DialTimeout Duration `toml:"dial_timeout"`
 	// HandshakeTimeout bounds the session handshake and each stream header read.
 	HandshakeTimeout Duration `toml:"handshake_timeout"`
+	// ResumeWindow is how long open connections are kept through a lost
+	// session for it to be resumed; the server's can shorten it. 0 turns
+	// resumption off.
+	ResumeWindow Duration `toml:"resume_window"`
 
 	Log       Log                `toml:"log"`
 	TLS       ClientTLS          `toml:"tls"`
@@ -64,6 +68,7 @@ func DefaultClient() *Client {
 		Name:             name,
 		DialTimeout:      Duration(5 * time.Second),
 		HandshakeTimeout: Duration(10 * time.Second),
+		ResumeWindow:     Duration(DefaultResumeWindow),
 		Log:              Log{Level: "info", Format: "text"},
 		KeepAlive:        ClientKeepAlive{Session: DefaultSession, Local: DefaultLeg},
 		Reconnect:        Reconnect{MinDelay: Duration(250 * time.Millisecond), MaxDelay: Duration(30 * time.Second)},
@@ -128,6 +133,7 @@ func (c *Client) Validate(lines map[string]int) error {
 	checkRange(ps, "dial_timeout", c.DialTimeout, 10*time.Millisecond, 5*time.Minute, "")
 	checkRange(ps, "handshake_timeout", c.HandshakeTimeout, 100*time.Millisecond, 5*time.Minute, "")
 	checkRange(ps, "reconnect.min_delay", c.Reconnect.MinDelay, 10*time.Millisecond, time.Hour, "")
+	checkResumeWindow(ps, c.ResumeWindow)
 	checkRange(ps, "reconnect.max_delay", c.Reconnect.MaxDelay, 10*time.Millisecond, time.Hour, "")
 	if c.Reconnect.MaxDelay < c.Reconnect.MinDelay {
 		ps.add("reconnect", "need min_delay <= max_delay (have %s, %s)", c.Reconnect.MinDelay.D(), c.Reconnect.MaxDelay.D())

@@ -97,6 +97,20 @@ type Window struct {
 // (670 Mbit/s per connection at 200 ms), within 64 MiB per session.
 var DefaultWindow = Window{StreamMax: 16 << 20, SessionBudget: 64 << 20}
 
+// DefaultResumeWindow is how long both daemons hold a lost session's
+// connections for it to be resumed, unless configured otherwise.
+const DefaultResumeWindow = 30 * time.Second
+
+// maxResumeWindow bounds resume_window: every held connection keeps its
+// sockets, and up to a window of unacknowledged data, for that long.
+const maxResumeWindow = 10 * time.Minute
+
+func checkResumeWindow(ps *problems, d Duration) {
+	if d < 0 || d > Duration(maxResumeWindow) {
+		ps.add("resume_window", "%s is out of range (0, which turns resumption off, to %s)", d.D(), maxResumeWindow)
+	}
+}
+
 // minStreamMax is the streams' starting window, below which stream_max
 // means nothing (mux.DefaultStreamWindow).
 const minStreamMax = 4 << 20

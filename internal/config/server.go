@@ -55,6 +55,14 @@ type Server struct {
 	// stays reserved for its client and tunnel after the tunnel went down.
 	// 0 turns leases off.
 	PortLease Duration `toml:"port_lease"`
+	// ResumeWindow is how long a session lost to the network is held for
+	// its client to resume it, with every connection it carried and its
+	// public ports; the client's own resume_window can shorten it. 0 turns
+	// resumption off.
+	ResumeWindow Duration `toml:"resume_window"`
+	// ResumeHold bounds the new public connections held per tunnel while
+	// its client is away; past it they are reset.
+	ResumeHold int `toml:"resume_hold"`
 
 	Log       Log             `toml:"log"`
 	TLS       ServerTLS       `toml:"tls"`
@@ -96,6 +104,8 @@ func DefaultServer() *Server {
 		HandshakeTimeout:    Duration(10 * time.Second),
 		MaxTunnelsPerClient: 64,
 		PortLease:           Duration(24 * time.Hour),
+		ResumeWindow:        Duration(DefaultResumeWindow),
+		ResumeHold:          64,
 		HandshakeLimit:      1024,
 		// Enough for a NAT full of clients reconnecting at once.
 		HandshakeLimitPerAddress:  64,
@@ -191,6 +201,10 @@ func (c *Server) Validate(lines map[string]int) error {
 	}
 	if c.PortLease < 0 || c.PortLease > Duration(365*24*time.Hour) {
 		ps.add("port_lease", "%s is out of range (0 turns leases off; at most 8760h, a year)", c.PortLease.D())
+	}
+	checkResumeWindow(ps, c.ResumeWindow)
+	if c.ResumeHold < 0 || c.ResumeHold > 1<<16 {
+		ps.add("resume_hold", "%d is out of range (0, which resets new connections while the client is away, to 65536)", c.ResumeHold)
 	}
 	if (c.TLS.CertFile == "") != (c.TLS.KeyFile == "") {
 		ps.add("tls", "set both cert_file and key_file, or neither (tunneld then makes its own certificate in state_dir)")

@@ -30,7 +30,9 @@ func TestSessionEndEndsEveryConnection(t *testing.T) {
 	firehose := tt.NewService(t, tt.Firehose)
 	deaf := tt.NewService(t, tt.Deaf)
 	echo := tt.NewEcho(t)
-	srv := tt.StartServer(t, tt.ServerConfig(t, nil))
+	// Without resumption: with it, a lost session's connections wait
+	// for its resume instead (resume_test.go).
+	srv := tt.StartServer(t, tt.ServerConfig(t, func(c *config.Server) { c.ResumeWindow = 0 }))
 	rl, err := net.Listen("tcp", "127.0.0.1:0")
 	if err != nil {
 		t.Fatal(err)

@@ -58,12 +58,19 @@ type opts struct {
 	// localOnClient puts the local service next to tunnelc, on the client
 	// host, so that only the session crosses the client's link.
 	localOnClient bool
+	// localLoopback puts it there on 127.0.0.1: the client host's own
+	// address may change and the local leg does not notice.
+	localLoopback bool
 	// congestion, when set, is every host's TCP congestion control
 	// (net.ipv4.tcp_congestion_control in its namespace), set before the
 	// daemons start.
 	congestion string
 	// streamMax, when set, is [window] stream_max on both daemons.
 	streamMax string
+	// resumeWindow is resume_window on both daemons: off unless a test
+	// is about resumption, so that the others see what a lost session
+	// does without it.
+	resumeWindow time.Duration
 }
 
 func defaultOpts() opts {
@@ -92,6 +99,7 @@ type rig struct {
 	echo                    *tt.Echo
 	dir, bin                string
 	server, client          *tt.Proc
+	localAddr               string // the echo service's, as tunnelc dials it
 	fixed                   string // public address of tunnel "fixed"
 	picked                  string // public address of tunnel "picked" (remote_port = 0)
 }
@@ -119,10 +127,16 @@ func newRig(t testing.TB, o opts) *rig {
 			}
 		}
 	}
-	if o.localOnClient {
+	if o.localOnClient || o.localLoopback {
 		r.loc = r.cli
 	}
-	r.echo = tt.NewEchoOn(t, r.loc.Listen(t, echoPort))
+	r.localAddr = r.loc.Addr(echoPort)
+	if o.localLoopback {
+		r.echo = tt.NewEchoOn(t, r.loc.ListenLoopback(t, echoPort))
+		r.localAddr = net.JoinHostPort("127.0.0.1", strconv.Itoa(echoPort))
+	} else {
+		r.echo = tt.NewEchoOn(t, r.loc.Listen(t, echoPort))
+	}
 	serverAddr := r.srv.Addr(sessionPort)
 	if o.viaRelay {
 		r.rel = r.lab.Host("relay")
@@ -148,18 +162,20 @@ token = %q
 bind_addr = %q
 allow_ports = ["1024-65535"]
 handshake_timeout = "3s"
+resume_window = %q
 tls = { cert_file = %q, key_file = %q }
 
 [log]
 level = "debug"
 
-`, r.srv.Addr(sessionPort), tt.Token, r.srv.IP, cert, key) + r.session() + "\n" + r.o.publicKA.toml("keepalive.public")
+`, r.srv.Addr(sessionPort), tt.Token, r.srv.IP, r.o.resumeWindow, cert, key) + r.session() + "\n" + r.o.publicKA.toml("keepalive.public")
 	client := fmt.Sprintf(`server = %q
 token = %q
 name = "faulty"
 tls = { fingerprint = %q }
 dial_timeout = %q
 handshake_timeout = "3s"
+resume_window = %q
 
 [log]
 level = "debug"
@@ -176,7 +192,7 @@ remote_port = %d
 local = %q
 remote_port = 0
 
-`, serverAddr, tt.Token, tt.Fingerprint(), r.o.dialTimeout, r.o.maxDelay, r.loc.Addr(echoPort), fixedPort, r.loc.Addr(echoPort)) +
+`, serverAddr, tt.Token, tt.Fingerprint(), r.o.dialTimeout, r.o.resumeWindow, r.o.maxDelay, r.localAddr, fixedPort, r.localAddr) +
 		r.session() + "\n" + r.o.localKA.toml("keepalive.local") + "\n" + r.o.extra
 	if r.o.streamMax != "" {
 		w := fmt.Sprintf("\n[window]\nstream_max = %q\n", r.o.streamMax)

@@ -106,6 +106,29 @@ type Hello struct {
 	Client  string          `json:"client"`
 	Token   string          `json:"token"`
 	Tunnels []TunnelRequest `json:"tunnels"`
+	// ResumeWindow is the client's resume_window in milliseconds: how
+	// long it would keep its connections through an outage. 0 (or a
+	// client that does not send it) turns resumption off.
+	ResumeWindow int64 `json:"resume_window_ms,omitempty"`
+	// Resume asks to carry on the session the server welcomed earlier,
+	// with every connection it held, instead of starting a new one.
+	Resume *ResumeRequest `json:"resume,omitempty"`
+}
+
+// ResumeRequest names the session to resume and proves the right to: the
+// secret is the one the server gave in that session's latest welcome.
+type ResumeRequest struct {
+	Session string `json:"session"`
+	Secret  string `json:"secret"`
+}
+
+// ResumeGrant, in a welcome, says the session can be resumed: for Window
+// milliseconds after it is lost (the smaller of both sides' windows),
+// with Secret, which the server keeps only as a hash and replaces at
+// every welcome.
+type ResumeGrant struct {
+	Window int64  `json:"window_ms"`
+	Secret string `json:"secret"`
 }
 
 // TunnelRequest asks the server for one public listener.
@@ -129,6 +152,13 @@ type Welcome struct {
 	// not the name the client declared (per-client credentials or a
 	// client certificate decide it).
 	Client string `json:"client,omitempty"`
+	// Resume, when set, lets the client resume this session after an
+	// outage (see Hello.Resume).
+	Resume *ResumeGrant `json:"resume,omitempty"`
+	// Resumed says the server carried on the session the hello asked to
+	// resume: its tunnels are as they were, and a stream for each
+	// connection it still holds follows (StreamHeader.Resume).
+	Resumed bool `json:"resumed,omitempty"`
 }
 
 // TunnelResult is the outcome for one TunnelRequest.
@@ -171,6 +201,10 @@ const (
 	CodeVersion    = "version"     // protocol version mismatch
 	CodeBadRequest = "bad_request" // malformed hello
 	CodeInternal   = "internal"    // the server failed; retryable
+	// CodeResume refuses a resume whose secret does not match the
+	// session's. The session stays held for its real client; a client
+	// given this code starts a new session instead.
+	CodeResume = "resume"
 
 	CodePortNotAllowed = "port_not_allowed"
 	CodePortInUse      = "port_in_use"
@@ -184,6 +218,25 @@ type StreamHeader struct {
 	RemoteAddr string `json:"remote_addr"`
 	// Conn is the server's id for the public connection, so both logs name it alike.
 	Conn uint64 `json:"conn"`
+	// Resumable says both ends carry this connection as a resumable one
+	// (package resume): what each writes is kept until the other's reader
+	// acknowledges it. Set on every stream of a session that agreed a
+	// resume window.
+	Resumable bool `json:"resumable,omitempty"`
+	// Resume, on a resumed session, carries on connection Conn: Offset is
+	// how much of the client's data the server has read. The client
+	// answers with a ResumeReply before anything else.
+	Resume bool   `json:"resume,omitempty"`
+	Offset uint64 `json:"offset,omitempty"`
+}
+
+// ResumeReply answers a StreamHeader with Resume set: how much of the
+// server's data the client has read, or why the connection cannot go on.
+// A connection the client does not know, at server offset 0, is one the
+// server took while the client was away: the client treats it as new.
+type ResumeReply struct {
+	Offset uint64 `json:"offset"`
+	Error  string `json:"error,omitempty"`
 }
 
 // Dial results, one byte written by the client on a data stream once it has

@@ -119,6 +119,22 @@ func New(st Stream, window time.Duration) *Conn {
 	return c
 }
 
+// Detached returns a Conn that has no stream yet, for a connection taken
+// while its peer is away: it starts on its first Attach (with peerRead 0)
+// and ends after window without one.
+func Detached(window time.Duration) *Conn {
+	c := &Conn{window: window, wake: make(chan struct{}), done: make(chan struct{})}
+	c.readDone.L = &c.mu
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	if window > 0 {
+		c.expire = time.AfterFunc(window, c.expired)
+	} else {
+		c.endLocked(ErrExpired)
+	}
+	return c
+}
+
 // Offset is how much of the peer's data this end has read, its FIN counted
 // as a byte: what the peer must resend from.
 func (c *Conn) Offset() uint64 {

@@ -3,16 +3,29 @@ package server
 import (
 	"fmt"
 	"io"
+	"net"
+	"time"
 
-	"github.com/tunnel-dev/tunnel/internal/mux"
 	"github.com/tunnel-dev/tunnel/internal/protocol"
 )
 
-// dialResult is the stream side of a public connection. Its first Read
+// dataConn is the tunnel side of a public connection: a stream, or a
+// resumable connection over successive streams (package resume).
+type dataConn interface {
+	net.Conn
+	CloseWrite() error
+	Abort() error
+	Readable() bool
+	NotifyReadable(f func())
+	WaitReadableFor(d time.Duration) bool
+	NotifyReadableOrDeliver(f func(), deliver func([]byte) (int, error))
+}
+
+// dialResult is the tunnel side of a public connection. Its first Read
 // consumes the client's dial result: on failure the Read fails, so the
 // join resets the public connection instead of passing a clean EOF.
 type dialResult struct {
-	*mux.Stream
+	dataConn
 	checked bool
 }
 
@@ -23,13 +36,13 @@ func (e *dialError) Error() string { return "local service unreachable: " + e.ms
 func (d *dialResult) Read(p []byte) (int, error) {
 	if !d.checked {
 		var b [1]byte
-		if _, err := io.ReadFull(d.Stream, b[:]); err != nil {
+		if _, err := io.ReadFull(d.dataConn, b[:]); err != nil {
 			return 0, fmt.Errorf("dial result: %w", err)
 		}
 		d.checked = true
 		if b[0] != protocol.DialOK {
 			var e protocol.Error
-			if err := protocol.ReadFrame(d.Stream, &e); err != nil {
+			if err := protocol.ReadFrame(d.dataConn, &e); err != nil {
 				return 0, &dialError{msg: "(no reason given)"}
 			}
 			return 0, &dialError{msg: e.Message}
@@ -39,11 +52,11 @@ func (d *dialResult) Read(p []byte) (int, error) {
 		// the service's first byte; give both back so the direction
 		// parks like any idle one (package proxy reads again only once
 		// the stream is readable).
-		if !d.Stream.Readable() {
+		if !d.dataConn.Readable() {
 			return 0, nil
 		}
 	}
-	return d.Stream.Read(p)
+	return d.dataConn.Read(p)
 }
 
 // NotifyReadableOrDeliver delivers only once the dial result is read: the
@@ -51,8 +64,8 @@ func (d *dialResult) Read(p []byte) (int, error) {
 // public peer.
 func (d *dialResult) NotifyReadableOrDeliver(f func(), deliver func([]byte) (int, error)) {
 	if !d.checked {
-		d.Stream.NotifyReadable(f)
+		d.dataConn.NotifyReadable(f)
 		return
 	}
-	d.Stream.NotifyReadableOrDeliver(f, deliver)
+	d.dataConn.NotifyReadableOrDeliver(f, deliver)
 }

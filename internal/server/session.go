@@ -19,6 +19,7 @@ import (
 	"github.com/tunnel-dev/tunnel/internal/mux"
 	"github.com/tunnel-dev/tunnel/internal/protocol"
 	"github.com/tunnel-dev/tunnel/internal/proxy"
+	"github.com/tunnel-dev/tunnel/internal/resume"
 	"github.com/tunnel-dev/tunnel/internal/sockopt"
 )
 
@@ -31,13 +32,15 @@ type session struct {
 	client string    // the authenticated identity's name
 	lim    *identity // what the client may do
 	conns  atomic.Int64
-	ys     *mux.Session
-	ctrl   *mux.Stream
 	log    *slog.Logger
+	// res is the session's resumption state; nil when resumption is off
+	// (see resume.go).
+	res *resumable
 
-	ctrlMu sync.Mutex // one writer at a time on the control stream
-
-	mu        sync.Mutex
+	mu sync.Mutex
+	// car carries the session now; nil while its client is away (the
+	// session lost its carrier and waits for a resume).
+	car       *carrier
 	listeners []*publicListener
 	pending   map[string]*pendingTunnel // refused for now, retried (see pending.go)
 	reason    string                    // why shutdown was called, if it was
@@ -49,6 +52,26 @@ type session struct {
 	// public connection's join runs under it.
 	ctx    context.Context
 	cancel context.CancelCauseFunc
+	// srvCtx is the server's (set by run): its end is a shutdown. done is
+	// run's: called once when the session is over.
+	srvCtx context.Context
+	done   func()
+}
+
+// carrier is one mux session under a session: the first one, then one
+// per resume.
+type carrier struct {
+	ys     *mux.Session
+	ctrl   *mux.Stream
+	ctrlMu sync.Mutex // one writer at a time on the control stream
+	remote string     // the client's address on this carrier
+}
+
+// carrier returns what carries the session now, nil while it is away.
+func (ss *session) carrier() *carrier {
+	ss.mu.Lock()
+	defer ss.mu.Unlock()
+	return ss.car
 }
 
 // errServerShutdown is the cause of a session's connections ending
@@ -73,8 +96,10 @@ type publicListener struct {
 // with whether it failed.
 func (s *Server) handleConn(ctx context.Context, c net.Conn, handshook func(failed bool)) {
 	defer handshook(true) // a no-op once the handshake succeeded
-	ss := s.handshake(ctx, c, handshook)
-	if ss == nil {
+	ss, fresh := s.handshake(ctx, c, handshook)
+	if ss == nil || !fresh {
+		// Refused, or a resume: the session's first carrier counted
+		// it, and its new one is watched like the first.
 		return
 	}
 	// No goroutine waits for the session's end: this one ends here (TLS
@@ -85,7 +110,6 @@ func (s *Server) handleConn(ctx context.Context, c net.Conn, handshook func(fail
 	s.wg.Add(1)
 	ss.run(ctx, func() {
 		ss.cancel(nil)
-		ss.ys.Close() // waits for the session's own goroutines
 		s.wg.Done()
 	})
 }
@@ -93,8 +117,9 @@ func (s *Server) handleConn(ctx context.Context, c net.Conn, handshook func(fail
 // handshake takes a connection from TLS to the welcome: the session, the
 // control stream, the hello, who the client is, its tunnels. It returns
 // the registered session, welcomed, or nil when it refused the peer or
-// lost it (having closed what it made and logged why).
-func (s *Server) handshake(ctx context.Context, c net.Conn, handshook func(failed bool)) *session {
+// lost it (having closed what it made and logged why); fresh is false
+// when the hello resumed a session that was already running.
+func (s *Server) handshake(ctx context.Context, c net.Conn, handshook func(failed bool)) (ss *session, fresh bool) {
 	addr := addrOf(c.RemoteAddr())
 	log := s.log.With("remote", c.RemoteAddr().String())
 	// refused logs a refused handshake, unless the address is past its
@@ -109,13 +134,13 @@ func (s *Server) handshake(ctx context.Context, c net.Conn, handshook func(faile
 	c, err := mux.Handshake(c, s.opts)
 	if err != nil {
 		refused("session refused", "err", err, "hint", tlsHint(err))
-		return nil
+		return nil, false
 	}
 	ys, err := mux.Server(c, s.opts)
 	if err != nil {
 		c.Close()
 		log.Error("session setup failed", "err", err)
-		return nil
+		return nil, false
 	}
 	ok := false
 	defer func() {
@@ -134,29 +159,29 @@ func (s *Server) handshake(ctx context.Context, c net.Conn, handshook func(faile
 			hint = "the peer speaks TLS, and this server has tls = \"off\" in " + s.cfg.File + ": both sides must agree (TLS is the default)"
 		}
 		refused("session refused: no control stream", "err", err, "hint", hint)
-		return nil
+		return nil, false
 	}
 	if ctrl.ID() != 1 {
 		// The session allows one stream; it must be the client's first.
 		refused("session refused: control stream has the wrong id", "id", ctrl.ID(),
 			"hint", "is the peer tunnelc?")
-		return nil
+		return nil, false
 	}
 	_ = ctrl.SetReadDeadline(time.Now().Add(s.opts.HandshakeTimeout))
 	var msg protocol.Control
 	if err := protocol.ReadFrame(ctrl, &msg); err != nil {
 		refused("session refused: bad hello", "err", err)
-		return nil
+		return nil, false
 	}
 	_ = ctrl.SetReadDeadline(time.Time{})
 	hello := msg.Hello
 	switch {
 	case msg.Type != protocol.TypeHello:
 		s.refuse(ctrl, refused, protocol.CodeBadRequest, fmt.Sprintf("expected hello, got %q", clip(msg.Type)))
-		return nil
+		return nil, false
 	case hello == nil:
 		s.refuse(ctrl, refused, protocol.CodeBadRequest, "hello message without a body: a client of another protocol version, or not tunnelc?")
-		return nil
+		return nil, false
 	}
 	// Not authenticated yet: the name is whatever the peer says, and as
 	// long as a frame allows; log no more of it than a real one can be.
@@ -166,7 +191,7 @@ func (s *Server) handshake(ctx context.Context, c net.Conn, handshook func(faile
 		s.refuse(ctrl, refused, protocol.CodeVersion, fmt.Sprintf(
 			"protocol version mismatch: client speaks %d, server speaks %d; run the same release of tunnelc and tunneld",
 			hello.Version, protocol.Version))
-		return nil
+		return nil, false
 	}
 	id, err := s.authenticate(hello, mux.PeerCertificates(c))
 	if err != nil {
@@ -174,7 +199,7 @@ func (s *Server) handshake(ctx context.Context, c net.Conn, handshook func(faile
 		if errors.As(err, &ae) {
 			s.refuse(ctrl, refused, ae.code, ae.msg)
 		}
-		return nil
+		return nil, false
 	}
 	// From here on the client is who it authenticated as.
 	log = base.With("client", id.name)
@@ -187,21 +212,38 @@ func (s *Server) handshake(ctx context.Context, c net.Conn, handshook func(faile
 		s.refuse(ctrl, refused, protocol.CodeBadRequest, fmt.Sprintf(
 			"%d tunnels in one hello, more than the server's max_tunnels_per_client (%d): configure fewer tunnels in this client",
 			n, s.cfg.MaxTunnelsPerClient))
-		return nil
+		return nil, false
 	}
 
-	ss := &session{srv: s, id: newID(), client: id.name, lim: id, ys: ys, ctrl: ctrl}
+	car := &carrier{ys: ys, ctrl: ctrl, remote: c.RemoteAddr().String()}
+	if hello.Resume != nil {
+		resumed, err := s.resumeSession(id, hello, car, log)
+		if err != nil {
+			var ae *authError
+			if errors.As(err, &ae) {
+				s.refuse(ctrl, refused, ae.code, ae.msg)
+			}
+			return nil, false
+		}
+		if resumed != nil {
+			handshook(false)
+			ok = true
+			return resumed, false
+		}
+	}
+	ss = &session{srv: s, id: newID(), client: id.name, lim: id, car: car}
 	ss.log = log.With("session", ss.id)
 	ss.ctx, ss.cancel = context.WithCancelCause(context.Background())
+	grant := ss.offerResume(hello)
 	results := s.register(ss, hello.Tunnels)
 	if err := ss.send(protocol.Control{Type: protocol.TypeWelcome,
-		Welcome: fitWelcome(&protocol.Welcome{Session: ss.id, Tunnels: results, Client: authenticatedAs(id)})}); err != nil {
+		Welcome: fitWelcome(&protocol.Welcome{Session: ss.id, Tunnels: results, Client: authenticatedAs(id), Resume: grant})}); err != nil {
 		ss.log.Warn("session lost during handshake", "err", err)
 		ss.shutdown("")
 		ss.cancel(mux.ErrSessionLost)
 		ss.parts.wait()
 		s.unregister(ss)
-		return nil
+		return nil, false
 	}
 	handshook(false)
 	up := 0
@@ -210,22 +252,30 @@ func (s *Server) handshake(ctx context.Context, c net.Conn, handshook func(faile
 			up++
 		}
 	}
-	ss.log.Info("session up", "tunnels", up, "refused", len(results)-up)
+	if ss.res != nil {
+		ss.log.Info("session up", "tunnels", up, "refused", len(results)-up, "resume_window", ss.res.window)
+	} else {
+		ss.log.Info("session up", "tunnels", up, "refused", len(results)-up)
+	}
 	ok = true
-	return ss
+	return ss, true
 }
 
 // run serves a welcomed session: it starts the accept loops and watches
 // the control stream, and returns. done is called once the session has
 // ended and finish has run.
 func (ss *session) run(ctx context.Context, done func()) {
+	ss.mu.Lock()
+	ss.srvCtx, ss.done = ctx, done
+	car := ss.car
+	ss.mu.Unlock()
 	for _, pl := range ss.publicListeners() {
 		ss.serveListener(pl)
 	}
 	// After the accept loops above: a pending tunnel that comes up starts
 	// its own.
 	ss.startPending()
-	ss.watchControl(ctx, done)
+	ss.watchControl(car)
 }
 
 // watchControl reads the client's control messages as they arrive. An
@@ -233,45 +283,66 @@ func (ss *session) run(ctx context.Context, done func()) {
 // one of the five an idle session cost, about 4 KiB of stack): one starts
 // when the stream becomes readable — a message, its end, or the session's
 // — reads what there is and parks the stream again. The one that finds
-// the stream ended finishes the session, so a goodbye read just before
-// the session closes names the close before finish marks it lost.
-func (ss *session) watchControl(ctx context.Context, done func()) {
-	ss.ctrl.NotifyReadable(func() {
+// the stream ended ends the carrier, so a goodbye read just before the
+// session closes names the close before the carrier is taken for lost.
+func (ss *session) watchControl(car *carrier) {
+	car.ctrl.NotifyReadable(func() {
 		go func() {
-			if ss.readControl() {
-				ss.watchControl(ctx, done)
+			if ss.readControl(car) {
+				ss.watchControl(car)
 				return
 			}
-			ss.finish(ctx)
-			done()
+			ss.carrierEnded(car)
 		}()
 	})
 }
 
-// finish waits for the session's end and every part of it, gives its
-// ports up and logs how it ended. It runs once the control stream has
-// ended.
-func (ss *session) finish(ctx context.Context) {
-	if !ss.ys.IsClosed() {
+// carrierEnded runs once car's control stream has ended. A carrier a
+// resume replaced is just closed; the current one, lost to the network,
+// leaves the session away for its client to resume (resume.go), and
+// otherwise the session is over.
+func (ss *session) carrierEnded(car *carrier) {
+	switch {
+	case ss.carrier() != car:
+		car.ys.Close() // a resume took over
+	case !car.ys.IsClosed():
 		// The client ended its control stream and nothing else: it
 		// cannot be told anything any more.
 		ss.end("the client closed its control stream", false)
 	}
-	<-ss.ys.Closed()
+	<-car.ys.Closed()
+	car.ys.Close() // waits for the mux session's own goroutines
 	// The client never opens further streams (the session refuses them:
 	// IncomingStreams), so nothing waits in Accept for the session's end:
 	// on a closed session it returns at once, with why the session died.
-	lost := ss.endError()
+	lost := endError(car.ys)
+	if ss.goAway(car, lost) {
+		return
+	}
+	ss.finish(car.ys.Cause(lost), lost)
+}
+
+// finish waits for every part of the session, gives its ports up, logs
+// how it ended and calls run's done. cause and lost say why a session
+// that was not ended on purpose was lost.
+func (ss *session) finish(cause string, lost error) {
 	// Every public connection ends with the session, whatever its state:
 	// one whose client stays open and silent would otherwise hold the
 	// session (parts.wait), and with it a shutdown, for as long as it does.
-	if ctx.Err() != nil {
+	ss.mu.Lock()
+	ctx, done := ss.srvCtx, ss.done
+	ss.mu.Unlock()
+	switch {
+	case ctx.Err() != nil:
 		ss.cancel(errServerShutdown)
-	} else {
+	case errors.Is(lost, errResumeExpired):
+		ss.cancel(lost)
+	default:
 		ss.cancel(mux.ErrSessionLost)
 	}
 	ss.shutdown("")
 	ss.parts.wait()
+	ss.res.endAll()
 	ss.srv.unregister(ss)
 	ss.mu.Lock()
 	reason := ss.reason
@@ -279,16 +350,17 @@ func (ss *session) finish(ctx context.Context) {
 	if reason != "" {
 		ss.log.Info("session closed", "reason", reason)
 	} else {
-		ss.log.Warn("session lost", "cause", ss.ys.Cause(lost), "err", lost)
+		ss.log.Warn("session lost", "cause", cause, "err", lost)
 	}
+	done()
 }
 
-// endError is why the closed session ended: Accept's error. A stream
+// endError is why the closed mux session ended: Accept's error. A stream
 // still queued for Accept (there is none past the control stream, but the
 // session should not trust that) is reset on the way.
-func (ss *session) endError() error {
+func endError(ys *mux.Session) error {
 	for {
-		st, err := ss.ys.Accept()
+		st, err := ys.Accept()
 		if err != nil {
 			return err
 		}
@@ -571,27 +643,39 @@ func (ss *session) end(reason string, tell bool) {
 		for _, p := range ss.pending {
 			p.timer.Stop()
 		}
+		car, away := ss.car, ss.car == nil && ss.done != nil
 		ss.mu.Unlock()
+		ss.res.stopAway()
 		for _, pl := range ls {
 			pl.ln.Close()
 		}
-		if tell && ss.send(protocol.Control{Type: protocol.TypeGoodbye, Goodbye: &protocol.Goodbye{Reason: reason}}) == nil &&
-			ss.parts.Go(ss.closeAfterGoodbye) {
+		if away {
+			// Nothing carries the session, so nothing will notice its
+			// end: finish it here, in the background (a takeover ends
+			// the old session under the registration lock).
+			go ss.finish("", errResumeExpired)
 			return
 		}
-		ss.ys.Close()
+		if car == nil {
+			return
+		}
+		if tell && ss.send(protocol.Control{Type: protocol.TypeGoodbye, Goodbye: &protocol.Goodbye{Reason: reason}}) == nil &&
+			ss.parts.Go(func() { closeAfterGoodbye(car.ys) }) {
+			return
+		}
+		car.ys.Close()
 	})
 }
 
-// closeAfterGoodbye closes the session if the client, told goodbye, has
-// not closed it within GoodbyeWait.
-func (ss *session) closeAfterGoodbye() {
+// closeAfterGoodbye closes ys if the client, told goodbye, has not closed
+// it within GoodbyeWait.
+func closeAfterGoodbye(ys *mux.Session) {
 	t := time.NewTimer(protocol.GoodbyeWait)
 	defer t.Stop()
 	select {
 	case <-t.C:
-		ss.ys.Close()
-	case <-ss.ys.Closed():
+		ys.Close()
+	case <-ys.Closed():
 	}
 }
 
@@ -614,21 +698,29 @@ func (ss *session) publicListeners() []*publicListener {
 
 // send writes one control message, bounded so a stuck peer cannot hold us.
 func (ss *session) send(m protocol.Control) error {
-	ss.ctrlMu.Lock()
-	defer ss.ctrlMu.Unlock()
-	_ = ss.ctrl.SetWriteDeadline(time.Now().Add(ss.srv.opts.HandshakeTimeout))
-	defer ss.ctrl.SetWriteDeadline(time.Time{})
-	return protocol.WriteFrame(ss.ctrl, m)
+	car := ss.carrier()
+	if car == nil {
+		return errAway
+	}
+	return car.send(m, ss.srv.opts.HandshakeTimeout)
+}
+
+func (car *carrier) send(m protocol.Control, timeout time.Duration) error {
+	car.ctrlMu.Lock()
+	defer car.ctrlMu.Unlock()
+	_ = car.ctrl.SetWriteDeadline(time.Now().Add(timeout))
+	defer car.ctrl.SetWriteDeadline(time.Time{})
+	return protocol.WriteFrame(car.ctrl, m)
 }
 
 // readControl reads the client's control messages while the stream has
 // something to read. It returns false once the stream has ended (or the
 // client said goodbye, after which nothing it says matters), true when
 // it has read all there was.
-func (ss *session) readControl() bool {
-	for ss.ctrl.Readable() {
+func (ss *session) readControl(car *carrier) bool {
+	for car.ctrl.Readable() {
 		var m protocol.Control
-		if err := protocol.ReadFrame(ss.ctrl, &m); err != nil {
+		if err := protocol.ReadFrame(car.ctrl, &m); err != nil {
 			return false
 		}
 		switch m.Type {
@@ -688,8 +780,9 @@ func (ss *session) acceptPublic(pl *publicListener) {
 	}
 }
 
-// handlePublic carries one public connection over a new stream. It owns pc;
-// the join it starts is a part of the session of its own.
+// handlePublic carries one public connection over a new stream, or holds
+// it while the client is away. It owns pc; the join it starts is a part
+// of the session of its own.
 func (ss *session) handlePublic(pl *publicListener, pc *net.TCPConn, log *slog.Logger) {
 	tunnel := pl.name
 	joined := false
@@ -700,33 +793,66 @@ func (ss *session) handlePublic(pl *publicListener, pc *net.TCPConn, log *slog.L
 	}()
 	id := ss.srv.connSeq.Add(1)
 	log = log.With("conn", id, "peer", pc.RemoteAddr().String())
-	hdr, err := protocol.AppendFrame(nil, protocol.StreamHeader{Tunnel: tunnel, RemoteAddr: pc.RemoteAddr().String(), Conn: id})
-	if err != nil {
-		_ = sockopt.Abort(pc)
-		log.Error("public connection dropped: stream header", "err", err)
-		return
+	h := protocol.StreamHeader{Tunnel: tunnel, RemoteAddr: pc.RemoteAddr().String(), Conn: id, Resumable: ss.res != nil}
+	var side dataConn
+	var hc *heldConn
+	car := ss.carrier()
+	if car != nil {
+		hdr, err := protocol.AppendFrame(nil, h)
+		if err != nil {
+			_ = sockopt.Abort(pc)
+			log.Error("public connection dropped: stream header", "err", err)
+			return
+		}
+		// The header rides on the stream's opening frame: the client
+		// bounds its wait for the header from the stream's arrival, and
+		// on a session congested by bulk streams a header sent after the
+		// SYN can queue behind seconds of their data
+		// (TestHeartbeatUnderLoad).
+		st, err := car.ys.OpenWith(hdr)
+		switch {
+		case err == nil && ss.res != nil:
+			hc = &heldConn{hdr: h, rc: resume.New(st, ss.res.window), on: car}
+			side = hc.rc
+		case err == nil:
+			side = st
+		case ss.res != nil && car.ys.IsClosed():
+			car = nil // lost just now: held like one that comes while away
+		default:
+			_ = sockopt.Abort(pc)
+			log.Warn("public connection dropped: cannot open stream", "err", err)
+			return
+		}
 	}
-	// The header rides on the stream's opening frame: the client bounds
-	// its wait for the header from the stream's arrival, and on a session
-	// congested by bulk streams a header sent after the SYN can queue
-	// behind seconds of their data (TestHeartbeatUnderLoad).
-	st, err := ss.ys.OpenWith(hdr)
-	if err != nil {
-		_ = sockopt.Abort(pc)
-		log.Warn("public connection dropped: cannot open stream", "err", err)
-		return
+	if car == nil {
+		if ss.res == nil {
+			_ = sockopt.Abort(pc)
+			return
+		}
+		if hc = ss.res.holdNew(h); hc == nil {
+			_ = sockopt.Abort(pc)
+			ss.res.refusedWhileAway(log, tunnel)
+			return
+		}
+		side = hc.rc
+		log.Debug("public connection held: the client is away")
 	}
 	if !ss.parts.enter() {
 		_ = sockopt.Abort(pc) // the session is ending
-		_ = st.Abort()
+		_ = side.Abort()
+		ss.res.forget(hc)
 		return
+	}
+	if hc != nil {
+		ss.res.track(ss, hc)
 	}
 	log.Debug("public connection open")
 	joined = true
 	// In the background: this goroutine, grown by the handshake, ends here.
-	proxy.Go(ss.ctx, pc, "public", &dialResult{Stream: st}, "stream", func(stats proxy.Stats, err error) {
+	proxy.Go(ss.ctx, pc, "public", &dialResult{dataConn: side}, "stream", func(stats proxy.Stats, err error) {
 		defer ss.parts.leave()
 		defer ss.releaseConn(pl)
+		ss.res.joinEnded(ss, hc)
 		if errors.Is(err, errServerShutdown) {
 			log.Debug("public connection ended: server shutting down", "in", stats.AToB, "out", stats.BToA)
 			return

@@ -154,6 +154,30 @@ func (l *Lab) Heal(a, b *Host) {
 	}
 }
 
+// Renumber moves h to another address on its link (198.18.N.3 for host
+// N, then back), as a client whose DHCP lease or mobile network gives it a
+// new address: sockets bound to the old one are left with an address
+// that no longer exists, and new ones use the new address.
+func (l *Lab) Renumber(h *Host) {
+	l.t.Helper()
+	prefix := h.IP[:strings.LastIndexByte(h.IP, '.')+1]
+	next := prefix + "3"
+	if strings.HasSuffix(h.IP, ".3") {
+		next = prefix + "2"
+	}
+	for _, args := range [][]string{
+		{"ip", "-n", h.NS, "addr", "del", h.IP + "/24", "dev", "eth0"},
+		{"ip", "-n", h.NS, "addr", "add", next + "/24", "dev", "eth0"},
+		// The default route went with the old address.
+		{"ip", "-n", h.NS, "route", "replace", "default", "via", prefix + "1"},
+	} {
+		if err := run(args...); err != nil {
+			l.t.Fatal(err)
+		}
+	}
+	h.IP = next
+}
+
 // Shape caps h's link in both directions with a token bucket (rate like
 // "20mbit"), to model a slow uplink.
 func (l *Lab) Shape(h *Host, rate string) {
@@ -210,13 +234,23 @@ func inNS(ns string, f func() error) error {
 
 // Listen opens a TCP listener on h (port 0 picks one); it is closed at cleanup.
 func (h *Host) Listen(t testing.TB, port int) net.Listener {
+	return h.listen(t, h.Addr(port))
+}
+
+// ListenLoopback opens a TCP listener on 127.0.0.1 inside h, for a
+// service only h's own programs reach; it is closed at cleanup.
+func (h *Host) ListenLoopback(t testing.TB, port int) net.Listener {
+	return h.listen(t, net.JoinHostPort("127.0.0.1", strconv.Itoa(port)))
+}
+
+func (h *Host) listen(t testing.TB, addr string) net.Listener {
 	t.Helper()
 	var ln net.Listener
 	err := inNS(h.NS, func() (err error) {
 		// Keepalive off: the listener under test decides its own liveness,
 		// and a helper must not mask a missing keepalive on the far side.
 		lc := net.ListenConfig{KeepAlive: -1}
-		ln, err = lc.Listen(context.Background(), "tcp", h.Addr(port))
+		ln, err = lc.Listen(context.Background(), "tcp", addr)
 		return err
 	})
 	if err != nil {
