@@ -569,6 +569,9 @@ func (ss *session) handleStream(st *mux.Stream) {
 	var rc *resume.Conn
 	if line != nil {
 		rc = resume.New(st, line.window)
+		// A server that never acknowledges stalls the connection
+		// instead of growing tunnelc: at most a stream window of ours.
+		rc.LimitKept(int(ss.c.cfg.Window.StreamMax))
 		side, ctx = rc, line.ctx
 		if !line.add(h.Conn, rc) {
 			_ = rc.Abort()

@@ -418,3 +418,121 @@ func TestFiftyResumesLeaveNothing(t *testing.T) {
 	_ = c.SetReadDeadline(time.Time{})
 	backToBaselineLogs(t, "after 45 more resumes", g0, h0, logs, logs0)
 }
+
+// A daemon stopped while its session is away stops at once: it does not
+// wait out the window, and leaves nothing running.
+func TestShutdownWhileAway(t *testing.T) {
+	for _, side := range []string{"tunneld", "tunnelc"} {
+		t.Run(side, func(t *testing.T) {
+			tt.CheckLeaks(t)
+			echo := tt.NewEcho(t)
+			r := newResumeRig(t, time.Minute, map[string]*config.Tunnel{"echo": {Local: echo.Addr()}}, nil)
+			c := tt.Dial(t, r.pub["echo"])
+			if err := tt.Ping(c, "x", hangBound); err != nil {
+				t.Fatal(err)
+			}
+			r.relay.Freeze()
+			r.relay.Reset()
+			r.logs.WaitFor(t, hangBound, "holding it for the client to resume")
+			r.cl.Logs.WaitFor(t, hangBound, "holding its connections to resume it")
+			start := time.Now()
+			if side == "tunneld" {
+				r.srv.Stop(t)
+				tt.Eventually(t, hangBound, "the public connection reset", func() bool {
+					st, err := tt.TCPState(c)
+					return err == nil && st == tt.TCPClose
+				})
+			} else {
+				_ = r.cl.Stop(t)
+				tt.Eventually(t, hangBound, "the local connection closed", func() bool { return echo.Active() == 0 })
+			}
+			t.Logf("%s stopped in %s with its session away", side, time.Since(start).Round(time.Millisecond))
+			r.relay.Thaw()
+		})
+	}
+}
+
+// A client that resumes with the right secret but then lies about its
+// connections (an impossible offset, garbage for an answer, an error)
+// gets exactly those connections reset, and tunneld returns to its
+// baseline once the session ends.
+func TestResumeWithLyingAnswers(t *testing.T) {
+	tt.CheckLeaks(t)
+	srv := tt.StartServer(t, tt.ServerConfig(t, func(c *config.Server) { c.ResumeWindow = config.Duration(time.Second) }))
+	addr := srv.Addr().String()
+	// The baseline once the server serves (its accept loop and sweeper
+	// run from its first connection on).
+	probe, err := net.Dial("tcp", addr)
+	if err != nil {
+		t.Fatal(err)
+	}
+	probe.Close()
+	srv.Logs.WaitFor(t, hangBound, "session refused")
+	g0, h0 := runtime.NumGoroutine(), liveHeap()
+	hello := &protocol.Hello{Version: protocol.Version, Client: "liar", Token: tt.Token, ResumeWindow: 1000,
+		Tunnels: []protocol.TunnelRequest{{Name: "echo", Type: "tcp"}}}
+	first, err := dialRaw(addr, protocol.Control{Type: protocol.TypeHello, Hello: hello})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if first.welcome == nil || first.welcome.Resume == nil {
+		t.Fatalf("welcome %+v / %+v: no resume grant", first.welcome, first.err)
+	}
+	pub := first.welcome.Tunnels[0].Public
+	var publics []*net.TCPConn
+	for range 3 {
+		c := tt.Dial(t, pub)
+		st, err := first.ys.Accept()
+		if err != nil {
+			t.Fatal(err)
+		}
+		var h protocol.StreamHeader
+		if err := protocol.ReadFrame(st, &h); err != nil || !h.Resumable {
+			t.Fatalf("stream header %+v, %v: want a resumable one", h, err)
+		}
+		if _, err := st.Write([]byte{protocol.DialOK}); err != nil {
+			t.Fatal(err)
+		}
+		publics = append(publics, c)
+	}
+	first.ys.Close()
+	srv.Logs.WaitFor(t, hangBound, "holding it for the client to resume")
+
+	hello.Resume = &protocol.ResumeRequest{Session: first.welcome.Session, Secret: first.welcome.Resume.Secret}
+	second, err := dialRaw(addr, protocol.Control{Type: protocol.TypeHello, Hello: hello})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer second.ys.Close()
+	if second.welcome == nil || !second.welcome.Resumed {
+		t.Fatalf("resume: %+v / %+v", second.welcome, second.err)
+	}
+	lies := []func(st io.Writer){
+		func(st io.Writer) { _ = protocol.WriteFrame(st, protocol.ResumeReply{Offset: 1 << 40}) },
+		func(st io.Writer) { _, _ = st.Write([]byte("\x00\x00\x00\x05nojsn")) },
+		func(st io.Writer) { _ = protocol.WriteFrame(st, protocol.ResumeReply{Error: "never heard of it"}) },
+	}
+	for _, lie := range lies {
+		st, err := second.ys.Accept()
+		if err != nil {
+			t.Fatal(err)
+		}
+		var h protocol.StreamHeader
+		if err := protocol.ReadFrame(st, &h); err != nil || !h.Resume {
+			t.Fatalf("resume stream header %+v, %v", h, err)
+		}
+		lie(st)
+	}
+	for i, c := range publics {
+		tt.Eventually(t, hangBound, fmt.Sprint("public connection ", i, " reset"), func() bool {
+			st, err := tt.TCPState(c)
+			return err == nil && st == tt.TCPClose
+		})
+	}
+	for _, want := range []string{"offset is impossible", "did not answer", "no longer has it"} {
+		srv.Logs.WaitFor(t, hangBound, "connection not resumed", want)
+	}
+	second.ys.Close()
+	srv.Logs.WaitFor(t, hangBound, "did not resume within resume_window")
+	backToBaselineLogs(t, "after the lying client's session ended", g0, h0, []*tt.Logs{srv.Logs}, 0)
+}

@@ -86,6 +86,11 @@ type Conn struct {
 	// Acked, less ackBase, counts from sendBase.
 	kept     []byte
 	keptFrom uint64
+	// maxKept bounds kept (0: no bound): a peer that does not
+	// acknowledge stalls the writer rather than growing kept.
+	// spaceWait is set while a Write waits for acknowledgments.
+	maxKept   int
+	spaceWait bool
 	written  uint64
 	sendBase uint64
 	ackBase  uint64
@@ -133,6 +138,19 @@ func Detached(window time.Duration) *Conn {
 		c.endLocked(ErrExpired)
 	}
 	return c
+}
+
+// LimitKept bounds what the connection keeps unacknowledged to about n
+// bytes (one Write more at most): past it, Write waits for the peer's
+// acknowledgments, as a TCP sender waits for window. A peer's reader
+// acknowledges within its stream window, so n at or above the largest
+// window the peer may grant only stops a peer that never acknowledges;
+// a smaller n caps throughput at n per round trip. Call it before the
+// first Write.
+func (c *Conn) LimitKept(n int) {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	c.maxKept = n
 }
 
 // Offset is how much of the peer's data this end has read, its FIN counted
@@ -321,6 +339,10 @@ func (c *Conn) acked(st Stream, acked uint64) {
 	}
 	off := c.sendBase + acked - c.ackBase
 	c.dropLocked(off)
+	if c.spaceWait {
+		c.spaceWait = false
+		c.wakeLocked()
+	}
 	if c.wclosed && off > c.written {
 		c.finAcked = true
 		if c.closing {
@@ -429,6 +451,17 @@ func (c *Conn) Write(p []byte) (int, error) {
 			c.wmu.Unlock()
 			if end {
 				return 0, ErrClosed
+			}
+			continue
+		}
+		if c.maxKept > 0 && len(c.kept) > 0 && len(c.kept)+len(p) > c.maxKept {
+			// Wait for the peer to acknowledge some (acked wakes us).
+			c.spaceWait = true
+			wake, dl := c.wake, c.wd
+			c.mu.Unlock()
+			c.wmu.Unlock()
+			if err := wait(wake, dl); err != nil {
+				return 0, err
 			}
 			continue
 		}

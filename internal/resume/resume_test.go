@@ -8,6 +8,7 @@ import (
 	"log/slog"
 	"math/rand/v2"
 	"net"
+	"os"
 	"runtime"
 	"sync"
 	"testing"
@@ -711,4 +712,53 @@ func TestJoinsCarriedThroughAResume(t *testing.T) {
 	}
 	s.close()
 	waitGoroutines(t, base)
+}
+
+// A peer that reads but never acknowledges cannot make a connection keep
+// more than its limit: the writer waits, as for a closed window, and
+// goes on once acknowledgments come.
+func TestKeptIsBoundedWithoutAcknowledgments(t *testing.T) {
+	s := newSession(t)
+	a, b := s.pair(t)
+	ca := New(a, 10*time.Second)
+	const limit = 1 << 20
+	ca.LimitKept(limit)
+	read := make(chan int64, 1)
+	go func() {
+		n, _ := io.Copy(io.Discard, b) // never asks for acknowledgments
+		read <- n
+	}()
+	buf := make([]byte, 64<<10)
+	_ = ca.SetWriteDeadline(time.Now().Add(time.Second))
+	var wrote int
+	var err error
+	for {
+		var n int
+		if n, err = ca.Write(buf); err != nil {
+			break
+		}
+		wrote += n
+	}
+	if !errors.Is(err, os.ErrDeadlineExceeded) {
+		t.Fatalf("write: %v, want the deadline", err)
+	}
+	if wrote > limit+len(buf) || ca.Kept() > limit+len(buf) {
+		t.Fatalf("wrote %d, kept %d: past the limit %d", wrote, ca.Kept(), limit)
+	}
+	t.Logf("wrote %d bytes before waiting; %d kept", wrote, ca.Kept())
+	// Acknowledgments free it.
+	b.EnableAcks()
+	_ = ca.SetWriteDeadline(time.Now().Add(10 * time.Second))
+	for range 64 {
+		if _, err := ca.Write(buf); err != nil {
+			t.Fatalf("write after acknowledgments: %v", err)
+		}
+	}
+	if err := ca.CloseWrite(); err != nil {
+		t.Fatal(err)
+	}
+	if n := <-read; n != int64(wrote+64*len(buf)) {
+		t.Fatalf("peer read %d bytes, %d written", n, wrote+64*len(buf))
+	}
+	ca.Abort()
 }

@@ -27,6 +27,7 @@ import (
 	"sync"
 	"time"
 
+	"github.com/tunnel-dev/tunnel/internal/mux"
 	"github.com/tunnel-dev/tunnel/internal/protocol"
 	"github.com/tunnel-dev/tunnel/internal/resume"
 )
@@ -45,6 +46,7 @@ var (
 type resumable struct {
 	window time.Duration
 	hold   int // new public connections held per tunnel while away
+	kept   int // what each connection may keep unacknowledged
 
 	mu sync.Mutex
 	// secrets are the SHA-256 of the secret in the latest welcome and of
@@ -78,7 +80,7 @@ func (ss *session) offerResume(hello *protocol.Hello) *protocol.ResumeGrant {
 	if w <= 0 || hello.ResumeWindow <= 0 {
 		return nil
 	}
-	ss.res = &resumable{window: w, hold: ss.srv.cfg.ResumeHold, conns: map[uint64]*heldConn{},
+	ss.res = &resumable{window: w, hold: ss.srv.cfg.ResumeHold, kept: int(ss.srv.cfg.Window.StreamMax), conns: map[uint64]*heldConn{},
 		held: map[string]int{}, reset: map[string]int{}}
 	return ss.res.grant()
 }
@@ -276,7 +278,19 @@ func (r *resumable) holdNew(h protocol.StreamHeader) *heldConn {
 		return nil
 	}
 	r.held[h.Tunnel]++
-	return &heldConn{hdr: h, rc: resume.Detached(r.window), fresh: true}
+	rc := resume.Detached(r.window)
+	rc.LimitKept(r.kept)
+	return &heldConn{hdr: h, rc: rc, fresh: true}
+}
+
+// newConn makes a resumable connection over st, the first stream of a
+// public connection.
+func (r *resumable) newConn(h protocol.StreamHeader, st *mux.Stream, car *carrier) *heldConn {
+	rc := resume.New(st, r.window)
+	// A client that never acknowledges stalls its connections instead of
+	// growing tunneld: at most a stream window of ours each.
+	rc.LimitKept(r.kept)
+	return &heldConn{hdr: h, rc: rc, on: car}
 }
 
 // refusedWhileAway logs the first public connection of a tunnel reset at

@@ -19,7 +19,6 @@ import (
 	"github.com/tunnel-dev/tunnel/internal/mux"
 	"github.com/tunnel-dev/tunnel/internal/protocol"
 	"github.com/tunnel-dev/tunnel/internal/proxy"
-	"github.com/tunnel-dev/tunnel/internal/resume"
 	"github.com/tunnel-dev/tunnel/internal/sockopt"
 )
 
@@ -812,7 +811,7 @@ func (ss *session) handlePublic(pl *publicListener, pc *net.TCPConn, log *slog.L
 		st, err := car.ys.OpenWith(hdr)
 		switch {
 		case err == nil && ss.res != nil:
-			hc = &heldConn{hdr: h, rc: resume.New(st, ss.res.window), on: car}
+			hc = ss.res.newConn(h, st, car)
 			side = hc.rc
 		case err == nil:
 			side = st
