@@ -577,6 +577,7 @@ func (ss *session) handleStream(st *mux.Stream) {
 			_ = rc.Abort()
 			return // the lineage ended meanwhile
 		}
+		defer line.wg.Done()
 	}
 	local, err := proxy.DialLocal(ctx, t.Local, ss.c.cfg.KeepAlive.Local.Sock(), ss.c.cfg.DialTimeout.D())
 	if err != nil {

@@ -109,7 +109,10 @@ func (c *Client) endLine(cause error) {
 	l.wg.Wait()
 }
 
-// add records a connection; false once the lineage has ended.
+// add records a connection and counts its handler in wg (the caller
+// calls wg.Done when it has handed the connection on); false once the
+// lineage has ended. Under mu, so endLine's wait never starts before
+// the count.
 func (l *lineage) add(id uint64, rc *resume.Conn) bool {
 	l.mu.Lock()
 	defer l.mu.Unlock()
@@ -117,6 +120,7 @@ func (l *lineage) add(id uint64, rc *resume.Conn) bool {
 		return false
 	}
 	l.conns[id] = rc
+	l.wg.Add(1)
 	return true
 }
 

@@ -26,8 +26,16 @@ const idleBudget = 24 << 10
 // an idle connection costs. It used to hold a goroutine and a 256 KiB copy
 // buffer in tunneld from the client's dial result until the service's first
 // byte: 2,000 such connections took 429 MB. Measured on the real binaries,
-// live heap and stacks after a collection, from their status lines.
+// live heap and stacks after a collection, from their status lines. With
+// resumption on (the default) and off: a resumable connection that is
+// idle keeps nothing unacknowledged, and must cost the same.
 func TestSilentServiceConnectionsCostAsIdle(t *testing.T) {
+	for _, resume := range []string{"30s", "0s"} {
+		t.Run("resume_window="+resume, func(t *testing.T) { silentServiceCost(t, resume) })
+	}
+}
+
+func silentServiceCost(t *testing.T, resumeWindow string) {
 	const n = 5000
 	bin := tt.Binaries(t)
 	dir := t.TempDir()
@@ -35,8 +43,8 @@ func TestSilentServiceConnectionsCostAsIdle(t *testing.T) {
 	ctrlPort, pubPort := tt.FreePort(t), tt.FreePort(t)
 	cert, key := tt.CertFiles(t)
 	srvConf := writeFile(t, dir, "tunneld.toml", fmt.Sprintf(
-		"listen = \"127.0.0.1:%d\"\ntoken = %q\nbind_addr = \"127.0.0.1\"\nallow_ports = [\"1024-65535\"]\n[tls]\ncert_file = %q\nkey_file = %q\n",
-		ctrlPort, tt.Token, cert, key))
+		"listen = \"127.0.0.1:%d\"\ntoken = %q\nbind_addr = \"127.0.0.1\"\nallow_ports = [\"1024-65535\"]\nresume_window = %q\n[tls]\ncert_file = %q\nkey_file = %q\n",
+		ctrlPort, tt.Token, resumeWindow, cert, key))
 	cliConf := writeFile(t, dir, "tunnel.toml", fmt.Sprintf(
 		"server = \"127.0.0.1:%d\"\ntoken = %q\nname = \"memory\"\n[tunnels.silent]\nlocal = %q\nremote_port = %d\n[tls]\nfingerprint = %q\n",
 		ctrlPort, tt.Token, silent.Addr(), pubPort, tt.Fingerprint()))

@@ -233,6 +233,8 @@ func TestResumeWindowPasses(t *testing.T) {
 	echo := tt.NewEcho(t)
 	const window = time.Second
 	r := newResumeRig(t, window, map[string]*config.Tunnel{"echo": {Local: echo.Addr()}}, nil)
+	g0, h0 := runtime.NumGoroutine(), liveHeap()
+	logs0 := r.logs.Len() + r.cl.Logs.Len()
 	conns := make([]*net.TCPConn, 4)
 	for i := range conns {
 		conns[i] = tt.Dial(t, r.pub["echo"])
@@ -274,6 +276,9 @@ func TestResumeWindowPasses(t *testing.T) {
 	if err := tt.RoundTrip(c, 1<<20); err != nil {
 		t.Fatal(err)
 	}
+	c.Close()
+	// Nothing of the old session is left: no goroutine, no kept buffer.
+	backToBaselineLogs(t, "after the window passed", g0, h0, []*tt.Logs{r.logs, r.cl.Logs}, logs0)
 }
 
 // Someone with the right token but not the session's secret cannot take

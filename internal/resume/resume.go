@@ -84,21 +84,21 @@ type Conn struct {
 	// bytes start in the connection, and ackBase what the stream had sent
 	// before it carried this connection (a header its owner wrote): its
 	// Acked, less ackBase, counts from sendBase.
-	kept     []byte
+	kept     keptBuf
 	keptFrom uint64
 	// maxKept bounds kept (0: no bound): a peer that does not
 	// acknowledge stalls the writer rather than growing kept.
 	// spaceWait is set while a Write waits for acknowledgments.
 	maxKept   int
 	spaceWait bool
-	written  uint64
-	sendBase uint64
-	ackBase  uint64
-	wclosed  bool // CloseWrite was called: a FIN follows written
-	finAcked bool // the peer has read that FIN, and so everything
-	closing  bool // Close was called: end once finAcked
-	laddr    net.Addr
-	raddr    net.Addr
+	written   uint64
+	sendBase  uint64
+	ackBase   uint64
+	wclosed   bool // CloseWrite was called: a FIN follows written
+	finAcked  bool // the peer has read that FIN, and so everything
+	closing   bool // Close was called: end once finAcked
+	laddr     net.Addr
+	raddr     net.Addr
 
 	read uint64 // bytes read, plus one once the peer's FIN was read
 	rfin bool
@@ -216,7 +216,7 @@ func (c *Conn) endLocked(err error) {
 		return
 	}
 	c.err = err
-	c.kept = nil
+	c.kept.reset()
 	if c.expire != nil {
 		c.expire.Stop()
 	}
@@ -283,18 +283,20 @@ func (c *Conn) Attach(st Stream, peerRead uint64) error {
 			return st.Close()
 		}
 	}
-	tail := c.kept[:c.written-c.keptFrom]
+	tail := c.kept.lend()
 	wclosed := c.wclosed
 	hook, deliver := c.attachLocked(st, peerRead)
 	c.mu.Unlock()
 	if hook != nil {
 		st.NotifyReadableOrDeliver(hook, c.deliverer(st, deliver))
 	}
-	if len(tail) > 0 {
-		if _, err := st.Write(tail); err != nil {
+	for _, b := range tail {
+		if _, err := st.Write(b); err != nil {
+			c.unlend()
 			return c.failed(st, err)
 		}
 	}
+	c.unlend()
 	// The FIN again, whether or not the peer read it: a stream that
 	// carries no more data ends like any other.
 	if wclosed {
@@ -361,12 +363,8 @@ func (c *Conn) dropLocked(off uint64) {
 	if off <= c.keptFrom {
 		return
 	}
-	n := off - c.keptFrom
-	c.kept = c.kept[n:]
+	c.kept.drop(int(off - c.keptFrom))
 	c.keptFrom = off
-	if len(c.kept) == 0 {
-		c.kept = nil // an idle connection keeps no buffer
-	}
 }
 
 // failed handles an error from st: a lost session detaches (the
@@ -454,7 +452,7 @@ func (c *Conn) Write(p []byte) (int, error) {
 			}
 			continue
 		}
-		if c.maxKept > 0 && len(c.kept) > 0 && len(c.kept)+len(p) > c.maxKept {
+		if c.maxKept > 0 && c.kept.n > 0 && c.kept.n+len(p) > c.maxKept {
 			// Wait for the peer to acknowledge some (acked wakes us).
 			c.spaceWait = true
 			wake, dl := c.wake, c.wd
@@ -465,7 +463,7 @@ func (c *Conn) Write(p []byte) (int, error) {
 			}
 			continue
 		}
-		c.kept = append(c.kept, p...)
+		c.kept.write(p)
 		c.written += uint64(len(p))
 		c.mu.Unlock()
 		n, err := st.Write(p)
@@ -475,7 +473,7 @@ func (c *Conn) Write(p []byte) (int, error) {
 			c.mu.Lock()
 			unsent := len(p) - n
 			c.written -= uint64(unsent)
-			c.kept = c.kept[:len(c.kept)-unsent]
+			c.kept.unwrite(unsent)
 			c.mu.Unlock()
 			c.wmu.Unlock()
 			return n, err
@@ -777,5 +775,12 @@ func (c *Conn) setDeadline(d *time.Time, t time.Time, set func(Stream, time.Time
 func (c *Conn) Kept() int {
 	c.mu.Lock()
 	defer c.mu.Unlock()
-	return len(c.kept)
+	return c.kept.n
+}
+
+// unlend ends a resend from the kept chunks.
+func (c *Conn) unlend() {
+	c.mu.Lock()
+	c.kept.lent = false
+	c.mu.Unlock()
 }

@@ -39,6 +39,9 @@ var (
 	// errAway is what a control message meets while nothing carries
 	// the session.
 	errAway = errors.New("the client is away")
+	// errEnded ends the connections of a session ended on purpose while
+	// its client was away (a takeover, a shutdown).
+	errEnded = errors.New("session ended")
 )
 
 // resumable is a session's resumption state. Lock order: its mu before
@@ -384,7 +387,7 @@ func (r *resumable) resumeAll(ss *session, car *carrier) (n, fresh int) {
 	r.mu.Lock()
 	var todo []*heldConn
 	for _, hc := range r.conns {
-		if hc.on != car {
+		if hc.on != car && hc.rc.Err() == nil {
 			hc.on = car
 			todo = append(todo, hc)
 			if hc.fresh {

@@ -334,7 +334,7 @@ func (ss *session) finish(cause string, lost error) {
 	switch {
 	case ctx.Err() != nil:
 		ss.cancel(errServerShutdown)
-	case errors.Is(lost, errResumeExpired):
+	case errors.Is(lost, errResumeExpired), errors.Is(lost, errEnded):
 		ss.cancel(lost)
 	default:
 		ss.cancel(mux.ErrSessionLost)
@@ -652,7 +652,11 @@ func (ss *session) end(reason string, tell bool) {
 			// Nothing carries the session, so nothing will notice its
 			// end: finish it here, in the background (a takeover ends
 			// the old session under the registration lock).
-			go ss.finish("", errResumeExpired)
+			var lost error = errResumeExpired
+			if reason != "" {
+				lost = fmt.Errorf("%w: %s", errEnded, reason)
+			}
+			go ss.finish("not resumed within resume_window", lost)
 			return
 		}
 		if car == nil {

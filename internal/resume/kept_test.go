@@ -1,0 +1,50 @@
+package resume
+
+import (
+	"bytes"
+	"math/rand/v2"
+	"testing"
+)
+
+// The chunked buffer against a plain slice, through random writes of all
+// sizes, drops from the front and rollbacks from the back.
+func TestKeptBufMatchesASlice(t *testing.T) {
+	rng := rand.New(rand.NewPCG(1, 2))
+	var k keptBuf
+	var want []byte
+	next := byte(0)
+	for i := range 3000 {
+		switch op := rng.IntN(10); {
+		case op < 5:
+			p := make([]byte, rng.IntN(3*chunkSize))
+			for j := range p {
+				p[j] = next
+				next++
+			}
+			k.write(p)
+			want = append(want, p...)
+		case op < 8 && len(want) > 0:
+			n := rng.IntN(len(want) + 1)
+			k.drop(n)
+			want = want[n:]
+		case len(want) > 0:
+			n := rng.IntN(len(want) + 1)
+			k.unwrite(n)
+			want = want[:len(want)-n]
+		}
+		if k.n != len(want) {
+			t.Fatalf("op %d: %d kept, want %d", i, k.n, len(want))
+		}
+		got := bytes.Join(k.lend(), nil)
+		k.lent = false
+		if !bytes.Equal(got, want) {
+			t.Fatalf("op %d: kept bytes differ (%d vs %d)", i, len(got), len(want))
+		}
+		if k.n == 0 && k.chunks != nil {
+			t.Fatalf("op %d: nothing kept, yet %d chunks held", i, len(k.chunks))
+		}
+		if max := (k.n+chunkSize-1)/chunkSize + 1; len(k.chunks) > max {
+			t.Fatalf("op %d: %d chunks for %d bytes", i, len(k.chunks), k.n)
+		}
+	}
+}
