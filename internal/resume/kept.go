@@ -2,8 +2,15 @@ package resume
 
 import "sync"
 
-// chunkSize is what one chunk of kept bytes holds.
-const chunkSize = 64 << 10
+// chunkSize is what one chunk of kept bytes holds; a write of at most
+// smallChunk into an empty buffer gets a chunk of that size instead, so
+// that the few bytes an interactive or idle connection keeps until the
+// next acknowledgment (the session monitor's, within seconds) do not hold
+// a whole chunk each: 5,000 connections each keeping one byte held 320 MB.
+const (
+	chunkSize  = 64 << 10
+	smallChunk = 512
+)
 
 var chunkPool = sync.Pool{New: func() any { b := make([]byte, chunkSize); return &b }}
 
@@ -24,7 +31,12 @@ type keptBuf struct {
 
 func (k *keptBuf) write(p []byte) {
 	for len(p) > 0 {
-		if len(k.chunks) == 0 || k.tail == chunkSize {
+		switch {
+		case len(k.chunks) == 0 && len(p) <= smallChunk:
+			b := make([]byte, smallChunk)
+			k.chunks = append(k.chunks, &b)
+			k.tail = 0
+		case len(k.chunks) == 0 || k.tail == len(*k.chunks[len(k.chunks)-1]):
 			k.chunks = append(k.chunks, chunkPool.Get().(*[]byte))
 			k.tail = 0
 		}
@@ -37,14 +49,20 @@ func (k *keptBuf) write(p []byte) {
 
 // used is how many kept bytes chunk i holds.
 func (k *keptBuf) used(i int) int {
-	lo, hi := 0, chunkSize
+	lo, hi := k.span(i)
+	return hi - lo
+}
+
+// span is where chunk i's kept bytes are in it.
+func (k *keptBuf) span(i int) (lo, hi int) {
+	hi = len(*k.chunks[i])
 	if i == 0 {
 		lo = k.head
 	}
 	if i == len(k.chunks)-1 {
 		hi = k.tail
 	}
-	return hi - lo
+	return lo, hi
 }
 
 // drop forgets the first n kept bytes.
@@ -80,7 +98,9 @@ func (k *keptBuf) unwrite(n int) {
 		}
 		k.release(k.chunks[last])
 		k.chunks = k.chunks[:last]
-		k.tail = chunkSize
+		if last > 0 {
+			k.tail = len(*k.chunks[last-1])
+		}
 	}
 	if k.n == 0 {
 		k.reset()
@@ -92,13 +112,7 @@ func (k *keptBuf) unwrite(n int) {
 func (k *keptBuf) lend() [][]byte {
 	out := make([][]byte, 0, len(k.chunks))
 	for i, c := range k.chunks {
-		lo, hi := 0, chunkSize
-		if i == 0 {
-			lo = k.head
-		}
-		if i == len(k.chunks)-1 {
-			hi = k.tail
-		}
+		lo, hi := k.span(i)
 		out = append(out, (*c)[lo:hi])
 	}
 	k.lent = len(out) > 0
@@ -114,7 +128,7 @@ func (k *keptBuf) reset() {
 }
 
 func (k *keptBuf) release(c *[]byte) {
-	if !k.lent {
+	if !k.lent && len(*c) == chunkSize {
 		chunkPool.Put(c)
 	}
 }
