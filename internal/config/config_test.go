@@ -180,13 +180,15 @@ func TestKeyLines(t *testing.T) {
 func TestRangesNameKeyAndBounds(t *testing.T) {
 	t.Setenv("TUNNEL_TOKEN", "")
 	t.Setenv("STATE_DIRECTORY", "")
-	srv := "token = \"0123456789abcdefgh\"\nhandshake_timeout = \"2562047h\"\nmax_tunnels_per_client = 100000\nport_lease = \"-1s\"\n" +
+	srv := "token = \"0123456789abcdefgh\"\nhandshake_timeout = \"2562047h\"\nmax_tunnels_per_client = 100000\nport_lease = \"-1s\"\nresume_window = \"11m\"\nresume_hold = -1\n" +
 		"[keepalive.session]\nuser_timeout = \"2562047h\"\nheartbeat_interval = \"24h\"\n[keepalive.public]\nidle = \"100000s\"\n"
 	_, err := ParseServer("s.toml", []byte(srv))
 	for _, want := range []string{
 		"s.toml:2: handshake_timeout: 2562047h0m0s is out of range (100ms..5m0s)",
 		"s.toml:3: max_tunnels_per_client: 100000 is out of range (1..256)",
 		"s.toml:4: port_lease: -1s is out of range",
+		"s.toml:5: resume_window: 11m0s is out of range (0, which turns resumption off, to 10m0s)",
+		"s.toml:6: resume_hold: -1 is out of range",
 		"keepalive.session.user_timeout: 2562047h0m0s is out of range (0s..1h0m0s",
 		"keepalive.session.heartbeat_interval: 24h0m0s is too large",
 		"keepalive.public.idle: 27h46m40s is more than the kernel accepts",
@@ -195,9 +197,10 @@ func TestRangesNameKeyAndBounds(t *testing.T) {
 			t.Errorf("server error %v\nlacks %q", err, want)
 		}
 	}
-	cli := "server = \"h:1\"\ntoken = \"x\"\ndial_timeout = \"100h\"\n[reconnect]\nmax_delay = \"1000h\"\n[tunnels.a]\nlocal = \"127.0.0.1:1\"\n"
+	cli := "server = \"h:1\"\ntoken = \"x\"\ndial_timeout = \"100h\"\nresume_window = \"-1s\"\n[reconnect]\nmax_delay = \"1000h\"\n[tunnels.a]\nlocal = \"127.0.0.1:1\"\n"
 	_, err = ParseClient("c.toml", []byte(cli))
-	for _, want := range []string{"c.toml:3: dial_timeout: 100h0m0s is out of range", "c.toml:5: reconnect.max_delay: 1000h0m0s is out of range"} {
+	for _, want := range []string{"c.toml:3: dial_timeout: 100h0m0s is out of range", "c.toml:6: reconnect.max_delay: 1000h0m0s is out of range",
+		"c.toml:4: resume_window: -1s is out of range"} {
 		if err == nil || !strings.Contains(err.Error(), want) {
 			t.Errorf("client error %v\nlacks %q", err, want)
 		}

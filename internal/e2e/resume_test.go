@@ -34,17 +34,7 @@ func newResumeRig(t *testing.T, window time.Duration, tunnels map[string]*config
 			editS(c)
 		}
 	}))
-	rl, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		t.Fatal(err)
-	}
-	relay := tt.NewRelay(t, rl, srv.Addr().String(), func(a string) (*net.TCPConn, error) {
-		c, err := net.Dial("tcp", a)
-		if err != nil {
-			return nil, err
-		}
-		return c.(*net.TCPConn), nil
-	})
+	relay := loopbackRelay(t, srv.Addr().String())
 	cfg := tt.ClientConfig(t, relay.Addr(), tunnels, func(c *config.Client) {
 		c.ResumeWindow = config.Duration(window)
 		// An attempt that hangs in the frozen relay gives up soon.
@@ -52,6 +42,23 @@ func newResumeRig(t *testing.T, window time.Duration, tunnels map[string]*config
 	})
 	cl := tt.StartClient(t, cfg)
 	return &resumeRig{srv: srv, cl: cl, relay: relay, pub: cl.WaitUp(t, hangBound), logs: srv.Logs}
+}
+
+// loopbackRelay relays a listener on 127.0.0.1 to target; it stops at
+// cleanup.
+func loopbackRelay(t *testing.T, target string) *tt.Relay {
+	t.Helper()
+	rl, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	return tt.NewRelay(t, rl, target, func(a string) (*net.TCPConn, error) {
+		c, err := net.Dial("tcp", a)
+		if err != nil {
+			return nil, err
+		}
+		return c.(*net.TCPConn), nil
+	})
 }
 
 // cut kills the session's TCP and, for outage, keeps the client from
@@ -338,17 +345,7 @@ func TestResumeOffOnEitherSide(t *testing.T) {
 					c.ResumeWindow = 0
 				}
 			}))
-			rl, err := net.Listen("tcp", "127.0.0.1:0")
-			if err != nil {
-				t.Fatal(err)
-			}
-			relay := tt.NewRelay(t, rl, srv.Addr().String(), func(a string) (*net.TCPConn, error) {
-				c, err := net.Dial("tcp", a)
-				if err != nil {
-					return nil, err
-				}
-				return c.(*net.TCPConn), nil
-			})
+			relay := loopbackRelay(t, srv.Addr().String())
 			cl := tt.StartClient(t, tt.ClientConfig(t, relay.Addr(), map[string]*config.Tunnel{"echo": {Local: echo.Addr()}},
 				func(c *config.Client) {
 					if side == "client" {

@@ -33,17 +33,7 @@ func TestSessionEndEndsEveryConnection(t *testing.T) {
 	// Without resumption: with it, a lost session's connections wait
 	// for its resume instead (resume_test.go).
 	srv := tt.StartServer(t, tt.ServerConfig(t, func(c *config.Server) { c.ResumeWindow = 0 }))
-	rl, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		t.Fatal(err)
-	}
-	relay := tt.NewRelay(t, rl, srv.Addr().String(), func(a string) (*net.TCPConn, error) {
-		c, err := net.Dial("tcp", a)
-		if err != nil {
-			return nil, err
-		}
-		return c.(*net.TCPConn), nil
-	})
+	relay := loopbackRelay(t, srv.Addr().String())
 	cfg := tt.ClientConfig(t, relay.Addr(), map[string]*config.Tunnel{
 		"silent":   {Local: silent.Addr()},
 		"greeter":  {Local: greeter.Addr()},

@@ -95,7 +95,7 @@ func (r *rig) transfer(addr string, n int64) *transfer {
 	return x
 }
 
-// 13. The session is black-holed for 10 s and resumed: idle connections
+// 12. The session is black-holed for 10 s and resumed: idle connections
 // still echo, four 64 MiB transfers each way complete byte for byte, an
 // interactive loop only pauses, a half-closed request gets its whole
 // response, and 20 connections opened during the outage are served after
@@ -212,7 +212,7 @@ func TestSessionBlackHoledAndResumed(t *testing.T) {
 	r.works("after the resume")
 }
 
-// 14. The client's address changes under a transfer (a new DHCP lease, a
+// 13. The client's address changes under a transfer (a new DHCP lease, a
 // mobile network): its old session is dead, it reconnects from the new
 // address and resumes, and the transfer completes byte for byte.
 func TestClientAddressChangesMidTransfer(t *testing.T) {
@@ -247,7 +247,7 @@ func TestClientAddressChangesMidTransfer(t *testing.T) {
 	r.works("after the move")
 }
 
-// 15. An outage longer than the window: every held connection is reset
+// 14. An outage longer than the window: every held connection is reset
 // within the window (and a second) of the loss being noticed, the ports
 // are released, and the descriptors tunneld held for them are closed.
 // When the path returns, the client comes back on a new session.
@@ -309,7 +309,7 @@ func openFDs(t *testing.T, pid int) int {
 	return len(es)
 }
 
-// 16. Fifty black-hole cycles with traffic, each resumed: nothing lost,
+// 15. Fifty black-hole cycles with traffic, each resumed: nothing lost,
 // and tunneld's and tunnelc's memory flat.
 func TestFiftyResumes(t *testing.T) {
 	t.Parallel()
