@@ -111,6 +111,21 @@ type Deliverer interface {
 	NotifyReadableOrDeliver(f func(), deliver func([]byte) (int, error))
 }
 
+// Keeper is a writer that can keep the copy buffer it is handed instead
+// of copying from it (a resumable connection keeps what it wrote until
+// the peer acknowledges it). WriteKeep owns b from the call on, and gives
+// it to give when done with it; the first n bytes are the data.
+type Keeper interface {
+	WriteKeep(b *[]byte, n int, give func(*[]byte)) (int, error)
+}
+
+// keepMin is the least a read must have filled of its buffer for the
+// buffer to be handed to a Keeper: a Keeper holds it whole until the
+// data is acknowledged, so a smaller read is copied instead.
+const keepMin = BufSize / 2
+
+func putBuf(b *[]byte) { bufPool.Put(b) }
+
 // Linger is how long a drained direction that cannot be delivered to (its
 // source is no Deliverer, or dst no socket) waits on its goroutine for more
 // data before it parks. Busy connections (request, response, request...)
@@ -269,10 +284,18 @@ func copyHalf(dst, src net.Conn, write func([]byte) (int, error)) (int64, error)
 // buffer back. done is true when the copy is over: at EOF (dst is then
 // half-closed, err nil) or on an error.
 func forward(dst net.Conn, write func([]byte) (int, error), bp *[]byte, nr int, rerr error, n *int64) (done bool, err error) {
-	if bp != nil {
+	k, keep := dst.(Keeper)
+	keep = keep && nr >= keepMin
+	if bp != nil && !keep {
 		defer bufPool.Put(bp)
 	}
-	if nr > 0 {
+	if keep {
+		nw, werr := k.WriteKeep(bp, nr, putBuf)
+		*n += int64(nw)
+		if werr != nil {
+			return true, fmt.Errorf("write: %w", werr)
+		}
+	} else if nr > 0 {
 		nw, werr := write((*bp)[:nr])
 		*n += int64(nw)
 		if werr != nil {

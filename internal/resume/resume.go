@@ -436,6 +436,24 @@ func wait(wake <-chan struct{}, d time.Time) error {
 // current stream, waiting for one while detached. It fails only once the
 // connection ended.
 func (c *Conn) Write(p []byte) (int, error) {
+	return c.write(p, func() { c.kept.write(p) })
+}
+
+// WriteKeep is Write for a writer that hands over its buffer instead of
+// having it copied: the first n bytes of *b are the data, and the
+// connection owns b from the call on, giving it to give once the peer
+// has acknowledged them (or at once, when nothing was kept).
+func (c *Conn) WriteKeep(b *[]byte, n int, give func(*[]byte)) (int, error) {
+	kept := false
+	w, err := c.write((*b)[:n], func() { c.kept.adopt(b, n, give); kept = true })
+	if !kept {
+		give(b)
+	}
+	return w, err
+}
+
+// write is Write and WriteKeep; keep records p as kept, under mu.
+func (c *Conn) write(p []byte, keep func()) (int, error) {
 	for {
 		st, err := c.current()
 		if err != nil {
@@ -463,7 +481,7 @@ func (c *Conn) Write(p []byte) (int, error) {
 			}
 			continue
 		}
-		c.kept.write(p)
+		keep()
 		c.written += uint64(len(p))
 		c.mu.Unlock()
 		n, err := st.Write(p)

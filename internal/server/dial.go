@@ -7,6 +7,7 @@ import (
 	"time"
 
 	"github.com/tunnel-dev/tunnel/internal/protocol"
+	"github.com/tunnel-dev/tunnel/internal/proxy"
 )
 
 // dataConn is the tunnel side of a public connection: a stream, or a
@@ -57,6 +58,16 @@ func (d *dialResult) Read(p []byte) (int, error) {
 		}
 	}
 	return d.dataConn.Read(p)
+}
+
+// WriteKeep hands the buffer to a resumable connection, which keeps it
+// instead of copying; a plain stream writes it and gives it back.
+func (d *dialResult) WriteKeep(b *[]byte, n int, give func(*[]byte)) (int, error) {
+	if k, ok := d.dataConn.(proxy.Keeper); ok {
+		return k.WriteKeep(b, n, give)
+	}
+	defer give(b)
+	return d.dataConn.Write((*b)[:n])
 }
 
 // NotifyReadableOrDeliver delivers only once the dial result is read: the
