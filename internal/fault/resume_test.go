@@ -235,7 +235,7 @@ func TestClientAddressChangesMidTransfer(t *testing.T) {
 	if !contains(l.Text, "remote="+r.cli.IP+":") {
 		t.Errorf("resumed from another address than the new one: %s", l.Text)
 	}
-	t.Log(r.client.WaitLine(t, cm, 0, `msg="session resumed"`).Text)
+	t.Log(r.client.WaitLine(t, cm, 5*time.Second, `msg="session resumed"`).Text)
 	for i, x := range xs {
 		if err := x.wait(time.Minute); err != nil {
 			t.Errorf("transfer %d: %v", i, err)
