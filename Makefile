@@ -9,12 +9,39 @@ STATICCHECK := honnef.co/go/tools/cmd/staticcheck@v0.8.2
 # Fault tests sleep through keepalive timeouts; run many at once.
 TESTFLAGS   ?= -race -count=1 -parallel 16 -timeout 20m
 
-.PHONY: all build test stress fuzz lint demo bench bench-go bench-wan bench-fleet bench-lfn clean
+.PHONY: all build install test stress fuzz lint demo bench bench-go bench-wan bench-fleet bench-lfn clean
 
 all: build
 
 build:
 	$(GO) build -trimpath -ldflags '$(LDFLAGS)' -o $(BIN)/ ./cmd/tunneld ./cmd/tunnelc
+
+# The binaries, the systemd units (ExecStart and config paths rewritten to
+# PREFIX and SYSCONFDIR), the example configs (kept if already there) and
+# shell completions, under DESTDIR for packagers.
+PREFIX     ?= /usr/local
+SYSCONFDIR ?= /etc
+UNITDIR    ?= $(PREFIX)/lib/systemd/system
+install: build
+	install -d $(DESTDIR)$(PREFIX)/bin $(DESTDIR)$(UNITDIR) $(DESTDIR)$(SYSCONFDIR)/tunnel \
+		$(DESTDIR)$(PREFIX)/share/bash-completion/completions \
+		$(DESTDIR)$(PREFIX)/share/zsh/site-functions \
+		$(DESTDIR)$(PREFIX)/share/fish/vendor_completions.d
+	install -m 0755 $(BIN)/tunneld $(BIN)/tunnelc $(DESTDIR)$(PREFIX)/bin/
+	for u in tunneld.service tunnelc.service tunnelc@.service; do \
+		sed -e 's|/usr/local/bin/|$(PREFIX)/bin/|g' -e 's|/etc/tunnel/|$(SYSCONFDIR)/tunnel/|g' configs/$$u >$(DESTDIR)$(UNITDIR)/$$u && \
+		chmod 0644 $(DESTDIR)$(UNITDIR)/$$u || exit 1; \
+	done
+	@# Readable by the units' DynamicUser; tokens belong in the units'
+	@# EnvironmentFile (read by systemd as root) or a token_file.
+	for c in tunneld.toml tunnel.toml; do \
+		[ -e $(DESTDIR)$(SYSCONFDIR)/tunnel/$$c ] || install -m 0644 configs/$$c $(DESTDIR)$(SYSCONFDIR)/tunnel/$$c || exit 1; \
+	done
+	for b in tunneld tunnelc; do \
+		$(BIN)/$$b completion bash >$(DESTDIR)$(PREFIX)/share/bash-completion/completions/$$b && \
+		$(BIN)/$$b completion zsh >$(DESTDIR)$(PREFIX)/share/zsh/site-functions/_$$b && \
+		$(BIN)/$$b completion fish >$(DESTDIR)$(PREFIX)/share/fish/vendor_completions.d/$$b.fish || exit 1; \
+	done
 
 lint:
 	@out=$$(gofmt -l cmd internal examples third_party); if [ -n "$$out" ]; then echo "gofmt needed:"; echo "$$out"; exit 1; fi

@@ -26,24 +26,93 @@ func TestSystemdUnitsVerify(t *testing.T) {
 		}
 		t.Skip("systemd-analyze not installed")
 	}
-	bin := tt.Binaries(t)
-	dir := t.TempDir()
-	for _, name := range []string{"tunneld", "tunnelc"} {
-		data, err := os.ReadFile(filepath.Join("..", "..", "configs", name+".service"))
+	verifyUnits(t, sa, filepath.Join("..", "..", "configs"), "/usr/local/bin/", tt.Binaries(t))
+}
+
+// verifyUnits runs systemd-analyze verify on the three units in dir, with
+// ExecStart's binDir pointed at bin (verify needs the binary to exist);
+// the template is verified as an instance.
+func verifyUnits(t *testing.T, sa, dir, binDir, bin string) {
+	t.Helper()
+	tmp := t.TempDir()
+	for name, as := range map[string]string{"tunneld.service": "tunneld.service", "tunnelc.service": "tunnelc.service",
+		"tunnelc@.service": "tunnelc@office.service"} {
+		data, err := os.ReadFile(filepath.Join(dir, name))
 		if err != nil {
 			t.Fatal(err)
 		}
-		// verify needs ExecStart to exist: point it at the built binary.
-		unit := strings.ReplaceAll(string(data), "/usr/local/bin/", bin+"/")
-		p := filepath.Join(dir, name+".service")
+		unit := strings.ReplaceAll(string(data), binDir, bin+"/")
+		p := filepath.Join(tmp, as)
 		if err := os.WriteFile(p, []byte(unit), 0o644); err != nil {
 			t.Fatal(err)
 		}
 		out, err := exec.Command(sa, "verify", "--man=no", p).CombinedOutput()
 		if err != nil || len(out) > 0 {
-			t.Errorf("systemd-analyze verify %s.service: %v\n%s", name, err, out)
+			t.Errorf("systemd-analyze verify %s: %v\n%s", as, err, out)
 		}
 	}
+}
+
+// make install puts the binaries, units, example configs and completions
+// where a packager expects them under DESTDIR, with the units' paths
+// rewritten to PREFIX and SYSCONFDIR, keeps a config that is already
+// there, and the installed units verify.
+func TestMakeInstall(t *testing.T) {
+	sa, err := exec.LookPath("systemd-analyze")
+	if err != nil {
+		if os.Getenv("CI") == "true" {
+			t.Fatal("systemd-analyze not found: CI must install systemd (see .ci/run)")
+		}
+		t.Skip("systemd-analyze not installed")
+	}
+	dest, build := t.TempDir(), t.TempDir()
+	kept := filepath.Join(dest, "etc", "tunnel", "tunnel.toml")
+	if err := os.MkdirAll(filepath.Dir(kept), 0o755); err != nil {
+		t.Fatal(err)
+	}
+	if err := os.WriteFile(kept, []byte("# mine\n"), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	cmd := exec.Command("make", "install", "DESTDIR="+dest, "PREFIX=/usr", "BIN="+build)
+	cmd.Dir = filepath.Join("..", "..")
+	if out, err := cmd.CombinedOutput(); err != nil {
+		t.Fatalf("make install: %v\n%s", err, out)
+	}
+	want := map[string]os.FileMode{
+		"usr/bin/tunneld": 0o755, "usr/bin/tunnelc": 0o755,
+		"usr/lib/systemd/system/tunneld.service": 0o644, "usr/lib/systemd/system/tunnelc.service": 0o644,
+		"usr/lib/systemd/system/tunnelc@.service": 0o644,
+		"etc/tunnel/tunneld.toml":                 0o644, "etc/tunnel/tunnel.toml": 0o600,
+		"usr/share/bash-completion/completions/tunneld": 0o644, "usr/share/bash-completion/completions/tunnelc": 0o644,
+		"usr/share/zsh/site-functions/_tunneld": 0o644, "usr/share/zsh/site-functions/_tunnelc": 0o644,
+		"usr/share/fish/vendor_completions.d/tunneld.fish": 0o644, "usr/share/fish/vendor_completions.d/tunnelc.fish": 0o644,
+	}
+	var got []string
+	_ = filepath.Walk(dest, func(p string, fi os.FileInfo, err error) error {
+		if err == nil && !fi.IsDir() {
+			rel, _ := filepath.Rel(dest, p)
+			got = append(got, rel)
+			if m, ok := want[rel]; !ok {
+				t.Errorf("installed %s, which is not expected", rel)
+			} else if fi.Mode().Perm()&^0o022 != m&^0o022 {
+				t.Errorf("%s: mode %v, want %v", rel, fi.Mode().Perm(), m)
+			} else if fi.Size() == 0 {
+				t.Errorf("%s is empty", rel)
+			}
+		}
+		return nil
+	})
+	if len(got) != len(want) {
+		t.Errorf("installed %d files, want %d: %v", len(got), len(want), got)
+	}
+	if data, _ := os.ReadFile(kept); string(data) != "# mine\n" {
+		t.Errorf("make install replaced an existing config: %q", data)
+	}
+	unit, _ := os.ReadFile(filepath.Join(dest, "usr/lib/systemd/system/tunnelc@.service"))
+	if !strings.Contains(string(unit), "ExecStart=/usr/bin/tunnelc up -c /etc/tunnel/%i.toml") {
+		t.Errorf("tunnelc@.service's ExecStart not rewritten to PREFIX:\n%s", unit)
+	}
+	verifyUnits(t, sa, filepath.Join(dest, "usr/lib/systemd/system"), "/usr/bin/", filepath.Join(dest, "usr/bin"))
 }
 
 // notifySocket plays systemd's side of sd_notify.
