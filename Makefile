@@ -4,7 +4,8 @@
 GO          ?= go
 BIN         ?= bin
 VERSION     ?= $(shell git describe --tags --always --dirty 2>/dev/null || echo dev)
-LDFLAGS     := -s -w -X github.com/tunnel-dev/tunnel/internal/cli.Version=$(VERSION)
+COMMIT      ?= $(shell git rev-parse --short=12 HEAD 2>/dev/null)$(shell git diff --quiet HEAD 2>/dev/null || echo -dirty)
+LDFLAGS     := -s -w -X github.com/tunnel-dev/tunnel/internal/cli.Version=$(VERSION) -X github.com/tunnel-dev/tunnel/internal/cli.Commit=$(COMMIT)
 STATICCHECK := honnef.co/go/tools/cmd/staticcheck@v0.8.2
 # Fault tests sleep through keepalive timeouts; run many at once.
 TESTFLAGS   ?= -race -count=1 -parallel 16 -timeout 20m

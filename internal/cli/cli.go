@@ -21,22 +21,57 @@ import (
 	"github.com/tunnel-dev/tunnel/internal/mux"
 )
 
-// Version is set at build time (-ldflags "-X .../internal/cli.Version=...").
-var Version = "dev"
+// Version and Commit are set at build time (-ldflags "-X
+// .../internal/cli.Version=... -X .../internal/cli.Commit=..."); without
+// Commit, the commit go build stamped, if it did (-buildvcs).
+var (
+	Version = "dev"
+	Commit  = ""
+)
 
-// VersionLine is what --version prints: the build, the yamux it carries
-// (our fork, not upstream's release: scanners and users should know) and
-// the Go release.
+// VersionLine is what --version prints: the build, the commit it was built
+// from (when the build recorded one), the yamux it carries (our fork, not
+// upstream's release: scanners and users should know) and the Go release.
 func VersionLine() string {
 	ymx := mux.YamuxVersion()
+	commit := ""
 	if bi, ok := debug.ReadBuildInfo(); ok {
 		for _, d := range bi.Deps {
 			if d.Path == "github.com/hashicorp/yamux" && d.Replace == nil {
 				ymx = "yamux " + d.Version // built without the fork: say so
 			}
 		}
+		commit = vcsCommit(bi.Settings)
+	}
+	if Commit != "" {
+		commit = Commit
+	}
+	if commit != "" {
+		return fmt.Sprintf("%s (commit %s, %s, %s)", Version, commit, ymx, runtime.Version())
 	}
 	return fmt.Sprintf("%s (%s, %s)", Version, ymx, runtime.Version())
+}
+
+// vcsCommit is the commit go build stamped (the first 12 hex digits, and
+// "-dirty" for a tree with changes), "" when it stamped none.
+func vcsCommit(settings []debug.BuildSetting) string {
+	var rev string
+	dirty := false
+	for _, s := range settings {
+		switch s.Key {
+		case "vcs.revision":
+			rev = s.Value
+		case "vcs.modified":
+			dirty = s.Value == "true"
+		}
+	}
+	if len(rev) > 12 {
+		rev = rev[:12]
+	}
+	if rev != "" && dirty {
+		rev += "-dirty"
+	}
+	return rev
 }
 
 // ExitError carries a process exit code out of a command's RunE.

@@ -232,14 +232,16 @@ func TestBinariesEndToEnd(t *testing.T) {
 }
 
 // Config mistakes exit 78 (EX_CONFIG) with the file, line and key; --version prints the
-// build's version.
+// build's version and commit.
 func TestBinariesConfigErrorsAndVersion(t *testing.T) {
 	bin := tt.Binaries(t)
 	dir := t.TempDir()
 	for _, name := range []string{"tunneld", "tunnelc"} {
 		out, err := exec.Command(filepath.Join(bin, name), "--version").CombinedOutput()
 		// The build, and that it carries our yamux fork, not upstream's release.
-		if err != nil || !strings.Contains(string(out), "test") || !regexp.MustCompile(`yamux v\d+\.\d+\.\d+ \+ \d+ local patches`).Match(out) {
+		// The commit: the binaries are built from this checkout.
+		if err != nil || !strings.Contains(string(out), "test") || !regexp.MustCompile(`yamux v\d+\.\d+\.\d+ \+ \d+ local patches`).Match(out) ||
+			(tt.Commit() != "" && !strings.Contains(string(out), "commit "+tt.Commit()+",")) {
 			t.Errorf("%s --version: %v %q", name, err, out)
 		}
 	}

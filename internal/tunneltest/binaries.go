@@ -40,7 +40,7 @@ func Binaries(t testing.TB) string {
 		if raceEnabled {
 			args = append(args, "-race")
 		}
-		args = append(args, "-ldflags", "-X github.com/tunnel-dev/tunnel/internal/cli.Version=test",
+		args = append(args, "-ldflags", "-X github.com/tunnel-dev/tunnel/internal/cli.Version=test -X github.com/tunnel-dev/tunnel/internal/cli.Commit="+Commit(),
 			"github.com/tunnel-dev/tunnel/cmd/tunneld", "github.com/tunnel-dev/tunnel/cmd/tunnelc")
 		cmd := exec.Command("go", args...)
 		cmd.Dir = moduleRoot()
@@ -52,6 +52,18 @@ func Binaries(t testing.TB) string {
 		t.Fatal(build.err)
 	}
 	return build.dir
+}
+
+// Commit is the checkout's commit as the Makefile stamps it (12 hex
+// digits), "" outside a git checkout.
+func Commit() string {
+	cmd := exec.Command("git", "rev-parse", "--short=12", "HEAD")
+	cmd.Dir = moduleRoot()
+	out, err := cmd.Output()
+	if err != nil {
+		return ""
+	}
+	return strings.TrimSpace(string(out))
 }
 
 // RemoveBinaries deletes what Binaries built.
