@@ -10,7 +10,7 @@ STATICCHECK := honnef.co/go/tools/cmd/staticcheck@v0.8.2
 # Fault tests sleep through keepalive timeouts; run many at once.
 TESTFLAGS   ?= -race -count=1 -parallel 16 -timeout 20m
 
-.PHONY: all build install test stress fuzz lint demo bench bench-go bench-wan bench-fleet bench-lfn clean
+.PHONY: all build install release test stress fuzz lint demo bench bench-go bench-wan bench-fleet bench-lfn clean
 
 all: build
 
@@ -43,6 +43,25 @@ install: build
 		$(BIN)/$$b completion zsh >$(DESTDIR)$(PREFIX)/share/zsh/site-functions/_$$b && \
 		$(BIN)/$$b completion fish >$(DESTDIR)$(PREFIX)/share/fish/vendor_completions.d/$$b.fish || exit 1; \
 	done
+
+# Static binaries for the platforms each daemon runs on (tunnelc also on
+# routers, Raspberry Pis, macOS and Windows), named NAME-VERSION-OS-ARCH,
+# with SHA256SUMS, in DIST.
+DIST          ?= dist
+SERVER_TARGETS := linux/amd64 linux/arm64 linux/arm
+CLIENT_TARGETS := linux/amd64 linux/arm64 linux/arm darwin/amd64 darwin/arm64 windows/amd64
+release:
+	rm -rf $(DIST) && mkdir -p $(DIST)
+	@set -e; for b in tunneld tunnelc; do \
+		targets="$(SERVER_TARGETS)"; [ $$b = tunnelc ] && targets="$(CLIENT_TARGETS)"; \
+		for t in $$targets; do \
+			os=$${t%/*}; arch=$${t#*/}; ext=; [ $$os = windows ] && ext=.exe; \
+			echo "release: $$b $$os/$$arch"; \
+			CGO_ENABLED=0 GOOS=$$os GOARCH=$$arch $(GO) build -trimpath -ldflags '$(LDFLAGS)' \
+				-o $(DIST)/$$b-$(VERSION)-$$os-$$arch$$ext ./cmd/$$b; \
+		done; \
+	done
+	cd $(DIST) && sha256sum -- * >SHA256SUMS
 
 lint:
 	@out=$$(gofmt -l cmd internal examples third_party); if [ -n "$$out" ]; then echo "gofmt needed:"; echo "$$out"; exit 1; fi
