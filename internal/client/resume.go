@@ -95,6 +95,13 @@ func (c *Client) endLine(cause error) {
 		return
 	}
 	c.line = nil
+	l.end(cause)
+	l.wg.Wait()
+}
+
+// end ends the lineage's context with cause and resets its connections;
+// later adds fail.
+func (l *lineage) end(cause error) {
 	l.mu.Lock()
 	if l.expire != nil {
 		l.expire.Stop()
@@ -106,7 +113,6 @@ func (c *Client) endLine(cause error) {
 	for _, rc := range conns {
 		_ = rc.Abort()
 	}
-	l.wg.Wait()
 }
 
 // add records a connection and counts its handler in wg (the caller
@@ -175,14 +181,7 @@ func (l *lineage) goAway() int {
 		l.expire = time.AfterFunc(l.window, func() {
 			l.log.Warn("session not resumed within resume_window: resetting its connections", "connections", l.count(),
 				"resume_window", l.window)
-			l.cancel(errResumeExpired)
-			l.mu.Lock()
-			conns := l.conns
-			l.conns = nil
-			l.mu.Unlock()
-			for _, rc := range conns {
-				_ = rc.Abort()
-			}
+			l.end(errResumeExpired)
 		})
 	}
 	return len(l.conns)

@@ -118,9 +118,14 @@ type Conn struct {
 // has agreed this with the peer), that waits up to window for a new stream
 // after st's session dies.
 func New(st Stream, window time.Duration) *Conn {
+	c := newConn(window)
+	c.attachLocked(st, 0)
+	return c
+}
+
+func newConn(window time.Duration) *Conn {
 	c := &Conn{window: window, wake: make(chan struct{}), done: make(chan struct{})}
 	c.readDone.L = &c.mu
-	c.attachLocked(st, 0)
 	return c
 }
 
@@ -128,8 +133,7 @@ func New(st Stream, window time.Duration) *Conn {
 // while its peer is away: it starts on its first Attach (with peerRead 0)
 // and ends after window without one.
 func Detached(window time.Duration) *Conn {
-	c := &Conn{window: window, wake: make(chan struct{}), done: make(chan struct{})}
-	c.readDone.L = &c.mu
+	c := newConn(window)
 	c.mu.Lock()
 	defer c.mu.Unlock()
 	if window > 0 {

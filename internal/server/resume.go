@@ -352,6 +352,12 @@ func (r *resumable) dropLocked(hc *heldConn) {
 	if r.conns[hc.hdr.Conn] == hc {
 		delete(r.conns, hc.hdr.Conn)
 	}
+	r.unholdLocked(hc)
+}
+
+// unholdLocked stops counting hc against its tunnel's resume_hold: it
+// was handed to the client, or it is gone.
+func (r *resumable) unholdLocked(hc *heldConn) {
 	if hc.fresh {
 		hc.fresh = false
 		r.held[hc.hdr.Tunnel]--
@@ -448,10 +454,7 @@ func (ss *session) resumeOne(car *carrier, hc *heldConn) {
 	}
 	r := ss.res
 	r.mu.Lock()
-	if hc.fresh {
-		hc.fresh = false
-		r.held[hc.hdr.Tunnel]--
-	}
+	r.unholdLocked(hc)
 	r.mu.Unlock()
 	log.Debug("connection resumed", "server_read", h.Offset, "client_read", rep.Offset)
 }

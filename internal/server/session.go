@@ -251,11 +251,11 @@ func (s *Server) handshake(ctx context.Context, c net.Conn, handshook func(faile
 			up++
 		}
 	}
+	args := []any{"tunnels", up, "refused", len(results) - up}
 	if ss.res != nil {
-		ss.log.Info("session up", "tunnels", up, "refused", len(results)-up, "resume_window", ss.res.window)
-	} else {
-		ss.log.Info("session up", "tunnels", up, "refused", len(results)-up)
+		args = append(args, "resume_window", ss.res.window)
 	}
+	ss.log.Info("session up", args...)
 	ok = true
 	return ss, true
 }
@@ -642,13 +642,14 @@ func (ss *session) end(reason string, tell bool) {
 		for _, p := range ss.pending {
 			p.timer.Stop()
 		}
-		car, away := ss.car, ss.car == nil && ss.done != nil
+		// Only a session that ran can have lost its carrier (goAway).
+		car := ss.car
 		ss.mu.Unlock()
 		ss.res.stopAway()
 		for _, pl := range ls {
 			pl.ln.Close()
 		}
-		if away {
+		if car == nil {
 			// Nothing carries the session, so nothing will notice its
 			// end: finish it here, in the background (a takeover ends
 			// the old session under the registration lock).
@@ -657,9 +658,6 @@ func (ss *session) end(reason string, tell bool) {
 				lost = fmt.Errorf("%w: %s", errEnded, reason)
 			}
 			go ss.finish("not resumed within resume_window", lost)
-			return
-		}
-		if car == nil {
 			return
 		}
 		if tell && ss.send(protocol.Control{Type: protocol.TypeGoodbye, Goodbye: &protocol.Goodbye{Reason: reason}}) == nil &&
