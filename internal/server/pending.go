@@ -2,8 +2,6 @@ package server
 
 import (
 	"math/rand/v2"
-	"net"
-	"strconv"
 	"time"
 
 	"github.com/tunnel-dev/tunnel/internal/protocol"
@@ -159,7 +157,7 @@ func (ss *session) attempt(name string) (public string, ok bool) {
 	}
 	ss.log.Info("tunnel up", "tunnel", name, "public", pl.ln.Addr().String(),
 		"after", time.Since(p.since).Round(time.Millisecond), "attempts", p.attempt+1)
-	return net.JoinHostPort(s.cfg.AdvertisedHost(), strconv.Itoa(pl.port)), true
+	return s.publicAddr(pl.port), true
 }
 
 // addListenerAndServe records pl as the listener of the pending tunnel

@@ -22,8 +22,6 @@ import (
 	"errors"
 	"fmt"
 	"log/slog"
-	"net"
-	"strconv"
 	"sync"
 	"time"
 
@@ -179,7 +177,7 @@ func (ss *session) results() []protocol.TunnelResult {
 	out := make([]protocol.TunnelResult, 0, len(ss.listeners)+len(ss.pending))
 	for _, pl := range ss.listeners {
 		out = append(out, protocol.TunnelResult{Name: pl.name, OK: true,
-			Public: net.JoinHostPort(ss.srv.cfg.AdvertisedHost(), strconv.Itoa(pl.port))})
+			Public: ss.srv.publicAddr(pl.port)})
 	}
 	for name, p := range ss.pending {
 		out = append(out, protocol.TunnelResult{Name: name, Code: p.code, Error: p.err, Pending: true})

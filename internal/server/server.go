@@ -17,6 +17,7 @@ import (
 	"fmt"
 	"log/slog"
 	"net"
+	"strconv"
 	"sync"
 	"sync/atomic"
 	"time"
@@ -109,6 +110,11 @@ func (s *Server) Start(ctx context.Context) error {
 // Fingerprint is the SHA-256 fingerprint of the certificate tunneld
 // presented at start ("" without TLS).
 func (s *Server) Fingerprint() string { return s.fingerprint }
+
+// publicAddr is a public port as clients are told it.
+func (s *Server) publicAddr(port int) string {
+	return net.JoinHostPort(s.cfg.AdvertisedHost(), strconv.Itoa(port))
+}
 
 // Addr is the bound session address (after Start).
 func (s *Server) Addr() net.Addr { return s.ln.Addr() }

@@ -422,7 +422,7 @@ func (s *Server) register(ss *session, reqs []protocol.TunnelRequest) []protocol
 			}
 			if err == nil {
 				res.OK = true
-				res.Public = net.JoinHostPort(s.cfg.AdvertisedHost(), strconv.Itoa(pl.port))
+				res.Public = s.publicAddr(pl.port)
 				ss.log.Info("tunnel up", "tunnel", r.Name, "public", pl.ln.Addr().String())
 			}
 		}
