@@ -69,7 +69,10 @@ func Join(ctx context.Context, a net.Conn, aName string, b net.Conn, bName strin
 // peer, parked, delivering): both sides are reset and done gets an error
 // wrapping context.Cause(ctx). The owner of a session passes a context that
 // ends with the session, so that no connection outlives what carries it.
-func Go(ctx context.Context, a net.Conn, aName string, b net.Conn, bName string, done func(Stats, error)) {
+//
+// The returned Pair reads the counts while the join runs and can abort it
+// (an operator closing one connection).
+func Go(ctx context.Context, a net.Conn, aName string, b net.Conn, bName string, done func(Stats, error)) *Pair {
 	j := &joiner{a: a, b: b}
 	ab := &half{j: j, dst: b, src: a, name: aName + " -> " + bName}
 	ba := &half{j: j, dst: a, src: b, name: bName + " -> " + aName}
@@ -89,7 +92,22 @@ func Go(ctx context.Context, a net.Conn, aName string, b net.Conn, bName string,
 	ab.finish, ba.finish = finish, finish
 	ab.start()
 	ba.start()
+	return &Pair{j: j, ab: ab, ba: ba}
 }
+
+// Pair is a running join, seen from outside.
+type Pair struct {
+	j      *joiner
+	ab, ba *half
+}
+
+// Moved is what the join has moved so far: each direction's count grows
+// as its writes complete, not only when it ends.
+func (p *Pair) Moved() Stats { return Stats{AToB: p.ab.n.Load(), BToA: p.ba.n.Load()} }
+
+// Abort resets both sides, as a failure would; done gets err. Once the
+// join is over it does nothing.
+func (p *Pair) Abort(err error) { p.j.fail(err) }
 
 // ReadNotifier is a conn that can call back when it becomes readable, so a
 // copy can wait for it without a goroutine.
@@ -240,9 +258,7 @@ func (h *half) resume() {
 
 // run copies until the source ends, blocking while it is idle.
 func (h *half) run() {
-	n, err := copyHalf(h.dst, h.src, h.write)
-	h.n.Add(n)
-	h.end(err)
+	h.end(copyHalf(h.dst, h.src, h.write, &h.n))
 }
 
 func (h *half) end(err error) {
@@ -256,34 +272,31 @@ func (h *half) end(err error) {
 func (h *half) copyOnce() (done bool, err error) {
 	bp := bufPool.Get().(*[]byte)
 	nr, rerr := h.src.Read(*bp)
-	var n int64
-	done, err = forward(h.dst, h.write, bp, nr, rerr, &n)
-	h.n.Add(n)
-	return done, err
+	return forward(h.dst, h.write, bp, nr, rerr, &h.n)
 }
 
-// copyHalf copies src to dst until src ends. EOF half-closes dst.
+// copyHalf copies src to dst until src ends, adding what it wrote to *n
+// as it goes (a status read mid-transfer sees it). EOF half-closes dst.
 //
 // A buffer is held only while data flows: a socket is read from inside the
 // poller's callback with a pooled buffer taken for that one read, so a
 // connection waiting for data holds none (streams park instead, see
 // half.resume). Busy connections copy in BufSize chunks: large chunks
 // move more bytes per CPU second than small ones (docs/performance.md).
-func copyHalf(dst, src net.Conn, write func([]byte) (int, error)) (int64, error) {
+func copyHalf(dst, src net.Conn, write func([]byte) (int, error), n *atomic.Int64) error {
 	read := reader(src)
-	var n int64
 	for {
 		bp, nr, rerr := read()
-		if done, err := forward(dst, write, bp, nr, rerr, &n); done {
-			return n, err
+		if done, err := forward(dst, write, bp, nr, rerr, n); done {
+			return err
 		}
 	}
 }
 
-// forward writes what one read returned to dst, adding to *n, and puts the
+// forward writes what one read returned to dst, adding to n, and puts the
 // buffer back. done is true when the copy is over: at EOF (dst is then
 // half-closed, err nil) or on an error.
-func forward(dst net.Conn, write func([]byte) (int, error), bp *[]byte, nr int, rerr error, n *int64) (done bool, err error) {
+func forward(dst net.Conn, write func([]byte) (int, error), bp *[]byte, nr int, rerr error, n *atomic.Int64) (done bool, err error) {
 	k, keep := dst.(Keeper)
 	keep = keep && nr >= keepMin
 	if bp != nil && !keep {
@@ -291,13 +304,13 @@ func forward(dst net.Conn, write func([]byte) (int, error), bp *[]byte, nr int, 
 	}
 	if keep {
 		nw, werr := k.WriteKeep(bp, nr, putBuf)
-		*n += int64(nw)
+		n.Add(int64(nw))
 		if werr != nil {
 			return true, fmt.Errorf("write: %w", werr)
 		}
 	} else if nr > 0 {
 		nw, werr := write((*bp)[:nr])
-		*n += int64(nw)
+		n.Add(int64(nw))
 		if werr != nil {
 			return true, fmt.Errorf("write: %w", werr)
 		}

@@ -262,3 +262,55 @@ func TestJoinContextAfterEnd(t *testing.T) {
 		}
 	}
 }
+
+// A Pair counts while data flows, not only at the end, and its Abort
+// resets both peers with the error it is given.
+func TestPairCountsLiveAndAborts(t *testing.T) {
+	tt.CheckLeaks(t)
+	left, a := tcpPair(t)
+	b, right := tcpPair(t)
+	done := make(chan result, 1)
+	p := proxy.Go(context.Background(), a, "a", b, "b", func(st proxy.Stats, err error) { done <- result{st, err} })
+	chunk := make([]byte, 300<<10)
+	rand.Read(chunk)
+	var moved int64
+	for i := 0; i < 3; i++ {
+		if _, err := left.Write(chunk); err != nil {
+			t.Fatal(err)
+		}
+		if _, err := io.ReadFull(right, make([]byte, len(chunk))); err != nil {
+			t.Fatal(err)
+		}
+		moved += int64(len(chunk))
+		// The read above returned, so the join's write completed; its
+		// count follows at once.
+		if got := p.Moved(); got.AToB != moved || got.BToA != 0 {
+			t.Fatalf("after %d bytes through, Moved() = %+v", moved, got)
+		}
+	}
+	if _, err := right.Write([]byte("back")); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := io.ReadFull(left, make([]byte, 4)); err != nil {
+		t.Fatal(err)
+	}
+	if got := p.Moved(); got.BToA != 4 {
+		t.Fatalf("Moved().BToA = %d, want 4", got.BToA)
+	}
+	errKicked := errors.New("closed by the operator")
+	p.Abort(errKicked)
+	r := <-done
+	if !errors.Is(r.err, errKicked) {
+		t.Fatalf("join ended with %v, want the abort's error", r.err)
+	}
+	for _, c := range []*net.TCPConn{left, right} {
+		_ = c.SetReadDeadline(time.Now().Add(5 * time.Second))
+		if _, err := c.Read(make([]byte, 1)); !errors.Is(err, syscall.ECONNRESET) {
+			t.Fatalf("outer end read %v after Abort, want a reset", err)
+		}
+	}
+	if r.st.AToB != moved || r.st.BToA != 4 {
+		t.Fatalf("final stats %+v", r.st)
+	}
+	p.Abort(errors.New("late")) // a no-op once over
+}
