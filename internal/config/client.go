@@ -34,6 +34,7 @@ type Client struct {
 	Reconnect Reconnect          `toml:"reconnect"`
 	Window    Window             `toml:"window"`
 	Tunnels   map[string]*Tunnel `toml:"tunnels"`
+	Admin     Admin              `toml:"admin"`
 
 	File string `toml:"-"`
 }
@@ -96,6 +97,7 @@ func ParseClient(file string, data []byte) (*Client, error) {
 	if t := os.Getenv("TUNNEL_TOKEN"); t != "" {
 		c.Token = t
 	}
+	c.Admin.applyEnv()
 	for _, t := range c.Tunnels {
 		if t.Type == "" {
 			t.Type = "tcp"
@@ -143,6 +145,7 @@ func (c *Client) Validate(lines map[string]int) error {
 	checkSession(ps, c.KeepAlive.Session)
 	checkKeepAlive(ps, "keepalive.local", c.KeepAlive.Local)
 	checkWindow(ps, c.Window)
+	checkAdmin(ps, c.Admin)
 	if len(c.Tunnels) == 0 {
 		ps.add("tunnels", "no tunnels: add at least one [tunnels.NAME] table with local and remote_port")
 	}

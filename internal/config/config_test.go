@@ -484,3 +484,39 @@ func TestWindowSizes(t *testing.T) {
 		}
 	}
 }
+
+func TestAdminEndpoint(t *testing.T) {
+	t.Setenv("TUNNEL_TOKEN", "")
+	t.Setenv("TUNNEL_ADMIN_TOKEN", "")
+	t.Setenv("STATE_DIRECTORY", "")
+	base := "token = \"0123456789abcdefgh\"\n"
+	for _, c := range []struct{ admin, want string }{
+		{"", ""},
+		{"[admin]\nsocket = \"/run/tunneld/admin.sock\"\n", ""},
+		{"[admin]\naddress = \"127.0.0.1:7001\"\n", ""},
+		{"[admin]\naddress = \"[::1]:7001\"\n", ""},
+		{"[admin]\naddress = \"0.0.0.0:7001\"\ntoken = \"5f0c1e8a9b7d4c2e6a1f\"\n", ""},
+		{"[admin]\nsocket = \"admin.sock\"\n", "s.toml:3: admin.socket: \"admin.sock\" is not an absolute path"},
+		{"[admin]\nsocket = \"/a\"\naddress = \"127.0.0.1:1\"\n", "s.toml:2: admin: set socket or address, not both"},
+		{"[admin]\naddress = \"0.0.0.0:7001\"\n", "s.toml:3: admin.address: 0.0.0.0:7001 is not a loopback address, and admin.token is empty"},
+		{"[admin]\naddress = \"localhost:7001\"\n", "s.toml:3: admin.address: \"localhost:7001\": the host must be an IP address"},
+		{"[admin]\naddress = \"127.0.0.1\"\n", "s.toml:3: admin.address: \"127.0.0.1\" has no port"},
+		{"[admin]\naddress = \"127.0.0.1:7001\"\ntoken = \"secret\"\n", "s.toml:4: admin.token: is too weak"},
+	} {
+		cfg, err := ParseServer("s.toml", []byte(base+c.admin))
+		switch {
+		case c.want == "" && err != nil:
+			t.Errorf("%q: %v", c.admin, err)
+		case c.want != "" && (err == nil || !strings.Contains(err.Error(), c.want)):
+			t.Errorf("%q: error %v, want %q", c.admin, err, c.want)
+		case c.want == "" && cfg.Admin.Enabled() != (c.admin != ""):
+			t.Errorf("%q: Enabled() = %v", c.admin, cfg.Admin.Enabled())
+		}
+	}
+	t.Setenv("TUNNEL_ADMIN_TOKEN", "from-env-7c1d93aa0f5e42b8")
+	cli := "server = \"h:1\"\ntoken = \"x\"\n[tunnels.a]\nlocal = \"127.0.0.1:1\"\n[admin]\naddress = \"0.0.0.0:7002\"\n"
+	c, err := ParseClient("c.toml", []byte(cli))
+	if err != nil || c.Admin.Token != "from-env-7c1d93aa0f5e42b8" {
+		t.Fatalf("client admin with the token from the environment: %v, %+v", err, c)
+	}
+}

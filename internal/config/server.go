@@ -68,6 +68,7 @@ type Server struct {
 	TLS       ServerTLS       `toml:"tls"`
 	KeepAlive ServerKeepAlive `toml:"keepalive"`
 	Window    Window          `toml:"window"`
+	Admin     Admin           `toml:"admin"`
 
 	// File is where the config came from ("(defaults)" when none).
 	File string `toml:"-"`
@@ -155,6 +156,7 @@ func (c *Server) applyEnv() {
 		// systemd's StateDirectory= (see configs/tunneld.service).
 		c.StateDir = os.Getenv("STATE_DIRECTORY")
 	}
+	c.Admin.applyEnv()
 }
 
 // Validate checks c and parses AllowPorts. lines maps keys to file lines
@@ -227,6 +229,7 @@ func (c *Server) Validate(lines map[string]int) error {
 	checkSession(ps, c.KeepAlive.Session)
 	checkWindow(ps, c.Window)
 	checkKeepAlive(ps, "keepalive.public", c.KeepAlive.Public)
+	checkAdmin(ps, c.Admin)
 	return ps.err()
 }
 

@@ -1,0 +1,157 @@
+package admin_test
+
+import (
+	"context"
+	"errors"
+	"io"
+	"log/slog"
+	"net"
+	"net/http"
+	"os"
+	"path/filepath"
+	"strconv"
+	"strings"
+	"testing"
+
+	"github.com/tunnel-dev/tunnel/internal/admin"
+	"github.com/tunnel-dev/tunnel/internal/config"
+	tt "github.com/tunnel-dev/tunnel/internal/tunneltest"
+)
+
+// serve starts an endpoint for cfg with a status and an action, and stops
+// it when the test ends.
+func serve(t *testing.T, cfg config.Admin) *admin.Server {
+	t.Helper()
+	s := admin.New(cfg, slog.New(slog.NewTextHandler(io.Discard, nil)))
+	s.Handle("GET /v1/status", func(*http.Request) (any, error) { return map[string]int{"sessions": 3}, nil })
+	s.Handle("POST /v1/sessions/{name}/kick", func(r *http.Request) (any, error) {
+		var body struct{ Reason string }
+		if err := admin.Decode(r, &body); err != nil {
+			return nil, err
+		}
+		if r.PathValue("name") != "alice" {
+			return nil, admin.NotFound("no session of client %q", r.PathValue("name"))
+		}
+		return map[string]string{"kicked": "alice", "reason": body.Reason}, nil
+	})
+	notReady := errors.New("no session yet")
+	s.Probes(func() error { return nil }, func() error { return notReady })
+	if err := s.Start(); err != nil {
+		t.Fatal(err)
+	}
+	ctx, cancel := context.WithCancel(context.Background())
+	done := make(chan error, 1)
+	go func() { done <- s.Serve(ctx) }()
+	t.Cleanup(func() {
+		cancel()
+		if err := <-done; err != nil {
+			t.Errorf("Serve: %v", err)
+		}
+	})
+	return s
+}
+
+func TestSocketIsPrivateAndAnswers(t *testing.T) {
+	tt.CheckLeaks(t)
+	path := filepath.Join(t.TempDir(), "admin.sock")
+	// A stale socket from a daemon that died is replaced.
+	stale, err := net.Listen("unix", path)
+	if err != nil {
+		t.Fatal(err)
+	}
+	stale.(*net.UnixListener).SetUnlinkOnClose(false)
+	stale.Close()
+	cfg := config.Admin{Socket: path}
+	serve(t, cfg)
+	fi, err := os.Stat(path)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if fi.Mode().Perm() != 0o600 {
+		t.Errorf("socket mode %v, want 0600", fi.Mode().Perm())
+	}
+	// A second daemon on the same socket is refused, not allowed to
+	// take it from the live one.
+	second := admin.New(cfg, slog.New(slog.NewTextHandler(io.Discard, nil)))
+	if err := second.Start(); err == nil || !strings.Contains(err.Error(), "another daemon is serving") {
+		t.Errorf("second Start on a live socket: %v", err)
+	}
+
+	c := admin.Dial(cfg)
+	ctx := context.Background()
+	var st map[string]int
+	if err := c.Get(ctx, "/v1/status", &st); err != nil || st["sessions"] != 3 {
+		t.Fatalf("status %v, %v", st, err)
+	}
+	var kicked map[string]string
+	if err := c.Post(ctx, "/v1/sessions/alice/kick", map[string]string{"reason": "maintenance"}, &kicked); err != nil || kicked["reason"] != "maintenance" {
+		t.Fatalf("kick: %v, %v", kicked, err)
+	}
+	err = c.Post(ctx, "/v1/sessions/bob/kick", nil, nil)
+	var ae *admin.Error
+	if !errors.As(err, &ae) || ae.Status != http.StatusNotFound || !strings.Contains(ae.Msg, `no session of client "bob"`) {
+		t.Errorf("kick of an unknown client: %v", err)
+	}
+	// A body past the bound is refused, not read.
+	err = c.Post(ctx, "/v1/sessions/alice/kick", map[string]string{"reason": strings.Repeat("x", 100<<10)}, nil)
+	if !errors.As(err, &ae) || ae.Status != http.StatusBadRequest {
+		t.Errorf("huge body: %v", err)
+	}
+	if err := c.Get(ctx, "/v1/nothing", nil); !errors.As(err, &ae) || ae.Status != http.StatusNotFound {
+		t.Errorf("unknown path: %v", err)
+	}
+}
+
+func TestTokenAndProbes(t *testing.T) {
+	tt.CheckLeaks(t)
+	port := tt.FreePort(t)
+	cfg := config.Admin{Address: net.JoinHostPort("127.0.0.1", strconv.Itoa(port)), Token: "9c1e2f7a4b8d0e3c5a6f"}
+	serve(t, cfg)
+	ctx := context.Background()
+	var ae *admin.Error
+	for _, tok := range []string{"", "wrong-token-0123456789"} {
+		c := admin.Dial(config.Admin{Address: cfg.Address, Token: tok})
+		if err := c.Get(ctx, "/v1/status", nil); !errors.As(err, &ae) || ae.Status != http.StatusUnauthorized {
+			t.Errorf("token %q: %v, want 401", tok, err)
+		}
+	}
+	if err := admin.Dial(cfg).Get(ctx, "/v1/status", nil); err != nil {
+		t.Errorf("right token: %v", err)
+	}
+	// Probes need no token: load balancers ask them.
+	for path, want := range map[string]int{"/healthz": 200, "/readyz": 503} {
+		resp, err := http.Get("http://" + cfg.Address + path)
+		if err != nil {
+			t.Fatal(err)
+		}
+		body, _ := io.ReadAll(resp.Body)
+		resp.Body.Close()
+		if resp.StatusCode != want {
+			t.Errorf("%s: %d %q, want %d", path, resp.StatusCode, body, want)
+		}
+		if want == 503 && !strings.Contains(string(body), "no session yet") {
+			t.Errorf("%s says %q, not why", path, body)
+		}
+	}
+}
+
+func TestRefusals(t *testing.T) {
+	tt.CheckLeaks(t)
+	log := slog.New(slog.NewTextHandler(io.Discard, nil))
+	// Off loopback without a token: refused even if validation was skipped.
+	if err := admin.New(config.Admin{Address: "0.0.0.0:0"}, log).Start(); err == nil || !strings.Contains(err.Error(), "refusing") {
+		t.Errorf("public address without a token: %v", err)
+	}
+	file := filepath.Join(t.TempDir(), "plain")
+	os.WriteFile(file, nil, 0o644)
+	if err := admin.New(config.Admin{Socket: file}, log).Start(); err == nil || !strings.Contains(err.Error(), "not a socket") {
+		t.Errorf("socket path on a regular file: %v", err)
+	}
+	if _, err := os.Stat(file); err != nil {
+		t.Errorf("the regular file was removed: %v", err)
+	}
+	err := admin.Dial(config.Admin{Socket: filepath.Join(t.TempDir(), "none.sock")}).Get(context.Background(), "/v1/status", nil)
+	if !errors.Is(err, admin.ErrUnreachable) || !strings.Contains(err.Error(), "is the daemon running") {
+		t.Errorf("no daemon: %v", err)
+	}
+}
