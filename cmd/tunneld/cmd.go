@@ -12,6 +12,7 @@ import (
 
 	"github.com/spf13/cobra"
 
+	"github.com/tunnel-dev/tunnel/internal/admin"
 	"github.com/tunnel-dev/tunnel/internal/cli"
 	"github.com/tunnel-dev/tunnel/internal/config"
 	"github.com/tunnel-dev/tunnel/internal/server"
@@ -26,7 +27,7 @@ func newRoot() *cobra.Command {
 		SilenceUsage:  true,
 		SilenceErrors: true,
 	}
-	root.AddCommand(newServe(), newCheck(), newFingerprint())
+	root.AddCommand(newServe(), newCheck(), newFingerprint(), newStatus(), newKick(), newCloseConn(), newDrain())
 	return root
 }
 
@@ -90,8 +91,24 @@ func newServe() *cobra.Command {
 			}
 			ctx, stop := cli.SignalContext()
 			defer stop()
+			var adm *admin.Server
+			if cfg.Admin.Enabled() {
+				// Bound before the session port (see admin.listenUnix),
+				// served once the server has started.
+				adm = admin.New(cfg.Admin, log)
+				if err := adm.Start(); err != nil {
+					return &cli.ExitError{Code: cli.ExitConfig, Err: fmt.Errorf("%s: %w", cfg.File, err)}
+				}
+			}
 			if err := srv.Start(ctx); err != nil {
 				return err
+			}
+			waitAdmin := func() error { return nil }
+			if adm != nil {
+				srv.ServeAdmin(adm, cli.Version)
+				done := make(chan error, 1)
+				go func() { done <- adm.Serve(ctx) }()
+				waitAdmin = func() error { return <-done }
 			}
 			// The status signal is handled before "started" is logged and
 			// systemd told: a SIGUSR1 sent on either is answered, not
@@ -103,6 +120,9 @@ func newServe() *cobra.Command {
 			stop()
 			wait()
 			waitStatus()
+			if aerr := waitAdmin(); err == nil {
+				err = aerr
+			}
 			if err != nil {
 				return err
 			}

@@ -3,6 +3,7 @@
 package admin
 
 import (
+	"errors"
 	"fmt"
 	"net"
 	"os"
@@ -30,6 +31,9 @@ func listenUnix(path string) (net.Listener, error) {
 	old := syscall.Umask(0o177)
 	ln, err := net.Listen("unix", path)
 	syscall.Umask(old)
+	if errors.Is(err, os.ErrNotExist) {
+		return nil, fmt.Errorf("%w (its directory must exist: the units make /run/tunneld and /run/tunnelc with RuntimeDirectory=)", err)
+	}
 	if err != nil {
 		return nil, err
 	}

@@ -62,6 +62,10 @@ type Options struct {
 	DeliverBuffer int
 	// Logger receives yamux's own log lines.
 	Logger *slog.Logger
+	// OnRTT, when set, gets the session socket's smoothed round trip
+	// each time the monitor samples it (every few seconds, see
+	// sampleEvery): for a metrics histogram. It must not block.
+	OnRTT func(time.Duration)
 }
 
 // Dial connects to a tunneld session address with the session's socket

@@ -316,6 +316,9 @@ func (s *Session) monitor() {
 		lastSeen = time.Unix(0, s.conn.lastRead.Load())
 		if !now.Before(s.nextSample) {
 			s.conn.sample()
+			if st := s.conn.info.Load(); st != nil && st.rtt > 0 && s.o.OnRTT != nil {
+				s.o.OnRTT(st.rtt)
+			}
 			// Receive buffers a burst left on streams quiet since the
 			// last sample go back to the heap, and what readers consumed
 			// without a window update is acknowledged.
@@ -375,6 +378,25 @@ func sampleEvery(o Options) time.Duration {
 		d = min(d, o.KeepAlive.Bound()/4)
 	}
 	return max(d, 250*time.Millisecond)
+}
+
+// RTT is the session socket's smoothed round trip as the kernel reports
+// it now (0 where TCP_INFO is not read), for status pages.
+func (s *Session) RTT() time.Duration {
+	if s.conn == nil {
+		return 0
+	}
+	rc, err := s.conn.SyscallConn()
+	if err != nil {
+		return 0
+	}
+	var rtt time.Duration
+	_ = rc.Control(func(fd uintptr) {
+		if st, ok := readTCPState(fd); ok {
+			rtt = st.rtt
+		}
+	})
+	return rtt
 }
 
 // Cause explains why the session ended, given the error its accept loop

@@ -14,6 +14,7 @@ type tcpState struct {
 	// the peer has closed (its zero-window probes count as probes too,
 	// which without this read as keepalive's).
 	inFlight bool
+	rtt      time.Duration // the kernel's smoothed round trip
 }
 
 func readTCPState(fd uintptr) (*tcpState, bool) {
@@ -24,7 +25,8 @@ func readTCPState(fd uintptr) (*tcpState, bool) {
 	// Rcv_wnd is set on every kernel that reports Snd_wnd; an older
 	// kernel's shorter struct leaves both zero.
 	zeroWindow := info.Snd_wnd == 0 && info.Rcv_wnd != 0
-	return &tcpState{inFlight: info.Unacked > 0 || info.Retransmits > 0 || info.Backoff > 0 || zeroWindow}, true
+	return &tcpState{inFlight: info.Unacked > 0 || info.Retransmits > 0 || info.Backoff > 0 || zeroWindow,
+		rtt: time.Duration(info.Rtt) * time.Microsecond}, true
 }
 
 // readSample reads what the queue bound steers by. A kernel without

@@ -2,9 +2,14 @@
 
 package mux
 
+import "time"
+
 // tcpState is what the socket says about data in flight; only Linux
 // reports it (TCP_INFO), so elsewhere a TCP timeout is not told apart.
-type tcpState struct{ inFlight bool }
+type tcpState struct {
+	inFlight bool
+	rtt      time.Duration
+}
 
 func readTCPState(fd uintptr) (*tcpState, bool) { return nil, false }
 

@@ -139,7 +139,7 @@ func (s *Server) resumeSession(id *identity, hello *protocol.Hello, car *carrier
 		return nil, nil
 	}
 	old := ss.car
-	ss.car = car
+	ss.car, ss.lastRemote = car, car.remote
 	ss.mu.Unlock()
 	away := ss.res.stopAway()
 	if old != nil {

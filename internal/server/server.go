@@ -49,6 +49,10 @@ type Server struct {
 
 	fingerprint string         // of the certificate presented at start; "" without TLS
 	clientCAs   *x509.CertPool // client certificates must chain to these; nil: none asked for
+
+	started time.Time
+	statsMu sync.Mutex // guards stats
+	stats   map[string]*tunnelStats
 }
 
 // New prepares a server. cfg must be validated and have a token.
@@ -82,6 +86,7 @@ func New(cfg *config.Server, log *slog.Logger) (*Server, error) {
 		return nil, fmt.Errorf("%s: %w (tunneld must be able to write there; or set state_dir = \"\" to keep port leases in memory only)", cfg.File, err)
 	}
 	return &Server{cfg: cfg, log: log, opts: opts, fingerprint: fingerprint, clientCAs: clientCAs, sessions: map[string]*session{}, ports: map[int]*session{}, leases: ls,
+		started: time.Now(), stats: map[string]*tunnelStats{},
 		gate: newGate(cfg.HandshakeLimit, cfg.HandshakeLimitPerAddress, cfg.FailedHandshakesPerMinute, log)}, nil
 }
 
@@ -160,8 +165,9 @@ func (s *Server) Serve(ctx context.Context) error {
 		defer t.Stop()
 		for {
 			select {
-			case <-t.C:
+			case now := <-t.C:
 				s.gate.sweep()
+				s.sweepStats(now)
 			case <-sweepDone:
 				s.gate.sweep()
 				return

@@ -28,6 +28,7 @@ import (
 type session struct {
 	srv    *Server
 	id     string
+	since  time.Time
 	client string    // the authenticated identity's name
 	lim    *identity // what the client may do
 	conns  atomic.Int64
@@ -39,11 +40,15 @@ type session struct {
 	mu sync.Mutex
 	// car carries the session now; nil while its client is away (the
 	// session lost its carrier and waits for a resume).
-	car       *carrier
-	listeners []*publicListener
-	pending   map[string]*pendingTunnel // refused for now, retried (see pending.go)
-	reason    string                    // why shutdown was called, if it was
-	closed    bool
+	car        *carrier
+	lastRemote string // the client's address on its latest carrier
+	listeners  []*publicListener
+	pending    map[string]*pendingTunnel // refused for now, retried (see pending.go)
+	reason     string                    // why shutdown was called, if it was
+	closed     bool
+
+	// Bytes of the session's connections that ended, each way.
+	endIn, endOut atomic.Uint64
 
 	parts parts // every goroutine of the session but the control reader's
 	once  sync.Once
@@ -78,10 +83,12 @@ func (ss *session) carrier() *carrier {
 var errServerShutdown = errors.New("server shutting down")
 
 type publicListener struct {
-	name  string
-	port  int
-	ln    net.Listener
-	conns atomic.Int64
+	name     string
+	port     int
+	ln       net.Listener
+	conns    atomic.Int64
+	st       *tunnelStats
+	draining atomic.Bool // closed by the operator; the port stays the session's
 
 	// Refusals at a connection limit are logged at most once per
 	// refusalLogEvery per tunnel, with a count.
@@ -230,7 +237,7 @@ func (s *Server) handshake(ctx context.Context, c net.Conn, handshook func(faile
 			return resumed, false
 		}
 	}
-	ss = &session{srv: s, id: newID(), client: id.name, lim: id, car: car}
+	ss = &session{srv: s, id: newID(), since: time.Now(), client: id.name, lim: id, car: car, lastRemote: car.remote}
 	ss.log = log.With("session", ss.id)
 	ss.ctx, ss.cancel = context.WithCancelCause(context.Background())
 	grant := ss.offerResume(hello)
@@ -342,6 +349,9 @@ func (ss *session) finish(cause string, lost error) {
 	ss.shutdown("")
 	ss.parts.wait()
 	ss.res.endAll()
+	for _, pl := range ss.publicListeners() {
+		pl.st.unuse()
+	}
 	ss.srv.unregister(ss)
 	ss.mu.Lock()
 	reason := ss.reason
@@ -418,6 +428,7 @@ func (s *Server) register(ss *session, reqs []protocol.TunnelRequest) []protocol
 			pl, res.Code, err = s.bind(ss, r)
 			if err == nil && !ss.addListener(pl) {
 				pl.ln.Close()
+				pl.st.unuse()
 				res.Code, err = protocol.CodeInternal, errors.New("session closed during registration")
 			}
 			if err == nil {
@@ -472,7 +483,7 @@ func (s *Server) bind(ss *session, r protocol.TunnelRequest) (*publicListener, s
 		s.mu.Lock()
 		s.ports[port] = ss
 		s.mu.Unlock()
-		return &publicListener{name: r.Name, port: port, ln: ln}, "", nil
+		return &publicListener{name: r.Name, port: port, ln: ln, st: s.statsFor(ss.client, r.Name)}, "", nil
 	}
 	if r.RemotePort != 0 {
 		if !ss.lim.portAllowed(r.RemotePort) {
@@ -770,6 +781,7 @@ func (ss *session) acceptPublic(pl *publicListener) {
 		delay = 0
 		if limit, what := ss.takeConn(pl); limit > 0 {
 			_ = sockopt.Abort(c.(*net.TCPConn))
+			pl.st.noteRefused()
 			pl.noteRefused(log, limit, what)
 			continue
 		}
@@ -832,6 +844,7 @@ func (ss *session) handlePublic(pl *publicListener, pc *net.TCPConn, log *slog.L
 		}
 		if hc = ss.res.holdNew(h); hc == nil {
 			_ = sockopt.Abort(pc)
+			pl.st.noteRefused()
 			ss.res.refusedWhileAway(log, tunnel)
 			return
 		}
@@ -849,11 +862,20 @@ func (ss *session) handlePublic(pl *publicListener, pc *net.TCPConn, log *slog.L
 	}
 	log.Debug("public connection open")
 	joined = true
+	lc := &liveConn{id: id, ss: ss, peer: h.RemoteAddr, since: time.Now()}
+	pl.st.open(lc)
 	// In the background: this goroutine, grown by the handshake, ends here.
-	proxy.Go(ss.ctx, pc, "public", &dialResult{dataConn: side}, "stream", func(stats proxy.Stats, err error) {
+	pair := proxy.Go(ss.ctx, pc, "public", &dialResult{dataConn: side}, "stream", func(stats proxy.Stats, err error) {
 		defer ss.parts.leave()
 		defer ss.releaseConn(pl)
+		pl.st.close(lc, stats)
+		ss.endIn.Add(uint64(stats.AToB))
+		ss.endOut.Add(uint64(stats.BToA))
 		ss.res.joinEnded(ss, hc)
+		if errors.Is(err, errClosedByOperator) {
+			log.Info("public connection closed by the operator", "in", stats.AToB, "out", stats.BToA)
+			return
+		}
 		if errors.Is(err, errServerShutdown) {
 			log.Debug("public connection ended: server shutting down", "in", stats.AToB, "out", stats.BToA)
 			return
@@ -861,6 +883,7 @@ func (ss *session) handlePublic(pl *publicListener, pc *net.TCPConn, log *slog.L
 		if err != nil {
 			var de *dialError
 			if errors.As(err, &de) {
+				pl.st.noteDialFailed()
 				log.Warn("public connection reset: client could not reach the local service", "err", de.msg)
 				return
 			}
@@ -869,6 +892,7 @@ func (ss *session) handlePublic(pl *publicListener, pc *net.TCPConn, log *slog.L
 		}
 		log.Debug("public connection closed", "in", stats.AToB, "out", stats.BToA)
 	})
+	lc.pair.Store(pair)
 }
 
 // fitWelcome shortens w's error messages until it fits a frame: a welcome
