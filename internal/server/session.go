@@ -350,7 +350,7 @@ func (ss *session) finish(cause string, lost error) {
 	ss.parts.wait()
 	ss.res.endAll()
 	for _, pl := range ss.publicListeners() {
-		pl.st.unuse()
+		pl.st.Release()
 	}
 	ss.srv.unregister(ss)
 	ss.mu.Lock()
@@ -428,7 +428,7 @@ func (s *Server) register(ss *session, reqs []protocol.TunnelRequest) []protocol
 			pl, res.Code, err = s.bind(ss, r)
 			if err == nil && !ss.addListener(pl) {
 				pl.ln.Close()
-				pl.st.unuse()
+				pl.st.Release()
 				res.Code, err = protocol.CodeInternal, errors.New("session closed during registration")
 			}
 			if err == nil {
@@ -781,7 +781,7 @@ func (ss *session) acceptPublic(pl *publicListener) {
 		delay = 0
 		if limit, what := ss.takeConn(pl); limit > 0 {
 			_ = sockopt.Abort(c.(*net.TCPConn))
-			pl.st.noteRefused()
+			pl.st.refused.Add(1)
 			pl.noteRefused(log, limit, what)
 			continue
 		}
@@ -844,7 +844,7 @@ func (ss *session) handlePublic(pl *publicListener, pc *net.TCPConn, log *slog.L
 		}
 		if hc = ss.res.holdNew(h); hc == nil {
 			_ = sockopt.Abort(pc)
-			pl.st.noteRefused()
+			pl.st.refused.Add(1)
 			ss.res.refusedWhileAway(log, tunnel)
 			return
 		}
@@ -862,13 +862,13 @@ func (ss *session) handlePublic(pl *publicListener, pc *net.TCPConn, log *slog.L
 	}
 	log.Debug("public connection open")
 	joined = true
-	lc := &liveConn{id: id, ss: ss, peer: h.RemoteAddr, since: time.Now()}
-	pl.st.open(lc)
+	lc := &proxy.Live{ID: id, Owner: ss, Peer: h.RemoteAddr, Since: time.Now()}
+	pl.st.Open(lc)
 	// In the background: this goroutine, grown by the handshake, ends here.
 	pair := proxy.Go(ss.ctx, pc, "public", &dialResult{dataConn: side}, "stream", func(stats proxy.Stats, err error) {
 		defer ss.parts.leave()
 		defer ss.releaseConn(pl)
-		pl.st.close(lc, stats)
+		pl.st.Close(lc, stats)
 		ss.endIn.Add(uint64(stats.AToB))
 		ss.endOut.Add(uint64(stats.BToA))
 		ss.res.joinEnded(ss, hc)
@@ -883,7 +883,7 @@ func (ss *session) handlePublic(pl *publicListener, pc *net.TCPConn, log *slog.L
 		if err != nil {
 			var de *dialError
 			if errors.As(err, &de) {
-				pl.st.noteDialFailed()
+				pl.st.dialFailed.Add(1)
 				log.Warn("public connection reset: client could not reach the local service", "err", de.msg)
 				return
 			}
@@ -892,7 +892,7 @@ func (ss *session) handlePublic(pl *publicListener, pc *net.TCPConn, log *slog.L
 		}
 		log.Debug("public connection closed", "in", stats.AToB, "out", stats.BToA)
 	})
-	lc.pair.Store(pair)
+	lc.Run(pair)
 }
 
 // fitWelcome shortens w's error messages until it fits a frame: a welcome

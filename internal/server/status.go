@@ -13,7 +13,6 @@ import (
 	"net/http"
 	"sort"
 	"strconv"
-	"sync"
 	"sync/atomic"
 	"time"
 
@@ -24,64 +23,29 @@ import (
 // errClosedByOperator ends a connection the admin endpoint closed.
 var errClosedByOperator = errors.New("closed by the operator")
 
-// tunnelStats counts one tunnel of one client, across its sessions.
+// tunnelStats counts one tunnel of one client, across its sessions: its
+// connections (a Tally whose holders are the tunnel's listeners) and its
+// refusals.
 type tunnelStats struct {
 	client, name string
-
-	mu   sync.Mutex
-	live map[uint64]*liveConn
-	// Of the connections that ended: their bytes, and how many there
-	// were (with the live ones: every connection the tunnel carried).
-	ended          uint64
-	endIn, endOut  uint64
-	refused        uint64    // at a connection limit or while away past resume_hold
-	dialFailed     uint64    // the client could not reach the local service
-	idleSince      time.Time // when the last listener and connection went; zero while in use
-	listenersInUse int
-}
-
-// liveConn is one open public connection.
-type liveConn struct {
-	id    uint64
-	ss    *session
-	peer  string
-	since time.Time
-	pair  atomic.Pointer[proxy.Pair] // set once the join runs
-}
-
-func (lc *liveConn) moved() proxy.Stats {
-	if p := lc.pair.Load(); p != nil {
-		return p.Moved()
-	}
-	return proxy.Stats{}
+	proxy.Tally
+	refused    atomic.Uint64 // at a connection limit, or while away past resume_hold
+	dialFailed atomic.Uint64 // the client could not reach the local service
 }
 
 // statsFor returns the counts of client's tunnel, made on first use, and
-// counts a listener as using them (release with unuse).
+// holds them for a listener (Release when it is gone).
 func (s *Server) statsFor(client, name string) *tunnelStats {
 	s.statsMu.Lock()
 	defer s.statsMu.Unlock()
 	key := client + "\x00" + name
 	st := s.stats[key]
 	if st == nil {
-		st = &tunnelStats{client: client, name: name, live: map[uint64]*liveConn{}}
+		st = &tunnelStats{client: client, name: name}
 		s.stats[key] = st
 	}
-	st.mu.Lock()
-	st.listenersInUse++
-	st.idleSince = time.Time{}
-	st.mu.Unlock()
+	st.Hold()
 	return st
-}
-
-// unuse is a listener letting go of st.
-func (st *tunnelStats) unuse() {
-	st.mu.Lock()
-	defer st.mu.Unlock()
-	st.listenersInUse--
-	if st.listenersInUse == 0 && len(st.live) == 0 {
-		st.idleSince = time.Now()
-	}
 }
 
 // statsIdleFor is how long a tunnel's counts outlive its last listener
@@ -90,66 +54,29 @@ func (st *tunnelStats) unuse() {
 // the server memory for ever.
 const statsIdleFor = time.Hour
 
-// sweepStats forgets the counts of tunnels unused for statsIdleFor.
+// sweepStats forgets the counts of tunnels idle for statsIdleFor.
 func (s *Server) sweepStats(now time.Time) {
 	s.statsMu.Lock()
 	defer s.statsMu.Unlock()
 	for key, st := range s.stats {
-		st.mu.Lock()
-		idle := !st.idleSince.IsZero() && now.Sub(st.idleSince) > statsIdleFor
-		st.mu.Unlock()
-		if idle {
+		if st.IdleFor(now, statsIdleFor) {
 			delete(s.stats, key)
 		}
 	}
 }
 
-// open records a public connection as live.
-func (st *tunnelStats) open(lc *liveConn) {
-	st.mu.Lock()
-	st.live[lc.id] = lc
-	st.idleSince = time.Time{}
-	st.mu.Unlock()
-}
-
-// close moves a connection's final counts from live to ended.
-func (st *tunnelStats) close(lc *liveConn, final proxy.Stats) {
-	st.mu.Lock()
-	defer st.mu.Unlock()
-	delete(st.live, lc.id)
-	st.ended++
-	st.endIn += uint64(final.AToB)
-	st.endOut += uint64(final.BToA)
-	if st.listenersInUse == 0 && len(st.live) == 0 {
-		st.idleSince = time.Now()
-	}
-}
-
-func (st *tunnelStats) noteRefused()    { st.mu.Lock(); st.refused++; st.mu.Unlock() }
-func (st *tunnelStats) noteDialFailed() { st.mu.Lock(); st.dialFailed++; st.mu.Unlock() }
-
-// tunnelCounts is a consistent reading of a tunnelStats.
-type tunnelCounts struct {
-	active, total       uint64
-	in, out             uint64
-	refused, dialFailed uint64
-}
-
-// counts reads st; with ss set, active counts only that session's.
-func (st *tunnelStats) counts(ss *session) tunnelCounts {
-	st.mu.Lock()
-	defer st.mu.Unlock()
-	c := tunnelCounts{total: st.ended, in: st.endIn, out: st.endOut, refused: st.refused, dialFailed: st.dialFailed}
-	for _, lc := range st.live {
-		m := lc.moved()
-		c.total++
-		c.in += uint64(m.AToB)
-		c.out += uint64(m.BToA)
-		if ss == nil || lc.ss == ss {
-			c.active++
+// allStats lists the tunnels counted, of one client and tunnel when
+// those are given.
+func (s *Server) allStats(client, tunnel string) []*tunnelStats {
+	s.statsMu.Lock()
+	defer s.statsMu.Unlock()
+	all := make([]*tunnelStats, 0, len(s.stats))
+	for _, st := range s.stats {
+		if (client == "" || st.client == client) && (tunnel == "" || st.name == tunnel) {
+			all = append(all, st)
 		}
 	}
-	return c
+	return all
 }
 
 // Status is what GET /v1/status answers, and `tunneld status` shows.
@@ -238,18 +165,11 @@ func (ss *session) status() SessionStatus {
 		out.Resume = r.status()
 	}
 	for _, pl := range ss.publicListeners() {
-		c := pl.st.counts(ss)
-		state := "up"
-		if pl.draining.Load() {
-			state = "draining"
-		}
-		out.Tunnels = append(out.Tunnels, TunnelStatus{Name: pl.name, Public: ss.srv.publicAddr(pl.port), State: state,
-			Connections: c.active, ConnectionsTotal: c.total, BytesIn: c.in, BytesOut: c.out, Refused: c.refused, DialFailed: c.dialFailed})
-		out.Connections += c.active
-		for _, m := range pl.st.liveOf(ss) {
-			out.BytesIn += uint64(m.AToB)
-			out.BytesOut += uint64(m.BToA)
-		}
+		out.Tunnels = append(out.Tunnels, pl.status(ss))
+		c := pl.st.Read(ss)
+		out.Connections += c.Open
+		out.BytesIn += c.OwnAToB
+		out.BytesOut += c.OwnBToA
 	}
 	for name, why := range ss.pendingReasons() {
 		out.Tunnels = append(out.Tunnels, TunnelStatus{Name: name, State: "pending", Pending: why})
@@ -258,17 +178,15 @@ func (ss *session) status() SessionStatus {
 	return out
 }
 
-// liveOf is what ss's open connections of the tunnel have moved.
-func (st *tunnelStats) liveOf(ss *session) []proxy.Stats {
-	st.mu.Lock()
-	defer st.mu.Unlock()
-	var out []proxy.Stats
-	for _, lc := range st.live {
-		if lc.ss == ss {
-			out = append(out, lc.moved())
-		}
+// status is the tunnel as ss's, with its counts.
+func (pl *publicListener) status(ss *session) TunnelStatus {
+	c := pl.st.Read(ss)
+	state := "up"
+	if pl.draining.Load() {
+		state = "draining"
 	}
-	return out
+	return TunnelStatus{Name: pl.name, Public: ss.srv.publicAddr(pl.port), State: state, Connections: c.Open, ConnectionsTotal: c.Total,
+		BytesIn: c.AToB, BytesOut: c.BToA, Refused: pl.st.refused.Load(), DialFailed: pl.st.dialFailed.Load()}
 }
 
 func (r *resumable) status() *ResumeStatus {
@@ -317,24 +235,14 @@ func (s *Server) Kick(name, reason string) (*SessionStatus, error) {
 // CloseConn resets one public connection, by its id (the conn of the
 // logs).
 func (s *Server) CloseConn(id uint64) error {
-	s.statsMu.Lock()
-	all := make([]*tunnelStats, 0, len(s.stats))
-	for _, st := range s.stats {
-		all = append(all, st)
-	}
-	s.statsMu.Unlock()
-	for _, st := range all {
-		st.mu.Lock()
-		lc := st.live[id]
-		st.mu.Unlock()
-		if lc == nil {
+	for _, st := range s.allStats("", "") {
+		l := st.Find(id)
+		if l == nil {
 			continue
 		}
-		p := lc.pair.Load()
-		if p == nil {
+		if !l.Abort(errClosedByOperator) {
 			return &admin.Error{Status: http.StatusConflict, Msg: fmt.Sprintf("connection %d is still being set up; try again", id)}
 		}
-		p.Abort(errClosedByOperator)
 		return nil
 	}
 	return admin.NotFound("no open connection with id %d", id)
@@ -356,9 +264,8 @@ func (s *Server) Drain(name, tunnel string) (*TunnelStatus, error) {
 			pl.ln.Close()
 			ss.log.Warn("tunnel draining: new connections refused, open ones carry on", "tunnel", tunnel)
 		}
-		c := pl.st.counts(ss)
-		return &TunnelStatus{Name: pl.name, Public: s.publicAddr(pl.port), State: "draining", Connections: c.active,
-			ConnectionsTotal: c.total, BytesIn: c.in, BytesOut: c.out}, nil
+		st := pl.status(ss)
+		return &st, nil
 	}
 	return nil, admin.NotFound("client %q has no tunnel %q up", ss.client, tunnel)
 }
@@ -377,23 +284,13 @@ type ConnStatus struct {
 // Connections lists the open public connections, of one client (and one
 // tunnel of it) when those are given, oldest first.
 func (s *Server) Connections(client, tunnel string) []ConnStatus {
-	s.statsMu.Lock()
-	all := make([]*tunnelStats, 0, len(s.stats))
-	for _, st := range s.stats {
-		if (client == "" || st.client == client) && (tunnel == "" || st.name == tunnel) {
-			all = append(all, st)
-		}
-	}
-	s.statsMu.Unlock()
 	out := []ConnStatus{}
-	for _, st := range all {
-		st.mu.Lock()
-		for _, lc := range st.live {
-			m := lc.moved()
-			out = append(out, ConnStatus{ID: lc.id, Client: st.client, Tunnel: st.name, Peer: lc.peer, Since: lc.since,
+	for _, st := range s.allStats(client, tunnel) {
+		st.Each(func(l *proxy.Live) {
+			m := l.Moved()
+			out = append(out, ConnStatus{ID: l.ID, Client: st.client, Tunnel: st.name, Peer: l.Peer, Since: l.Since,
 				BytesIn: uint64(m.AToB), BytesOut: uint64(m.BToA)})
-		}
-		st.mu.Unlock()
+		})
 	}
 	sort.Slice(out, func(i, j int) bool { return out[i].ID < out[j].ID })
 	return out
