@@ -6,6 +6,7 @@ import (
 
 	"github.com/spf13/cobra"
 
+	"github.com/tunnel-dev/tunnel/internal/admin"
 	"github.com/tunnel-dev/tunnel/internal/cli"
 	"github.com/tunnel-dev/tunnel/internal/client"
 	"github.com/tunnel-dev/tunnel/internal/config"
@@ -19,7 +20,7 @@ func newRoot() *cobra.Command {
 		SilenceUsage:  true,
 		SilenceErrors: true,
 	}
-	root.AddCommand(newUp(), newCheck())
+	root.AddCommand(newUp(), newCheck(), newStatus())
 	return root
 }
 
@@ -60,6 +61,17 @@ func newUp() *cobra.Command {
 			}
 			ctx, stop := cli.SignalContext()
 			defer stop()
+			waitAdmin := func() error { return nil }
+			if cfg.Admin.Enabled() {
+				adm := admin.New(cfg.Admin, log)
+				if err := adm.Start(); err != nil {
+					return &cli.ExitError{Code: cli.ExitConfig, Err: fmt.Errorf("%s: %w", cfg.File, err)}
+				}
+				c.ServeAdmin(adm, cli.Version)
+				done := make(chan error, 1)
+				go func() { done <- adm.Serve(ctx) }()
+				waitAdmin = func() error { return <-done }
+			}
 			// As in tunneld: the status signal is handled before "started"
 			// is logged and systemd told.
 			waitStatus := cli.StatusOnSignal(ctx, log, func() []any {
@@ -77,6 +89,9 @@ func newUp() *cobra.Command {
 			stop()
 			wait()
 			waitStatus()
+			if aerr := waitAdmin(); aerr != nil {
+				log.Error("admin endpoint failed", "err", aerr)
+			}
 			if err != nil {
 				code := cli.ExitFailure
 				var pe *client.PermanentError

@@ -62,7 +62,20 @@ type Client struct {
 	// line is the resumable session's state across its carriers (see
 	// resume.go); nil when there is none. Only Run's goroutine sets it.
 	line *lineage
+
+	started time.Time
+	// Under mu, for the status report: the session's mux, when it came
+	// up, and why the last one ended or failed.
+	ys      *mux.Session
+	since   time.Time
+	lastErr string
+
+	statsMu sync.Mutex // guards tallies
+	tallies map[string]*tunnelStats
 }
+
+// config is the configuration the client runs with now.
+func (c *Client) config() *config.Client { return c.cfg }
 
 // Status is what the client currently has, for tests and diagnostics.
 type Status struct {
@@ -106,7 +119,7 @@ func New(cfg *config.Client, log *slog.Logger) (*Client, error) {
 	case cfg.TLS.InsecureSkipVerify:
 		log.Warn("server certificate NOT verified (insecure_skip_verify): anyone on the path can pose as the server and read the token; pin its fingerprint instead (`tunneld fingerprint` on the server)")
 	}
-	return &Client{cfg: cfg, log: log.With("client", cfg.Name), opts: opts}, nil
+	return &Client{cfg: cfg, log: log.With("client", cfg.Name), opts: opts, started: time.Now()}, nil
 }
 
 // clientTLS builds the session's TLS from [tls] (nil when off).
@@ -161,6 +174,10 @@ func (c *Client) Run(ctx context.Context) error {
 		err := c.runSession(ctx)
 		c.mu.Lock()
 		c.status.Connected, c.status.Session, c.status.Public, c.status.Pending = false, "", nil, nil
+		c.ys = nil
+		if err != nil {
+			c.lastErr = err.Error()
+		}
 		c.mu.Unlock()
 		if ctx.Err() != nil {
 			return nil
@@ -334,6 +351,7 @@ func (c *Client) runSession(ctx context.Context) error {
 		c.rememberPickedLocked(name, addr)
 	}
 	c.status.Connected, c.status.Session, c.status.Public, c.status.Pending = true, ss.id, public, pending
+	c.ys, c.since = ys, time.Now()
 	c.status.Sessions++
 	if welcome.Resumed {
 		c.status.Resumes++
@@ -579,8 +597,10 @@ func (ss *session) handleStream(st *mux.Stream) {
 		}
 		defer line.wg.Done()
 	}
+	tally := ss.c.stats(h.Tunnel)
 	local, err := proxy.DialLocal(ctx, t.Local, ss.c.cfg.KeepAlive.Local.Sock(), ss.c.cfg.DialTimeout.D())
 	if err != nil {
+		tally.noteDialFailed(err)
 		ss.refuseStream(side, log, fmt.Sprintf("tunnel %q: dial %s: %v", h.Tunnel, t.Local, unwrapOp(err)))
 		if rc != nil {
 			line.closed(h.Conn, rc)
@@ -602,8 +622,11 @@ func (ss *session) handleStream(st *mux.Stream) {
 	} else {
 		joined = true
 	}
+	live := &proxy.Live{ID: h.Conn, Peer: h.RemoteAddr, Since: time.Now()}
+	tally.Open(live)
 	// In the background: this goroutine, grown by the handshake, ends here.
-	proxy.Go(ctx, side, "stream", local, "local", func(stats proxy.Stats, err error) {
+	pair := proxy.Go(ctx, side, "stream", local, "local", func(stats proxy.Stats, err error) {
+		tally.Close(live, stats)
 		if line != nil {
 			defer line.wg.Done()
 			line.closed(h.Conn, rc)
@@ -620,6 +643,7 @@ func (ss *session) handleStream(st *mux.Stream) {
 		}
 		log.Debug("connection closed", "in", stats.AToB, "out", stats.BToA)
 	})
+	live.Run(pair)
 }
 
 // joinable is the tunnel side of a connection: a stream or a resumable

@@ -22,6 +22,7 @@ import (
 
 	"github.com/tunnel-dev/tunnel/internal/admin"
 	"github.com/tunnel-dev/tunnel/internal/cli"
+	"github.com/tunnel-dev/tunnel/internal/client"
 	"github.com/tunnel-dev/tunnel/internal/config"
 	"github.com/tunnel-dev/tunnel/internal/server"
 	tt "github.com/tunnel-dev/tunnel/internal/tunneltest"
@@ -259,7 +260,9 @@ func TestAdminCommands(t *testing.T) {
 	bare := writeFile(t, dir, "bare.toml", fmt.Sprintf(serverTOML, ctrlPort, tt.Token, filepath.Join(dir, "state")))
 	srvConf := writeFile(t, dir, "tunneld.toml", fmt.Sprintf(serverTOML, ctrlPort, tt.Token, filepath.Join(dir, "state"))+
 		fmt.Sprintf("\n[admin]\nsocket = %q\n", sock))
-	cliConf := writeFile(t, dir, "tunnel.toml", fmt.Sprintf(clientTOML, ctrlPort, tt.Token, echo.Addr(), fixedPort, echo.Addr(), "")+"insecure_skip_verify = true\n")
+	csock := filepath.Join(dir, "run", "tunnelc.sock")
+	cliConf := writeFile(t, dir, "tunnel.toml", fmt.Sprintf(clientTOML, ctrlPort, tt.Token, echo.Addr(), fixedPort, echo.Addr(), "")+
+		fmt.Sprintf("insecure_skip_verify = true\n[admin]\nsocket = %q\n", csock))
 	srv := tt.Start(t, exec.Command(filepath.Join(bin, "tunneld"), "serve", "-c", srvConf))
 	srv.WaitOutput(t, 10*time.Second, `listening for sessions`)
 	cl := tt.Start(t, exec.Command(filepath.Join(bin, "tunnelc"), "up", "-c", cliConf))
@@ -296,6 +299,14 @@ func TestAdminCommands(t *testing.T) {
 		`(?m)^binary-test\s+fixed\s+127\.0\.0\.1:` + fmt.Sprint(fixedPort) + `\s+up\s+1\s+2\s+1\.0MiB\s+1\.0MiB\s`} {
 		if !regexp.MustCompile(re).MatchString(table) {
 			t.Errorf("status table lacks %s", re)
+		}
+	}
+	out, err := exec.Command(filepath.Join(bin, "tunnelc"), "status", "-c", cliConf).CombinedOutput()
+	t.Logf("tunnelc status:\n%s", out)
+	for _, re := range []string{`connected to 127\.0\.0\.1:\d+, session [0-9a-f]{12} for .*; 2 tunnels, 1 connections`,
+		`(?m)^fixed\s+127\.0\.0\.1:` + fmt.Sprint(fixedPort) + `\s+127\.0\.0\.1:\d+\s+up\s+1\s+2\s+1\.0MiB\s+1\.0MiB\s+0$`} {
+		if err != nil || !regexp.MustCompile(re).Match(out) {
+			t.Errorf("tunnelc status (%v) lacks %s", err, re)
 		}
 	}
 	var st server.Status
@@ -349,5 +360,86 @@ func TestAdminCommands(t *testing.T) {
 	}
 	if _, err := os.Stat(sock); !errors.Is(err, os.ErrNotExist) {
 		t.Errorf("the admin socket outlived tunneld: %v", err)
+	}
+}
+
+// tunnelc's endpoint: not ready while it has no session, and says why;
+// then ready, with its tunnels' counts, and local dials that failed
+// counted by reason.
+func TestClientAdminReport(t *testing.T) {
+	tt.CheckLeaks(t)
+	echo := tt.NewEcho(t)
+	dead := tt.FreePort(t) // nothing listens there
+	// A session port with nothing behind it yet: the client cannot connect.
+	srvPort := tt.FreePort(t)
+	sock := filepath.Join(t.TempDir(), "tunnelc.sock")
+	cfg := tt.ClientConfig(t, fmt.Sprintf("127.0.0.1:%d", srvPort), map[string]*config.Tunnel{
+		"echo": {Local: echo.Addr()}, "dead": {Local: fmt.Sprintf("127.0.0.1:%d", dead)}}, nil)
+	cl := tt.StartClient(t, cfg)
+	a := admin.New(config.Admin{Socket: sock}, slog.New(slog.NewTextHandler(cl.Logs, nil)))
+	if err := a.Start(); err != nil {
+		t.Fatal(err)
+	}
+	cl.ServeAdmin(a, "test")
+	ctx, cancel := context.WithCancel(context.Background())
+	done := make(chan error, 1)
+	go func() { done <- a.Serve(ctx) }()
+	t.Cleanup(func() { cancel(); <-done })
+	hc := &http.Client{Transport: &http.Transport{DialContext: func(ctx context.Context, _, _ string) (net.Conn, error) {
+		return (&net.Dialer{}).DialContext(ctx, "unix", sock)
+	}}}
+	defer hc.CloseIdleConnections()
+	probe := func(path string) (int, string) {
+		resp, err := hc.Get("http://tunnelc" + path)
+		if err != nil {
+			t.Fatal(err)
+		}
+		defer resp.Body.Close()
+		b, _ := io.ReadAll(resp.Body)
+		return resp.StatusCode, string(b)
+	}
+	tt.Eventually(t, 5*time.Second, "a failed attempt", func() bool { return cl.Logs.Contains("reconnecting") })
+	if code, body := probe("/readyz"); code != 503 || !strings.Contains(body, "cannot reach server") {
+		t.Fatalf("readyz without a session: %d %q", code, body)
+	}
+	if code, _ := probe("/healthz"); code != 200 {
+		t.Fatalf("healthz: %d", code)
+	}
+	api := admin.Dial(config.Admin{Socket: sock})
+	var r client.Report
+	if err := api.Get(ctx, "/v1/status", &r); err != nil || r.Connected || !strings.Contains(r.LastError, "cannot reach server") || len(r.Tunnels) != 2 || r.Tunnels[0].State != "down" {
+		t.Fatalf("report without a server: %+v, %v", r, err)
+	}
+
+	tt.StartServer(t, tt.ServerConfig(t, func(c *config.Server) { c.Listen = fmt.Sprintf("127.0.0.1:%d", srvPort) }))
+	pub := cl.WaitUp(t, 10*time.Second)
+	if code, body := probe("/readyz"); code != 200 {
+		t.Fatalf("readyz with a session: %d %q", code, body)
+	}
+	if err := tt.RoundTrip(tt.Dial(t, pub["echo"]), 2<<20); err != nil {
+		t.Fatal(err)
+	}
+	for range 2 {
+		c := tt.Dial(t, pub["dead"])
+		_ = c.SetReadDeadline(time.Now().Add(5 * time.Second))
+		if _, err := c.Read(make([]byte, 1)); err == nil {
+			t.Fatal("a tunnel to a dead local service answered")
+		}
+	}
+	tt.Eventually(t, 5*time.Second, "the counts", func() bool {
+		if err := api.Get(ctx, "/v1/status", &r); err != nil {
+			t.Fatal(err)
+		}
+		return r.Tunnels[1].Connections == 0 && r.Tunnels[1].ConnectionsTotal == 1 && r.Tunnels[0].DialFailed["refused"] == 2
+	})
+	dt, et := r.Tunnels[0], r.Tunnels[1]
+	if !r.Connected || r.Session == "" || r.Since == nil || r.RTTMillis <= 0 || r.Sessions != 1 {
+		t.Errorf("session in the report: %+v", r)
+	}
+	if et.Name != "echo" || et.State != "up" || et.Public != pub["echo"] || et.BytesIn != 2<<20 || et.BytesOut != 2<<20 {
+		t.Errorf("echo tunnel: %+v", et)
+	}
+	if dt.Name != "dead" || dt.ConnectionsTotal != 0 || len(dt.DialFailed) != 1 {
+		t.Errorf("dead tunnel: %+v", dt)
 	}
 }
