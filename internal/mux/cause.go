@@ -14,24 +14,52 @@ import (
 // the one place errors become such words; a Session adds what only it
 // knows (Session.Cause). Errors are told apart by errors.Is, never by
 // their text.
-func Cause(err error) string {
+func Cause(err error) string { return classify(err).text }
+
+// Kinds of end, for metrics labels: a small fixed set (Kinds lists it).
+const (
+	KindClosed           = "closed"
+	KindSessionLost      = "session_lost"
+	KindTCPTimeout       = "tcp_timeout"
+	KindKeepAliveTimeout = "keepalive_timeout"
+	KindUserTimeout      = "user_timeout"
+	KindHeartbeatTimeout = "heartbeat_timeout"
+	KindTimeout          = "timeout"
+	KindClosedLocally    = "closed_locally"
+	KindPeerClosed       = "peer_closed"
+	KindReset            = "reset"
+	KindUnreachable      = "unreachable"
+	KindError            = "error"
+)
+
+// Kinds lists every kind CauseKind and Session.CauseKind give.
+var Kinds = []string{KindClosed, KindSessionLost, KindTCPTimeout, KindKeepAliveTimeout, KindUserTimeout, KindHeartbeatTimeout,
+	KindTimeout, KindClosedLocally, KindPeerClosed, KindReset, KindUnreachable, KindError}
+
+// CauseKind is Cause's kind.
+func CauseKind(err error) string { return classify(err).kind }
+
+// cause is an end's kind and its words.
+type cause struct{ kind, text string }
+
+func classify(err error) cause {
 	switch {
 	case err == nil:
-		return "closed"
+		return cause{KindClosed, "closed"}
 	case errors.Is(err, ErrSessionLost):
-		return "session lost"
+		return cause{KindSessionLost, "session lost"}
 	case errors.Is(err, syscall.ETIMEDOUT):
-		return "tcp timeout: the peer stopped answering (keepalive or user_timeout)"
+		return cause{KindTCPTimeout, "tcp timeout: the peer stopped answering (keepalive or user_timeout)"}
 	case errors.Is(err, os.ErrDeadlineExceeded), errors.Is(err, context.DeadlineExceeded):
-		return "timed out"
+		return cause{KindTimeout, "timed out"}
 	case errors.Is(err, net.ErrClosed):
-		return "closed locally"
+		return cause{KindClosedLocally, "closed locally"}
 	case errors.Is(err, io.EOF), errors.Is(err, io.ErrUnexpectedEOF):
-		return "closed by peer"
+		return cause{KindPeerClosed, "closed by peer"}
 	case errors.Is(err, syscall.ECONNRESET), errors.Is(err, syscall.EPIPE):
-		return "reset by peer"
+		return cause{KindReset, "reset by peer"}
 	case errors.Is(err, syscall.EHOSTUNREACH), errors.Is(err, syscall.ENETUNREACH):
-		return "peer unreachable"
+		return cause{KindUnreachable, "peer unreachable"}
 	}
-	return "error"
+	return cause{KindError, "error"}
 }

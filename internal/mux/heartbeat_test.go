@@ -80,8 +80,8 @@ func TestHeartbeatCatchesFrozenRelay(t *testing.T) {
 		_, err := s.Accept()
 		cause := s.Cause(err)
 		t.Logf("%s closed %s after the freeze: %s", name, d.Round(10*time.Millisecond), cause)
-		if !strings.HasPrefix(cause, "heartbeat timeout") {
-			t.Errorf("%s cause %q", name, cause)
+		if !strings.HasPrefix(cause, "heartbeat timeout") || s.CauseKind(err) != mux.KindHeartbeatTimeout {
+			t.Errorf("%s cause %q (%s)", name, cause, s.CauseKind(err))
 		}
 		if bound := o.HeartbeatInterval + o.HeartbeatTimeout + 500*time.Millisecond; d > bound {
 			t.Errorf("%s closed after %s, bound %s", name, d, bound)

@@ -9,6 +9,7 @@ import (
 	"net"
 	"os"
 	"runtime"
+	"slices"
 	"strings"
 	"sync"
 	"syscall"
@@ -277,19 +278,22 @@ func TestStreamReadTellsSessionLossFromEOF(t *testing.T) {
 }
 
 func TestCause(t *testing.T) {
-	for err, want := range map[error]string{
-		nil:                                "closed",
-		io.EOF:                             "closed by peer",
-		ErrSessionLost:                     "session lost",
-		fmt.Errorf("a: %w", syscall.EPIPE): "reset by peer",
-		errStreamReset:                     "reset by peer",
-		errDeadline:                        "timed out",
-		net.ErrClosed:                      "closed locally",
-		&net.OpError{Op: "read", Err: os.NewSyscallError("read", syscall.ETIMEDOUT)}: "tcp timeout: the peer stopped answering (keepalive or user_timeout)",
-		errors.New("something else"): "error",
+	for err, want := range map[error][2]string{
+		nil:                                {"closed", KindClosed},
+		io.EOF:                             {"closed by peer", KindPeerClosed},
+		ErrSessionLost:                     {"session lost", KindSessionLost},
+		fmt.Errorf("a: %w", syscall.EPIPE): {"reset by peer", KindReset},
+		errStreamReset:                     {"reset by peer", KindReset},
+		errDeadline:                        {"timed out", KindTimeout},
+		net.ErrClosed:                      {"closed locally", KindClosedLocally},
+		&net.OpError{Op: "read", Err: os.NewSyscallError("read", syscall.ETIMEDOUT)}: {"tcp timeout: the peer stopped answering (keepalive or user_timeout)", KindTCPTimeout},
+		errors.New("something else"): {"error", KindError},
 	} {
-		if got := Cause(err); got != want {
-			t.Errorf("Cause(%v) = %q, want %q", err, got, want)
+		if got, kind := Cause(err), CauseKind(err); got != want[0] || kind != want[1] {
+			t.Errorf("Cause(%v) = %q, %q; want %q, %q", err, got, kind, want[0], want[1])
+		}
+		if !slices.Contains(Kinds, want[1]) {
+			t.Errorf("Kinds lacks %q", want[1])
 		}
 	}
 }

@@ -31,7 +31,7 @@ type Session struct {
 	ysp   atomic.Pointer[yamux.Session] // ys, for the logger, which may run before ys is set
 	conn  *watchConn
 	o     Options
-	cause atomic.Pointer[string]
+	cause atomic.Pointer[cause]
 	done  chan struct{}
 
 	mon     sync.Mutex // held while the monitor runs; guards what follows
@@ -305,7 +305,7 @@ func (s *Session) monitor() {
 	defer func() {
 		s.mon.Unlock()
 		if expired != "" {
-			s.cause.CompareAndSwap(nil, &expired)
+			s.cause.CompareAndSwap(nil, &cause{KindHeartbeatTimeout, expired})
 			s.ys.Close()
 			s.stopMonitor()
 		}
@@ -403,7 +403,12 @@ func (s *Session) RTT() time.Duration {
 // returned: the heartbeat, a TCP timeout told apart by the socket's last
 // state (keepalive probes unanswered, or data unacknowledged past
 // TCP_USER_TIMEOUT), a reset or close by the peer, or a local close.
-func (s *Session) Cause(err error) string {
+func (s *Session) Cause(err error) string { return s.classify(err).text }
+
+// CauseKind is Cause's kind, for metrics.
+func (s *Session) CauseKind(err error) string { return s.classify(err).kind }
+
+func (s *Session) classify(err error) cause {
 	if c := s.cause.Load(); c != nil {
 		return *c
 	}
@@ -412,5 +417,5 @@ func (s *Session) Cause(err error) string {
 			return *c
 		}
 	}
-	return Cause(err)
+	return classify(err)
 }

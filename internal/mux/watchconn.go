@@ -21,7 +21,7 @@ type watchConn struct {
 	lastRead atomic.Int64  // unix nanos of the last read that returned bytes
 	info     atomic.Pointer[tcpState]
 	failed   atomic.Bool // a read or write on the socket has failed
-	cause    atomic.Pointer[string]
+	cause    atomic.Pointer[cause]
 	ka       time.Duration // keepalive idle + interval*count, for the message
 	ut       time.Duration
 	// rw does the I/O: the socket through package rawio (no runtime
@@ -175,7 +175,7 @@ func (w *watchConn) noteFailure(err error) {
 // error surfaces. Data in flight is data unacknowledged or retransmitted,
 // or a send window the peer has closed (its zero-window probes count as
 // probes too, which without this read as keepalive's).
-func (w *watchConn) explainTimeout() string {
+func (w *watchConn) explainTimeout() cause {
 	quiet := time.Since(time.Unix(0, w.lastRead.Load())).Round(100 * time.Millisecond)
 	last := w.info.Load()
 	w.sample()
@@ -188,13 +188,13 @@ func (w *watchConn) explainTimeout() string {
 	}
 	switch {
 	case !known:
-		return fmt.Sprintf("tcp timeout after %s without a reply", quiet)
+		return cause{KindTCPTimeout, fmt.Sprintf("tcp timeout after %s without a reply", quiet)}
 	case inFlight:
-		return fmt.Sprintf("user timeout: sent data unacknowledged, nothing received for %s (user_timeout %s)", quiet, w.ut)
+		return cause{KindUserTimeout, fmt.Sprintf("user timeout: sent data unacknowledged, nothing received for %s (user_timeout %s)", quiet, w.ut)}
 	case w.ka > 0:
 		// Not "idle": streams may have been waiting for window, with
 		// nothing of ours on the wire; TCP's books decide the label.
-		return fmt.Sprintf("keepalive timeout: probes unanswered, nothing received for %s, nothing of ours unacknowledged (keepalive bound %s)", quiet, w.ka)
+		return cause{KindKeepAliveTimeout, fmt.Sprintf("keepalive timeout: probes unanswered, nothing received for %s, nothing of ours unacknowledged (keepalive bound %s)", quiet, w.ka)}
 	}
-	return fmt.Sprintf("tcp timeout after %s without a reply", quiet)
+	return cause{KindTCPTimeout, fmt.Sprintf("tcp timeout after %s without a reply", quiet)}
 }
