@@ -72,6 +72,7 @@ type Client struct {
 
 	statsMu sync.Mutex // guards tallies
 	tallies map[string]*tunnelStats
+	met     *clientMetrics
 }
 
 // config is the configuration the client runs with now.
@@ -119,7 +120,10 @@ func New(cfg *config.Client, log *slog.Logger) (*Client, error) {
 	case cfg.TLS.InsecureSkipVerify:
 		log.Warn("server certificate NOT verified (insecure_skip_verify): anyone on the path can pose as the server and read the token; pin its fingerprint instead (`tunneld fingerprint` on the server)")
 	}
-	return &Client{cfg: cfg, log: log.With("client", cfg.Name), opts: opts, started: time.Now()}, nil
+	c := &Client{cfg: cfg, log: log.With("client", cfg.Name), opts: opts, started: time.Now()}
+	c.met = newClientMetrics(c)
+	c.opts.OnRTT = func(d time.Duration) { c.met.rtt.Observe(d.Seconds()) }
+	return c, nil
 }
 
 // clientTLS builds the session's TLS from [tls] (nil when off).
@@ -201,6 +205,7 @@ func (c *Client) Run(ctx context.Context) error {
 			most = min(most, resumeRetryMax)
 		}
 		delay := backoff(attempt, min(c.cfg.Reconnect.MinDelay.D(), most), most)
+		c.met.reconnects.Inc()
 		c.log.Warn("reconnecting", "attempt", attempt, "delay", delay.Round(time.Millisecond), "after", err)
 		t := time.NewTimer(delay)
 		select {
@@ -291,6 +296,7 @@ var ErrShuttingDown = errors.New("client shutting down")
 func (c *Client) runSession(ctx context.Context) error {
 	conn, err := mux.Dial(ctx, c.cfg.Server, c.opts)
 	if err != nil {
+		c.met.sessionEnded(EndUnreachable)
 		return fmt.Errorf("cannot reach server: %w", err)
 	}
 	ys, err := mux.Client(conn, c.opts)
@@ -302,6 +308,11 @@ func (c *Client) runSession(ctx context.Context) error {
 	ctrl, welcome, err := c.handshake(ys)
 	if err != nil {
 		var perm *PermanentError
+		if errors.As(err, &perm) {
+			c.met.sessionEnded(EndRefused)
+		} else {
+			c.met.sessionEnded(EndHandshake)
+		}
 		if errors.As(err, &perm) && perm.Code == protocol.CodeResume {
 			// Not ours to resume after all: start afresh.
 			c.endLine(errResumeRefused)
@@ -336,6 +347,9 @@ func (c *Client) runSession(ctx context.Context) error {
 				perm = append(perm, fmt.Sprintf("tunnel %q: %s (fix [tunnels.%s] in %s)", r.Name, r.Error, r.Name, c.cfg.File))
 			}
 		}
+	}
+	if len(perm) > 0 || len(public) == 0 && len(pending) == 0 {
+		c.met.sessionEnded(EndRefused)
 	}
 	if len(perm) > 0 {
 		ss.sayGoodbye("tunnel refused")
@@ -395,14 +409,17 @@ func (c *Client) runSession(ctx context.Context) error {
 	}
 	ss.wg.Wait()
 	if ctx.Err() != nil {
+		c.met.sessionEnded(EndShutdown)
 		ss.log.Info("session closed", "reason", "client shutting down")
 		return nil
 	}
 	if r := ss.goodbye.Load(); r != nil {
+		c.met.sessionEnded(EndServerClosed)
 		ss.log.Info("session closed by server", "reason", *r)
 		c.endLine(errClosedByServer)
 		return fmt.Errorf("server closed the session: %s", *r)
 	}
+	c.met.sessionEnded(ss.ys.CauseKind(err))
 	if ss.line != nil {
 		n := ss.line.goAway()
 		ss.log.Error("session lost; holding its connections to resume it", "server", c.cfg.Server, "cause", ss.ys.Cause(err), "err", err,

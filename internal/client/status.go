@@ -163,6 +163,7 @@ func (c *Client) Report(version string) Report {
 // probes (ready: a session is up).
 func (c *Client) ServeAdmin(a *admin.Server, version string) {
 	a.Handle("GET /v1/status", func(*http.Request) (any, error) { return c.Report(version), nil })
+	c.serveMetrics(a)
 	a.Probes(func() error { c.Status(); return nil }, func() error {
 		if !c.Status().Connected {
 			c.mu.Lock()

@@ -442,4 +442,27 @@ func TestClientAdminReport(t *testing.T) {
 	if dt.Name != "dead" || dt.ConnectionsTotal != 0 || len(dt.DialFailed) != 1 {
 		t.Errorf("dead tunnel: %+v", dt)
 	}
+	m := scrape(t, sock)
+	for _, c := range []struct {
+		name   string
+		labels map[string]string
+		want   float64
+	}{
+		{"tunnelc_connected", nil, 1},
+		{"tunnelc_sessions_total", nil, 1},
+		{"tunnelc_tunnel_up", map[string]string{"tunnel": "dead"}, 1},
+		{"tunnelc_bytes_total", map[string]string{"tunnel": "echo", "direction": "in"}, 2 << 20},
+		{"tunnelc_bytes_total", map[string]string{"tunnel": "echo", "direction": "out"}, 2 << 20},
+		{"tunnelc_connections_total", map[string]string{"tunnel": "echo"}, 1},
+		{"tunnelc_connections_active", map[string]string{"tunnel": "echo"}, 0},
+		{"tunnelc_local_dial_failures_total", map[string]string{"tunnel": "dead", "reason": "refused"}, 2},
+		{"tunnelc_local_dial_failures_total", map[string]string{"tunnel": "dead", "reason": "timeout"}, 0},
+	} {
+		if got := value(m, c.name, c.labels); got != c.want {
+			t.Errorf("%s%v = %v, want %v", c.name, c.labels, got, c.want)
+		}
+	}
+	if n := value(m, "tunnelc_sessions_ended_total", map[string]string{"cause": "unreachable"}); n < 1 || value(m, "tunnelc_reconnect_attempts_total", nil) < n {
+		t.Errorf("failed attempts %v, reconnects %v", n, value(m, "tunnelc_reconnect_attempts_total", nil))
+	}
 }

@@ -232,7 +232,7 @@ func TestClientAddressChangesMidTransfer(t *testing.T) {
 	moved := time.Now()
 	l := r.server.WaitLine(t, sm, 20*time.Second, `msg="session resumed"`)
 	t.Logf("resumed %s after the move from %s to %s: %s", l.At.Sub(moved).Round(10*time.Millisecond), old, r.cli.IP, l.Text)
-	if !contains(l.Text, "remote="+r.cli.IP+":") {
+	if !contains(l.Text, "remote_now="+r.cli.IP+":") {
 		t.Errorf("resumed from another address than the new one: %s", l.Text)
 	}
 	t.Log(r.client.WaitLine(t, cm, 5*time.Second, `msg="session resumed"`).Text)

@@ -157,7 +157,8 @@ func (s *Server) resumeSession(id *identity, hello *protocol.Hello, car *carrier
 		return ss, nil
 	}
 	n, fresh := ss.res.resumeAll(ss, car)
-	args := []any{"connections", n - fresh, "held_new", fresh, "remote", car.remote}
+	// ss.log names the first carrier's address as remote.
+	args := []any{"connections", n - fresh, "held_new", fresh, "remote_now", car.remote}
 	if away > 0 {
 		args = append(args, "away", away.Round(time.Millisecond))
 	} else {
@@ -166,6 +167,7 @@ func (s *Server) resumeSession(id *identity, hello *protocol.Hello, car *carrier
 	if reset := ss.res.takeReset(); reset > 0 {
 		args = append(args, "reset_past_resume_hold", reset)
 	}
+	s.met.resumed.Inc()
 	ss.log.Info("session resumed", args...)
 	return ss, nil
 }
@@ -234,7 +236,7 @@ func (ss *session) awayExpired() {
 	r.mu.Unlock()
 	ss.log.Warn("client did not resume within resume_window: resetting its connections and releasing its ports",
 		"connections", n, "reset_past_resume_hold", r.takeReset(), "resume_window", r.window)
-	ss.end("", false)
+	ss.end(EndResumeExpired, "", false)
 }
 
 // stopAway stops the away timer and returns how long the session was

@@ -51,6 +51,7 @@ type Server struct {
 	clientCAs   *x509.CertPool // client certificates must chain to these; nil: none asked for
 
 	started time.Time
+	met     *serverMetrics
 	statsMu sync.Mutex // guards stats
 	stats   map[string]*tunnelStats
 }
@@ -85,9 +86,12 @@ func New(cfg *config.Server, log *slog.Logger) (*Server, error) {
 	if err != nil {
 		return nil, fmt.Errorf("%s: %w (tunneld must be able to write there; or set state_dir = \"\" to keep port leases in memory only)", cfg.File, err)
 	}
-	return &Server{cfg: cfg, log: log, opts: opts, fingerprint: fingerprint, clientCAs: clientCAs, sessions: map[string]*session{}, ports: map[int]*session{}, leases: ls,
+	s := &Server{cfg: cfg, log: log, opts: opts, fingerprint: fingerprint, clientCAs: clientCAs, sessions: map[string]*session{}, ports: map[int]*session{}, leases: ls,
 		started: time.Now(), stats: map[string]*tunnelStats{},
-		gate: newGate(cfg.HandshakeLimit, cfg.HandshakeLimitPerAddress, cfg.FailedHandshakesPerMinute, log)}, nil
+		gate: newGate(cfg.HandshakeLimit, cfg.HandshakeLimitPerAddress, cfg.FailedHandshakesPerMinute, log)}
+	s.met = newServerMetrics(s)
+	s.opts.OnRTT = func(d time.Duration) { s.met.rtt.Observe(d.Seconds()) }
+	return s, nil
 }
 
 // Start binds the session listener.
@@ -185,7 +189,7 @@ func (s *Server) Serve(ctx context.Context) error {
 	}
 	s.mu.Unlock()
 	for _, ss := range all {
-		ss.shutdown("server shutting down")
+		ss.shutdown(EndShutdown, "server shutting down")
 	}
 	s.wg.Wait()
 	if ctx.Err() != nil {
@@ -219,6 +223,7 @@ func (s *Server) acceptLoop(ctx context.Context) error {
 		delay = 0
 		done, why := s.gate.admit(addrOf(c.RemoteAddr()))
 		if why != "" {
+			s.met.handshakeFailed("limited")
 			// No goroutine, no log line of its own: the address's
 			// summary counts it (gate.sweep).
 			_ = sockopt.Abort(c)

@@ -45,6 +45,7 @@ type session struct {
 	listeners  []*publicListener
 	pending    map[string]*pendingTunnel // refused for now, retried (see pending.go)
 	reason     string                    // why shutdown was called, if it was
+	kind       string                    // and its kind (End*), for metrics
 	closed     bool
 
 	// Bytes of the session's connections that ended, each way.
@@ -131,7 +132,8 @@ func (s *Server) handshake(ctx context.Context, c net.Conn, handshook func(faile
 	// refused logs a refused handshake, unless the address is past its
 	// allowance of failures (then its summary counts it), and charges the
 	// failure at once: before the peer reads the refusal and tries again.
-	refused := func(msg string, args ...any) {
+	refused := func(reason, msg string, args ...any) {
+		s.met.handshakeFailed(reason)
 		if s.gate.logRefusal(addr) {
 			log.Warn(msg, args...)
 		}
@@ -139,7 +141,7 @@ func (s *Server) handshake(ctx context.Context, c net.Conn, handshook func(faile
 	}
 	c, err := mux.Handshake(c, s.opts)
 	if err != nil {
-		refused("session refused", "err", err, "hint", tlsHint(err))
+		refused("tls", "session refused", "err", err, "hint", tlsHint(err))
 		return nil, false
 	}
 	ys, err := mux.Server(c, s.opts)
@@ -164,19 +166,19 @@ func (s *Server) handshake(ctx context.Context, c net.Conn, handshook func(faile
 		if b, ok := mux.FirstByte(c); ok && b == mux.TLSRecordHandshake && s.opts.TLS == nil {
 			hint = "the peer speaks TLS, and this server has tls = \"off\" in " + s.cfg.File + ": both sides must agree (TLS is the default)"
 		}
-		refused("session refused: no control stream", "err", err, "hint", hint)
+		refused("no_control_stream", "session refused: no control stream", "err", err, "hint", hint)
 		return nil, false
 	}
 	if ctrl.ID() != 1 {
 		// The session allows one stream; it must be the client's first.
-		refused("session refused: control stream has the wrong id", "id", ctrl.ID(),
+		refused("protocol", "session refused: control stream has the wrong id", "id", ctrl.ID(),
 			"hint", "is the peer tunnelc?")
 		return nil, false
 	}
 	_ = ctrl.SetReadDeadline(time.Now().Add(s.opts.HandshakeTimeout))
 	var msg protocol.Control
 	if err := protocol.ReadFrame(ctrl, &msg); err != nil {
-		refused("session refused: bad hello", "err", err)
+		refused("bad_hello", "session refused: bad hello", "err", err)
 		return nil, false
 	}
 	_ = ctrl.SetReadDeadline(time.Time{})
@@ -245,7 +247,7 @@ func (s *Server) handshake(ctx context.Context, c net.Conn, handshook func(faile
 	if err := ss.send(protocol.Control{Type: protocol.TypeWelcome,
 		Welcome: fitWelcome(&protocol.Welcome{Session: ss.id, Tunnels: results, Client: authenticatedAs(id), Resume: grant})}); err != nil {
 		ss.log.Warn("session lost during handshake", "err", err)
-		ss.shutdown("")
+		ss.shutdown("", "")
 		ss.cancel(mux.ErrSessionLost)
 		ss.parts.wait()
 		s.unregister(ss)
@@ -314,7 +316,7 @@ func (ss *session) carrierEnded(car *carrier) {
 	case !car.ys.IsClosed():
 		// The client ended its control stream and nothing else: it
 		// cannot be told anything any more.
-		ss.end("the client closed its control stream", false)
+		ss.end(EndClientClosed, "the client closed its control stream", false)
 	}
 	<-car.ys.Closed()
 	car.ys.Close() // waits for the mux session's own goroutines
@@ -325,13 +327,13 @@ func (ss *session) carrierEnded(car *carrier) {
 	if ss.goAway(car, lost) {
 		return
 	}
-	ss.finish(car.ys.Cause(lost), lost)
+	ss.finish(car.ys.Cause(lost), car.ys.CauseKind(lost), lost)
 }
 
 // finish waits for every part of the session, gives its ports up, logs
-// how it ended and calls run's done. cause and lost say why a session
-// that was not ended on purpose was lost.
-func (ss *session) finish(cause string, lost error) {
+// how it ended and calls run's done. cause, its kind and lost say why a
+// session that was not ended on purpose was lost.
+func (ss *session) finish(cause, kind string, lost error) {
 	// Every public connection ends with the session, whatever its state:
 	// one whose client stays open and silent would otherwise hold the
 	// session (parts.wait), and with it a shutdown, for as long as it does.
@@ -346,7 +348,7 @@ func (ss *session) finish(cause string, lost error) {
 	default:
 		ss.cancel(mux.ErrSessionLost)
 	}
-	ss.shutdown("")
+	ss.shutdown("", "")
 	ss.parts.wait()
 	ss.res.endAll()
 	for _, pl := range ss.publicListeners() {
@@ -355,7 +357,11 @@ func (ss *session) finish(cause string, lost error) {
 	ss.srv.unregister(ss)
 	ss.mu.Lock()
 	reason := ss.reason
+	if ss.kind != "" {
+		kind = ss.kind
+	}
 	ss.mu.Unlock()
+	ss.srv.met.sessionEnded(kind)
 	if reason != "" {
 		ss.log.Info("session closed", "reason", reason)
 	} else {
@@ -377,8 +383,8 @@ func endError(ys *mux.Session) error {
 	}
 }
 
-func (s *Server) refuse(ctrl *mux.Stream, logf func(string, ...any), code, message string) {
-	logf("session refused", "code", code, "err", message)
+func (s *Server) refuse(ctrl *mux.Stream, logf func(string, string, ...any), code, message string) {
+	logf(code, "session refused", "code", code, "err", message)
 	_ = ctrl.SetWriteDeadline(time.Now().Add(s.opts.HandshakeTimeout))
 	_ = protocol.WriteFrame(ctrl, protocol.Control{Type: protocol.TypeError, Error: &protocol.Error{Code: code, Message: message}})
 	// Let the frame reach the client before the session is torn down.
@@ -400,7 +406,7 @@ func (s *Server) register(ss *session, reqs []protocol.TunnelRequest) []protocol
 	s.mu.Unlock()
 	if old != nil {
 		ss.log.Info("taking over from older session of the same client", "old_session", old.id)
-		old.shutdown("replaced by session " + ss.id)
+		old.shutdown(EndReplaced, "replaced by session "+ss.id)
 		// Its ports are free for us now (its goroutines wind down on
 		// their own), and for us first: the sessions waiting for one of
 		// them hear of the ones we do not take only after we bound ours.
@@ -628,7 +634,7 @@ func (s *Server) freed(ss *session, ports []int) {
 // shutdown closes the session's public listeners and the session itself;
 // every public connection of it is aborted as its stream dies. A non-empty
 // reason marks a deliberate close and is sent to the client first.
-func (ss *session) shutdown(reason string) { ss.end(reason, reason != "") }
+func (ss *session) shutdown(kind, reason string) { ss.end(kind, reason, reason != "") }
 
 // serveListener runs pl's accept loop as a part of the session. The
 // caller has recorded pl as the session's (so end closes it); if the
@@ -644,10 +650,10 @@ func (ss *session) serveListener(pl *publicListener) {
 // when the session is over. tell sends the client a goodbye first and then
 // leaves the close to the client, for at most GoodbyeWait (see
 // protocol.Goodbye); without it the session is closed at once.
-func (ss *session) end(reason string, tell bool) {
+func (ss *session) end(kind, reason string, tell bool) {
 	ss.once.Do(func() {
 		ss.mu.Lock()
-		ss.reason = reason
+		ss.reason, ss.kind = reason, kind
 		ss.closed = true
 		ls := ss.listeners
 		for _, p := range ss.pending {
@@ -668,7 +674,7 @@ func (ss *session) end(reason string, tell bool) {
 			if reason != "" {
 				lost = fmt.Errorf("%w: %s", errEnded, reason)
 			}
-			go ss.finish("not resumed within resume_window", lost)
+			go ss.finish("not resumed within resume_window", EndResumeExpired, lost)
 			return
 		}
 		if tell && ss.send(protocol.Control{Type: protocol.TypeGoodbye, Goodbye: &protocol.Goodbye{Reason: reason}}) == nil &&
@@ -741,7 +747,7 @@ func (ss *session) readControl(car *carrier) bool {
 			if m.Goodbye != nil && m.Goodbye.Reason != "" {
 				reason += ": " + m.Goodbye.Reason
 			}
-			ss.end(reason, false)
+			ss.end(EndGoodbye, reason, false)
 			return false
 		default:
 			ss.log.Debug("ignoring control message", "type", m.Type)

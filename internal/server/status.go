@@ -16,6 +16,8 @@ import (
 	"sync/atomic"
 	"time"
 
+	"github.com/prometheus/client_golang/prometheus/promhttp"
+
 	"github.com/tunnel-dev/tunnel/internal/admin"
 	"github.com/tunnel-dev/tunnel/internal/proxy"
 )
@@ -228,7 +230,7 @@ func (s *Server) Kick(name, reason string) (*SessionStatus, error) {
 	}
 	st := ss.status()
 	ss.log.Warn("session kicked by the operator", "reason", reason)
-	ss.shutdown("kicked by the server's operator: " + clip(reason))
+	ss.shutdown(EndKicked, "kicked by the server's operator: "+clip(reason))
 	return &st, nil
 }
 
@@ -331,6 +333,7 @@ func (s *Server) ServeAdmin(a *admin.Server, version string) {
 	a.Handle("POST /v1/sessions/{name}/tunnels/{tunnel}/drain", func(r *http.Request) (any, error) {
 		return s.Drain(r.PathValue("name"), r.PathValue("tunnel"))
 	})
+	a.HandleHTTP("GET /metrics", promhttp.HandlerFor(s.met.reg, promhttp.HandlerOpts{}))
 	a.Probes(func() error { s.Sessions(); return nil }, func() error {
 		if s.ln == nil {
 			return errors.New("not listening for sessions yet")
