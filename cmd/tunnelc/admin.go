@@ -2,6 +2,7 @@ package main
 
 import (
 	"encoding/json"
+	"errors"
 	"fmt"
 	"io"
 	"os"
@@ -33,11 +34,14 @@ func (f *adminFlags) client() (*admin.Client, error) {
 		// No config to read: the token, if any, from the environment.
 		return cli.AdminClient("", config.Admin{Token: os.Getenv("TUNNEL_ADMIN_TOKEN")}, f.admin)
 	}
-	cfg, err := load(f.config)
-	if err != nil {
-		return nil, err
+	if f.config == "" {
+		return nil, &cli.ExitError{Code: cli.ExitConfig, Err: errors.New("no config: pass -c tunnel.toml (its [admin] says where tunnelc listens), or --admin")}
 	}
-	return cli.AdminClient(cfg.File, cfg.Admin, f.admin)
+	a, err := config.LoadAdmin(f.config)
+	if err != nil && f.admin == "" {
+		return nil, &cli.ExitError{Code: cli.ExitConfig, Err: err}
+	}
+	return cli.AdminClient(f.config, a, f.admin)
 }
 
 func newStatus() *cobra.Command {
@@ -118,4 +122,22 @@ func failures(m map[string]uint64) string {
 		parts[i] = fmt.Sprintf("%s %d", k, m[k])
 	}
 	return strings.Join(parts, ", ")
+}
+
+func newReload() *cobra.Command {
+	var f adminFlags
+	cmd := &cobra.Command{
+		Use:   "reload",
+		Short: "make the running tunnelc re-read its config (as SIGHUP does) and print what changed",
+		Args:  cobra.NoArgs,
+		RunE: func(cmd *cobra.Command, _ []string) error {
+			c, err := f.client()
+			if err != nil {
+				return err
+			}
+			return cli.AskReload(cmd.Context(), c, cmd.OutOrStdout())
+		},
+	}
+	f.add(cmd)
+	return cmd
 }

@@ -20,7 +20,7 @@ func newRoot() *cobra.Command {
 		SilenceUsage:  true,
 		SilenceErrors: true,
 	}
-	root.AddCommand(newUp(), newCheck(), newStatus())
+	root.AddCommand(newUp(), newCheck(), newStatus(), newReload())
 	return root
 }
 
@@ -46,7 +46,7 @@ func newUp() *cobra.Command {
 			if err != nil {
 				return err
 			}
-			log, err := cli.Logger(cmd.ErrOrStderr(), cfg.Log, logLevel)
+			log, level, err := cli.Logger(cmd.ErrOrStderr(), cfg.Log, logLevel)
 			if err != nil {
 				return err
 			}
@@ -61,6 +61,21 @@ func newUp() *cobra.Command {
 			}
 			ctx, stop := cli.SignalContext()
 			defer stop()
+			// Before anything can take a while: SIGHUP's default is to
+			// end the process.
+			reloader := cli.NewReloader(log, func() (any, error) {
+				next, err := load(path)
+				if err != nil {
+					return nil, err
+				}
+				res, err := c.Reload(next)
+				if err == nil {
+					level.Apply(next.Log)
+				}
+				return res, err
+			}, c.StatusLine)
+			waitReload := reloader.OnSignal(ctx)
+			defer waitReload()
 			waitAdmin := func() error { return nil }
 			if cfg.Admin.Enabled() {
 				adm := admin.New(cfg.Admin, log)
@@ -68,6 +83,7 @@ func newUp() *cobra.Command {
 					return &cli.ExitError{Code: cli.ExitConfig, Err: fmt.Errorf("%s: %w", cfg.File, err)}
 				}
 				c.ServeAdmin(adm, cli.Version)
+				cli.ServeReload(adm, reloader)
 				done := make(chan error, 1)
 				go func() { done <- adm.Serve(ctx) }()
 				waitAdmin = func() error { return <-done }
@@ -84,7 +100,7 @@ func newUp() *cobra.Command {
 				return attrs
 			})
 			log.Info("tunnelc started", "version", cli.Version, "config", cfg.File, "server", cfg.Server)
-			wait := cli.Notify(ctx, log, "serving tunnels through "+cfg.Server, func() error { c.Status(); return nil })
+			wait := cli.Notify(ctx, log, c.StatusLine, func() error { c.Status(); return nil })
 			err = c.Run(ctx)
 			stop()
 			wait()

@@ -13,6 +13,7 @@ import (
 
 	"github.com/tunnel-dev/tunnel/internal/admin"
 	"github.com/tunnel-dev/tunnel/internal/cli"
+	"github.com/tunnel-dev/tunnel/internal/config"
 	"github.com/tunnel-dev/tunnel/internal/server"
 )
 
@@ -28,11 +29,19 @@ func (f *adminFlags) add(cmd *cobra.Command) {
 }
 
 func (f *adminFlags) client() (*admin.Client, error) {
-	cfg, err := f.load()
-	if err != nil {
-		return nil, err
+	if f.config == "" {
+		// The embedded defaults: no endpoint unless --admin names one.
+		cfg, err := f.load()
+		if err != nil {
+			return nil, err
+		}
+		return cli.AdminClient(cfg.File, cfg.Admin, f.admin)
 	}
-	return cli.AdminClient(cfg.File, cfg.Admin, f.admin)
+	a, err := config.LoadAdmin(f.config)
+	if err != nil && f.admin == "" {
+		return nil, &cli.ExitError{Code: cli.ExitConfig, Err: err}
+	}
+	return cli.AdminClient(f.config, a, f.admin)
 }
 
 func newStatus() *cobra.Command {
@@ -193,6 +202,24 @@ func newDrain() *cobra.Command {
 			}
 			fmt.Fprintf(cmd.OutOrStdout(), "draining %s/%s (%s): %d connections open\n", args[0], t.Name, t.Public, t.Connections)
 			return nil
+		},
+	}
+	f.add(cmd)
+	return cmd
+}
+
+func newReload() *cobra.Command {
+	var f adminFlags
+	cmd := &cobra.Command{
+		Use:   "reload",
+		Short: "make the running tunneld re-read its config (as SIGHUP does) and print what changed",
+		Args:  cobra.NoArgs,
+		RunE: func(cmd *cobra.Command, _ []string) error {
+			c, err := f.client()
+			if err != nil {
+				return err
+			}
+			return cli.AskReload(cmd.Context(), c, cmd.OutOrStdout())
 		},
 	}
 	f.add(cmd)

@@ -27,7 +27,7 @@ func newRoot() *cobra.Command {
 		SilenceUsage:  true,
 		SilenceErrors: true,
 	}
-	root.AddCommand(newServe(), newCheck(), newFingerprint(), newStatus(), newKick(), newCloseConn(), newDrain())
+	root.AddCommand(newServe(), newCheck(), newFingerprint(), newStatus(), newKick(), newCloseConn(), newDrain(), newReload())
 	return root
 }
 
@@ -69,7 +69,7 @@ func newServe() *cobra.Command {
 			if err != nil {
 				return err
 			}
-			log, err := cli.Logger(cmd.ErrOrStderr(), cfg.Log, f.logLevel)
+			log, level, err := cli.Logger(cmd.ErrOrStderr(), cfg.Log, f.logLevel)
 			if err != nil {
 				return err
 			}
@@ -91,6 +91,21 @@ func newServe() *cobra.Command {
 			}
 			ctx, stop := cli.SignalContext()
 			defer stop()
+			// Before anything can take a while: SIGHUP's default is to
+			// end the process.
+			reloader := cli.NewReloader(log, func() (any, error) {
+				next, err := f.load()
+				if err != nil {
+					return nil, err
+				}
+				res, err := srv.Reload(next)
+				if err == nil {
+					level.Apply(next.Log)
+				}
+				return res, err
+			}, srv.StatusLine)
+			waitReload := reloader.OnSignal(ctx)
+			defer waitReload()
 			var adm *admin.Server
 			if cfg.Admin.Enabled() {
 				// Bound before the session port (see admin.listenUnix),
@@ -106,6 +121,7 @@ func newServe() *cobra.Command {
 			waitAdmin := func() error { return nil }
 			if adm != nil {
 				srv.ServeAdmin(adm, cli.Version)
+				cli.ServeReload(adm, reloader)
 				done := make(chan error, 1)
 				go func() { done <- adm.Serve(ctx) }()
 				waitAdmin = func() error { return <-done }
@@ -115,7 +131,7 @@ func newServe() *cobra.Command {
 			// dropped.
 			waitStatus := cli.StatusOnSignal(ctx, log, func() []any { return []any{"sessions", srv.Sessions(), "pending_tunnels", len(srv.Pending())} })
 			log.Info("tunneld started", "version", cli.Version, "config", cfg.File)
-			wait := cli.Notify(ctx, log, "listening on "+srv.Addr().String(), func() error { srv.Sessions(); return nil })
+			wait := cli.Notify(ctx, log, srv.StatusLine, func() error { srv.Sessions(); return nil })
 			err = srv.Serve(ctx)
 			stop()
 			wait()

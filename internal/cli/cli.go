@@ -93,19 +93,36 @@ const (
 )
 
 // Logger builds the daemon's logger. levelFlag, when set, overrides the
-// config's level.
-func Logger(w io.Writer, l config.Log, levelFlag string) (*slog.Logger, error) {
-	lvl := l.SlogLevel()
+// config's level. The returned Level lets a reload change the level.
+func Logger(w io.Writer, l config.Log, levelFlag string) (*slog.Logger, *Level, error) {
+	lv := &Level{flag: levelFlag != ""}
+	lv.v.Set(l.SlogLevel())
 	if levelFlag != "" {
-		if err := lvl.UnmarshalText([]byte(levelFlag)); err != nil {
-			return nil, &ExitError{ExitConfig, fmt.Errorf("--log-level: %q is not a level (debug, info, warn, error)", levelFlag)}
+		var fl slog.Level
+		if err := fl.UnmarshalText([]byte(levelFlag)); err != nil {
+			return nil, nil, &ExitError{ExitConfig, fmt.Errorf("--log-level: %q is not a level (debug, info, warn, error)", levelFlag)}
 		}
+		lv.v.Set(fl)
 	}
-	opts := &slog.HandlerOptions{Level: lvl}
+	opts := &slog.HandlerOptions{Level: &lv.v}
 	if l.Format == "json" {
-		return slog.New(slog.NewJSONHandler(w, opts)), nil
+		return slog.New(slog.NewJSONHandler(w, opts)), lv, nil
 	}
-	return slog.New(slog.NewTextHandler(w, opts)), nil
+	return slog.New(slog.NewTextHandler(w, opts)), lv, nil
+}
+
+// Level is the logger's level, which a reloaded config may change
+// unless --log-level set it.
+type Level struct {
+	v    slog.LevelVar
+	flag bool
+}
+
+// Apply takes the level of a reloaded config.
+func (l *Level) Apply(c config.Log) {
+	if !l.flag {
+		l.v.Set(c.SlogLevel())
+	}
 }
 
 // SignalContext is cancelled by the first SIGINT or SIGTERM. After that the

@@ -49,9 +49,8 @@ func (e *PermanentError) Error() string {
 
 // Client is a running tunnelc.
 type Client struct {
-	cfg  *config.Client
-	log  *slog.Logger
-	opts mux.Options
+	setup atomic.Pointer[setup]
+	log   *slog.Logger
 
 	mu     sync.Mutex
 	status Status
@@ -62,6 +61,12 @@ type Client struct {
 	// line is the resumable session's state across its carriers (see
 	// resume.go); nil when there is none. Only Run's goroutine sets it.
 	line *lineage
+	// handover is the mux session a reload replaced, open until its
+	// successor's handshake is over; only Run's goroutine touches it.
+	handover *mux.Session
+	// cur is the session up now (under mu); reloadMu serialises reloads.
+	cur      *session
+	reloadMu sync.Mutex
 
 	started time.Time
 	// Under mu, for the status report: the session's mux, when it came
@@ -76,7 +81,10 @@ type Client struct {
 }
 
 // config is the configuration the client runs with now.
-func (c *Client) config() *config.Client { return c.cfg }
+func (c *Client) config() *config.Client { return c.setup.Load().cfg }
+
+// options are the session options made from it.
+func (c *Client) options() mux.Options { return c.setup.Load().opts }
 
 // Status is what the client currently has, for tests and diagnostics.
 type Status struct {
@@ -96,6 +104,25 @@ type Status struct {
 
 // New prepares a client.
 func New(cfg *config.Client, log *slog.Logger) (*Client, error) {
+	c := &Client{log: log.With("client", cfg.Name), started: time.Now()}
+	c.met = newClientMetrics(c)
+	su, err := c.newSetup(cfg, log)
+	if err != nil {
+		return nil, err
+	}
+	c.setup.Store(su)
+	return c, nil
+}
+
+// setup is what the client runs with: its config and the session options
+// made from it. A reload replaces it whole; a session keeps the one it
+// was made with for its handshake and transport.
+type setup struct {
+	cfg  *config.Client
+	opts mux.Options
+}
+
+func (c *Client) newSetup(cfg *config.Client, log *slog.Logger) (*setup, error) {
 	opts := mux.Options{
 		KeepAlive:         cfg.KeepAlive.Session.Sock(),
 		UserTimeout:       cfg.KeepAlive.Session.UserTimeout.D(),
@@ -120,10 +147,8 @@ func New(cfg *config.Client, log *slog.Logger) (*Client, error) {
 	case cfg.TLS.InsecureSkipVerify:
 		log.Warn("server certificate NOT verified (insecure_skip_verify): anyone on the path can pose as the server and read the token; pin its fingerprint instead (`tunneld fingerprint` on the server)")
 	}
-	c := &Client{cfg: cfg, log: log.With("client", cfg.Name), opts: opts, started: time.Now()}
-	c.met = newClientMetrics(c)
-	c.opts.OnRTT = func(d time.Duration) { c.met.rtt.Observe(d.Seconds()) }
-	return c, nil
+	opts.OnRTT = func(d time.Duration) { c.met.rtt.Observe(d.Seconds()) }
+	return &setup{cfg: cfg, opts: opts}, nil
 }
 
 // clientTLS builds the session's TLS from [tls] (nil when off).
@@ -172,6 +197,7 @@ func (c *Client) Status() Status {
 func (c *Client) Run(ctx context.Context) error {
 	// Whatever ends Run ends the connections held for a resume.
 	defer c.endLine(ErrShuttingDown)
+	defer c.closeHandover()
 	attempt := 0
 	for {
 		start := time.Now()
@@ -190,6 +216,10 @@ func (c *Client) Run(ctx context.Context) error {
 		if errors.As(err, &perm) {
 			return err
 		}
+		if errors.Is(err, errReconfigured) {
+			attempt = 0
+			continue // at once: the server hands the ports over
+		}
 		if p := c.tlsVerifyError(err); p != nil {
 			c.log.Error("server certificate rejected; not retrying", "err", err)
 			return p
@@ -198,13 +228,13 @@ func (c *Client) Run(ctx context.Context) error {
 			attempt = 0
 		}
 		attempt++
-		most := c.cfg.Reconnect.MaxDelay.D()
+		most := c.config().Reconnect.MaxDelay.D()
 		if c.line != nil && c.line.alive() {
 			// Connections wait for this session: try often while it can
 			// still be resumed.
 			most = min(most, resumeRetryMax)
 		}
-		delay := backoff(attempt, min(c.cfg.Reconnect.MinDelay.D(), most), most)
+		delay := backoff(attempt, min(c.config().Reconnect.MinDelay.D(), most), most)
 		c.met.reconnects.Inc()
 		c.log.Warn("reconnecting", "attempt", attempt, "delay", delay.Round(time.Millisecond), "after", err)
 		t := time.NewTimer(delay)
@@ -224,14 +254,14 @@ func (c *Client) Run(ctx context.Context) error {
 func (c *Client) tlsVerifyError(err error) *PermanentError {
 	if errors.Is(err, tlsconf.ErrClientCertRequired) {
 		return &PermanentError{Code: "tls", Msg: fmt.Sprintf(
-			"the server requires a client certificate: set cert_file and key_file under [tls] in %s to a certificate its operator issued for this client", c.cfg.File)}
+			"the server requires a client certificate: set cert_file and key_file under [tls] in %s to a certificate its operator issued for this client", c.config().File)}
 	}
 	var fe *tlsconf.FingerprintError
 	if errors.As(err, &fe) {
 		return &PermanentError{Code: "tls", Msg: fmt.Sprintf(
 			"the server presented a certificate with fingerprint %s, but tls.fingerprint in %s pins %s. "+
 				"If the server's certificate was replaced on purpose (compare `tunneld fingerprint` on the server), pin the new one; otherwise something is between you and the server",
-			fe.Got, c.cfg.File, fe.Want)}
+			fe.Got, c.config().File, fe.Want)}
 	}
 	var cv *tls.CertificateVerificationError
 	var ua x509.UnknownAuthorityError
@@ -243,9 +273,9 @@ func (c *Client) tlsVerifyError(err error) *PermanentError {
 	msg := fmt.Sprintf("the server's certificate did not verify (%v)", unwrapAll(err))
 	if fp := tlsconf.Presented(err); fp != "" {
 		msg += fmt.Sprintf("; it presented fingerprint %s. If that is your tunneld's own certificate (compare `tunneld fingerprint` on the server), pin it with fingerprint = %q under [tls] in %s; "+
-			"if it has a CA-signed certificate, set ca_file to that CA and server_name to a name it is issued for", fp, fp, c.cfg.File)
+			"if it has a CA-signed certificate, set ca_file to that CA and server_name to a name it is issued for", fp, fp, c.config().File)
 	} else {
-		msg += fmt.Sprintf(": set ca_file to the CA that signed it and server_name to a name it is issued for, or pin its fingerprint, under [tls] in %s", c.cfg.File)
+		msg += fmt.Sprintf(": set ca_file to the CA that signed it and server_name to a name it is issued for, or pin its fingerprint, under [tls] in %s", c.config().File)
 	}
 	return &PermanentError{Code: "tls", Msg: msg}
 }
@@ -283,10 +313,16 @@ type session struct {
 	tunnels map[string]*config.Tunnel
 	wg      sync.WaitGroup
 	goodbye atomic.Pointer[string]
+	ctrlMu  sync.Mutex // one writer at a time on the control stream
 	// ctx ends when the session does, with the reason as its cause; every
 	// dial and join of the session runs under it.
 	ctx    context.Context
 	cancel context.CancelCauseFunc
+	// replace, called by a reload that needs a new session, ends the
+	// accept loop and leaves the mux session open until its successor
+	// is welcomed (see Reload).
+	replace  context.CancelFunc
+	replaced context.Context
 }
 
 // ErrShuttingDown is the cause of a session's connections ending because
@@ -294,18 +330,30 @@ type session struct {
 var ErrShuttingDown = errors.New("client shutting down")
 
 func (c *Client) runSession(ctx context.Context) error {
-	conn, err := mux.Dial(ctx, c.cfg.Server, c.opts)
+	su := c.setup.Load()
+	cfg := su.cfg
+	conn, err := mux.Dial(ctx, cfg.Server, su.opts)
 	if err != nil {
+		c.closeHandover()
 		c.met.sessionEnded(EndUnreachable)
 		return fmt.Errorf("cannot reach server: %w", err)
 	}
-	ys, err := mux.Client(conn, c.opts)
+	ys, err := mux.Client(conn, su.opts)
 	if err != nil {
 		conn.Close()
+		c.closeHandover()
 		return fmt.Errorf("session setup: %w", err)
 	}
-	defer ys.Close()
-	ctrl, welcome, err := c.handshake(ys)
+	handedOver := false
+	defer func() {
+		if !handedOver {
+			ys.Close()
+		}
+	}()
+	ctrl, welcome, err := c.handshake(su, ys)
+	// The server has taken over from the session a reload replaced (or
+	// refused us): it goes now.
+	c.closeHandover()
 	if err != nil {
 		var perm *PermanentError
 		if errors.As(err, &perm) {
@@ -324,12 +372,14 @@ func (c *Client) runSession(ctx context.Context) error {
 	ss.log = c.log.With("session", ss.id)
 	ss.ctx, ss.cancel = context.WithCancelCause(ctx)
 	defer ss.cancel(nil)
+	ss.replaced, ss.replace = context.WithCancel(context.Background())
+	defer ss.replace()
 	ss.line = c.carryOn(ctx, welcome, ss.log)
 
 	public, pending := map[string]string{}, map[string]string{}
 	var perm []string
 	for _, r := range welcome.Tunnels {
-		t := c.cfg.Tunnels[r.Name]
+		t := cfg.Tunnels[r.Name]
 		if t == nil {
 			continue
 		}
@@ -344,7 +394,7 @@ func (c *Client) runSession(ctx context.Context) error {
 		default:
 			ss.log.Error("tunnel refused by server", "tunnel", r.Name, "code", r.Code, "err", r.Error)
 			if r.Code == protocol.CodePortNotAllowed || r.Code == protocol.CodeInvalidTunnel {
-				perm = append(perm, fmt.Sprintf("tunnel %q: %s (fix [tunnels.%s] in %s)", r.Name, r.Error, r.Name, c.cfg.File))
+				perm = append(perm, fmt.Sprintf("tunnel %q: %s (fix [tunnels.%s] in %s)", r.Name, r.Error, r.Name, cfg.File))
 			}
 		}
 	}
@@ -365,7 +415,7 @@ func (c *Client) runSession(ctx context.Context) error {
 		c.rememberPickedLocked(name, addr)
 	}
 	c.status.Connected, c.status.Session, c.status.Public, c.status.Pending = true, ss.id, public, pending
-	c.ys, c.since = ys, time.Now()
+	c.ys, c.since, c.cur = ys, time.Now(), ss
 	c.status.Sessions++
 	if welcome.Resumed {
 		c.status.Resumes++
@@ -374,9 +424,9 @@ func (c *Client) runSession(ctx context.Context) error {
 	if welcome.Client != "" {
 		// The server names this client by its credentials; the configured
 		// name is only a label.
-		ss.log.Info("session up", "server", c.cfg.Server, "tunnels", len(public), "pending", len(pending), "authenticated_as", welcome.Client)
+		ss.log.Info("session up", "server", cfg.Server, "tunnels", len(public), "pending", len(pending), "authenticated_as", welcome.Client)
 	} else {
-		ss.log.Info("session up", "server", c.cfg.Server, "tunnels", len(public), "pending", len(pending))
+		ss.log.Info("session up", "server", cfg.Server, "tunnels", len(public), "pending", len(pending))
 	}
 
 	// On shutdown the server closes the session when it reads the goodbye
@@ -397,17 +447,39 @@ func (c *Client) runSession(ctx context.Context) error {
 		defer ss.wg.Done()
 		ss.readControl()
 	}()
+	if welcome.Resumed {
+		ss.reconcile(welcome.Tunnels)
+	}
 	err = ss.acceptLoop()
-	ys.Close()
+	handedOver = ss.replaced.Err() != nil && ctx.Err() == nil && !ys.IsClosed()
+	if handedOver {
+		// The control reader waits on the open session: wake it.
+		_ = ctrl.SetReadDeadline(time.Now())
+	} else {
+		ys.Close()
+	}
 	// Every connection of the session ends with it, whatever its state:
 	// one waiting on a silent local service would otherwise hold the
 	// reconnect (wg.Wait) for as long as the service stays silent.
-	if ctx.Err() != nil {
+	switch {
+	case ctx.Err() != nil:
 		ss.cancel(ErrShuttingDown)
-	} else {
+	case handedOver:
+		ss.cancel(errReconfigured)
+	default:
 		ss.cancel(mux.ErrSessionLost)
 	}
 	ss.wg.Wait()
+	c.mu.Lock()
+	c.cur = nil
+	c.mu.Unlock()
+	if handedOver {
+		c.met.sessionEnded(EndReconfigured)
+		c.endLine(errReconfigured)
+		c.handover = ys
+		ss.log.Info("session replaced to apply the reloaded config; its connections end", "server", cfg.Server)
+		return errReconfigured
+	}
 	if ctx.Err() != nil {
 		c.met.sessionEnded(EndShutdown)
 		ss.log.Info("session closed", "reason", "client shutting down")
@@ -422,27 +494,28 @@ func (c *Client) runSession(ctx context.Context) error {
 	c.met.sessionEnded(ss.ys.CauseKind(err))
 	if ss.line != nil {
 		n := ss.line.goAway()
-		ss.log.Error("session lost; holding its connections to resume it", "server", c.cfg.Server, "cause", ss.ys.Cause(err), "err", err,
+		ss.log.Error("session lost; holding its connections to resume it", "server", cfg.Server, "cause", ss.ys.Cause(err), "err", err,
 			"connections", n, "resume_window", ss.line.window)
 	} else {
-		ss.log.Error("session lost", "server", c.cfg.Server, "cause", ss.ys.Cause(err), "err", err)
+		ss.log.Error("session lost", "server", cfg.Server, "cause", ss.ys.Cause(err), "err", err)
 	}
 	return fmt.Errorf("session lost: %s", ss.ys.Cause(err))
 }
 
 // handshake sends hello and reads the answer, each under a deadline.
-func (c *Client) handshake(ys *mux.Session) (*mux.Stream, *protocol.Welcome, error) {
+func (c *Client) handshake(su *setup, ys *mux.Session) (*mux.Stream, *protocol.Welcome, error) {
+	cfg := su.cfg
 	ctrl, err := ys.Open()
 	if err != nil {
 		return nil, nil, fmt.Errorf("open control stream: %w", err)
 	}
-	hello := &protocol.Hello{Version: protocol.Version, Client: c.cfg.Name, Token: c.cfg.Token,
-		ResumeWindow: c.cfg.ResumeWindow.D().Milliseconds()}
+	hello := &protocol.Hello{Version: protocol.Version, Client: cfg.Name, Token: cfg.Token,
+		ResumeWindow: cfg.ResumeWindow.D().Milliseconds()}
 	if l := c.line; l != nil && l.alive() {
 		hello.Resume = &protocol.ResumeRequest{Session: l.session, Secret: l.secret}
 	}
-	for _, name := range c.cfg.TunnelNames() {
-		t := c.cfg.Tunnels[name]
+	for _, name := range cfg.TunnelNames() {
+		t := cfg.Tunnels[name]
 		req := protocol.TunnelRequest{Name: name, Type: t.Type, RemotePort: t.RemotePort}
 		if t.RemotePort == 0 {
 			c.mu.Lock()
@@ -451,7 +524,7 @@ func (c *Client) handshake(ys *mux.Session) (*mux.Stream, *protocol.Welcome, err
 		}
 		hello.Tunnels = append(hello.Tunnels, req)
 	}
-	deadline := time.Now().Add(c.opts.HandshakeTimeout)
+	deadline := time.Now().Add(su.opts.HandshakeTimeout)
 	_ = ctrl.SetDeadline(deadline)
 	if err := protocol.WriteFrame(ctrl, protocol.Control{Type: protocol.TypeHello, Hello: hello}); err != nil {
 		return nil, nil, fmt.Errorf("send hello: %w", err)
@@ -459,10 +532,10 @@ func (c *Client) handshake(ys *mux.Session) (*mux.Stream, *protocol.Welcome, err
 	var m protocol.Control
 	if err := protocol.ReadFrame(ctrl, &m); err != nil {
 		hint := "is %s a tunneld, and do both sides agree on TLS?"
-		if c.cfg.TLS.CertFile != "" {
+		if cfg.TLS.CertFile != "" {
 			hint = "is %s a tunneld, and does it trust this client's certificate?"
 		}
-		return nil, nil, fmt.Errorf("read welcome ("+hint+"): %w", c.cfg.Server, err)
+		return nil, nil, fmt.Errorf("read welcome ("+hint+"): %w", cfg.Server, err)
 	}
 	_ = ctrl.SetDeadline(time.Time{})
 	switch {
@@ -478,8 +551,16 @@ func (c *Client) handshake(ys *mux.Session) (*mux.Stream, *protocol.Welcome, err
 }
 
 func (ss *session) sayGoodbye(reason string) {
-	_ = ss.ctrl.SetWriteDeadline(time.Now().Add(time.Second))
-	_ = protocol.WriteFrame(ss.ctrl, protocol.Control{Type: protocol.TypeGoodbye, Goodbye: &protocol.Goodbye{Reason: reason}})
+	_ = ss.send(protocol.Control{Type: protocol.TypeGoodbye, Goodbye: &protocol.Goodbye{Reason: reason}}, time.Second)
+}
+
+// send writes one control message, within timeout.
+func (ss *session) send(m protocol.Control, timeout time.Duration) error {
+	ss.ctrlMu.Lock()
+	defer ss.ctrlMu.Unlock()
+	_ = ss.ctrl.SetWriteDeadline(time.Now().Add(timeout))
+	defer ss.ctrl.SetWriteDeadline(time.Time{})
+	return protocol.WriteFrame(ss.ctrl, m)
 }
 
 // rememberPickedLocked notes the port the server chose for a
@@ -489,7 +570,8 @@ func (c *Client) rememberPickedLocked(name, addr string) {
 	if c.picked == nil {
 		c.picked = map[string]int{}
 	}
-	if _, p, err := net.SplitHostPort(addr); err == nil && c.cfg.Tunnels[name].RemotePort == 0 {
+	t := c.config().Tunnels[name]
+	if _, p, err := net.SplitHostPort(addr); err == nil && t != nil && t.RemotePort == 0 {
 		c.picked[name], _ = strconv.Atoi(p)
 	}
 }
@@ -501,10 +583,29 @@ func (ss *session) tunnel(name string) *config.Tunnel {
 	return ss.tunnels[name]
 }
 
-// tunnelUp serves a tunnel that was pending and is now up.
-func (ss *session) tunnelUp(r *protocol.TunnelResult) {
-	t := ss.c.cfg.Tunnels[r.Name]
-	if t == nil || !r.OK {
+// tunnelResult takes the server's word on a tunnel that was pending or
+// that a reload added: up, pending, or refused.
+func (ss *session) tunnelResult(r *protocol.TunnelResult) {
+	t := ss.c.config().Tunnels[r.Name]
+	if t == nil {
+		return // removed meanwhile
+	}
+	if !r.OK {
+		c := ss.c
+		c.mu.Lock()
+		if c.status.Session == ss.id && r.Pending {
+			if c.status.Pending == nil {
+				c.status.Pending = map[string]string{}
+			}
+			c.status.Pending[r.Name] = r.Error
+		}
+		c.mu.Unlock()
+		if r.Pending {
+			ss.log.Warn("tunnel refused for now; the server keeps trying", "tunnel", r.Name, "code", r.Code, "err", r.Error)
+		} else {
+			ss.log.Error("tunnel refused by server", "tunnel", r.Name, "code", r.Code, "err", r.Error,
+				"hint", fmt.Sprintf("fix [tunnels.%s] in %s and reload", r.Name, c.config().File))
+		}
 		return
 	}
 	ss.tmu.Lock()
@@ -521,7 +622,7 @@ func (ss *session) tunnelUp(r *protocol.TunnelResult) {
 	}
 	c.rememberPickedLocked(r.Name, r.Public)
 	c.mu.Unlock()
-	ss.log.Info("tunnel ready", "tunnel", r.Name, "public", r.Public, "local", t.Local, "was", "pending")
+	ss.log.Info("tunnel ready", "tunnel", r.Name, "public", r.Public, "local", t.Local)
 }
 
 func (ss *session) readControl() {
@@ -531,7 +632,7 @@ func (ss *session) readControl() {
 			return
 		}
 		if m.Type == protocol.TypeTunnel && m.Tunnel != nil {
-			ss.tunnelUp(m.Tunnel)
+			ss.tunnelResult(m.Tunnel)
 			continue
 		}
 		if m.Type == protocol.TypeGoodbye {
@@ -551,7 +652,7 @@ func (ss *session) readControl() {
 // stream waits for acceptance longer than StreamOpenTimeout.
 func (ss *session) acceptLoop() error {
 	for {
-		st, err := ss.ys.Accept()
+		st, err := ss.ys.AcceptContext(ss.replaced)
 		if err != nil {
 			return err
 		}
@@ -572,7 +673,7 @@ func (ss *session) handleStream(st *mux.Stream) {
 			ss.wg.Done()
 		}
 	}()
-	_ = st.SetReadDeadline(time.Now().Add(ss.c.opts.HandshakeTimeout))
+	_ = st.SetReadDeadline(time.Now().Add(ss.c.options().HandshakeTimeout))
 	var h protocol.StreamHeader
 	if err := protocol.ReadFrame(st, &h); err != nil {
 		st.Abort()
@@ -606,7 +707,7 @@ func (ss *session) handleStream(st *mux.Stream) {
 		rc = resume.New(st, line.window)
 		// A server that never acknowledges stalls the connection
 		// instead of growing tunnelc: at most a stream window of ours.
-		rc.LimitKept(int(ss.c.cfg.Window.StreamMax))
+		rc.LimitKept(int(ss.c.config().Window.StreamMax))
 		side, ctx = rc, line.ctx
 		if !line.add(h.Conn, rc) {
 			_ = rc.Abort()
@@ -615,7 +716,7 @@ func (ss *session) handleStream(st *mux.Stream) {
 		defer line.wg.Done()
 	}
 	tally := ss.c.stats(h.Tunnel)
-	local, err := proxy.DialLocal(ctx, t.Local, ss.c.cfg.KeepAlive.Local.Sock(), ss.c.cfg.DialTimeout.D())
+	local, err := proxy.DialLocal(ctx, t.Local, ss.c.config().KeepAlive.Local.Sock(), ss.c.config().DialTimeout.D())
 	if err != nil {
 		tally.noteDialFailed(err)
 		ss.refuseStream(side, log, fmt.Sprintf("tunnel %q: dial %s: %v", h.Tunnel, t.Local, unwrapOp(err)))
@@ -673,7 +774,7 @@ type joinable interface {
 
 func (ss *session) refuseStream(s joinable, log *slog.Logger, msg string) {
 	log.Warn("local service unreachable; public connection reset", "err", msg)
-	_ = s.SetWriteDeadline(time.Now().Add(ss.c.opts.HandshakeTimeout))
+	_ = s.SetWriteDeadline(time.Now().Add(ss.c.options().HandshakeTimeout))
 	_, err := s.Write([]byte{protocol.DialFailed})
 	if err == nil {
 		_ = protocol.WriteFrame(s, protocol.Error{Code: "dial", Message: msg})

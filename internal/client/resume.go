@@ -209,7 +209,7 @@ func (l *lineage) alive() bool { return l.ctx.Err() == nil }
 // which the caller serves as new.
 func (ss *session) resumeStream(st *mux.Stream, h *protocol.StreamHeader, log *slog.Logger) bool {
 	reply := func(r protocol.ResumeReply) error {
-		_ = st.SetWriteDeadline(time.Now().Add(ss.c.opts.HandshakeTimeout))
+		_ = st.SetWriteDeadline(time.Now().Add(ss.c.options().HandshakeTimeout))
 		defer st.SetWriteDeadline(time.Time{})
 		return protocol.WriteFrame(st, r)
 	}

@@ -7,6 +7,7 @@ package client
 import (
 	"context"
 	"errors"
+	"fmt"
 	"net"
 	"net/http"
 	"os"
@@ -157,6 +158,38 @@ func (c *Client) Report(version string) Report {
 	}
 	sort.Slice(r.Tunnels, func(i, j int) bool { return r.Tunnels[i].Name < r.Tunnels[j].Name })
 	return r
+}
+
+// StatusLine is the live state in a few words, for systemd's STATUS=.
+func (c *Client) StatusLine() string {
+	st := c.Status()
+	cfg := c.config()
+	if !st.Connected {
+		c.mu.Lock()
+		why := c.lastErr
+		c.mu.Unlock()
+		if why == "" {
+			return "connecting to " + cfg.Server
+		}
+		return fmt.Sprintf("connecting to %s (last: %s)", cfg.Server, why)
+	}
+	var conns uint64
+	for _, name := range cfg.TunnelNames() {
+		conns += c.stats(name).Read(nil).Open
+	}
+	line := fmt.Sprintf("connected to %s, %s, %s", cfg.Server, count(len(st.Public), "tunnel"), count(int(conns), "connection"))
+	if len(st.Pending) > 0 {
+		line += fmt.Sprintf(", %d tunnels waiting for their port", len(st.Pending))
+	}
+	return line
+}
+
+// count is "1 tunnel", "2 tunnels".
+func count(n int, what string) string {
+	if n == 1 {
+		return "1 " + what
+	}
+	return fmt.Sprintf("%d %ss", n, what)
 }
 
 // ServeAdmin registers the client's admin API on a: status and the

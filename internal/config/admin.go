@@ -1,9 +1,12 @@
 package config
 
 import (
+	"fmt"
 	"net"
 	"os"
 	"path/filepath"
+
+	"github.com/BurntSushi/toml"
 )
 
 // Admin is a daemon's admin endpoint ([admin]): status, actions, health
@@ -65,4 +68,24 @@ func checkAdmin(ps *problems, a Admin) {
 				len(a.Token), bits, minTokenLen, minTokenBits)
 		}
 	}
+}
+
+// LoadAdmin reads only the [admin] table of a daemon's config file, for
+// the commands that ask the running daemon: they must find it even when
+// the rest of the file no longer validates (a reload then says why).
+func LoadAdmin(path string) (Admin, error) {
+	data, err := readFile(path)
+	if err != nil {
+		return Admin{}, err
+	}
+	var v struct {
+		Admin Admin `toml:"admin"`
+	}
+	if _, err := toml.Decode(string(data), &v); err != nil {
+		return Admin{}, fmt.Errorf("%s: %w", path, err)
+	}
+	v.Admin.applyEnv()
+	ps := &problems{file: path, lines: keyLines(data)}
+	checkAdmin(ps, v.Admin)
+	return v.Admin, ps.err()
 }

@@ -27,6 +27,9 @@ type Client struct {
 	// session for it to be resumed; the server's can shorten it. 0 turns
 	// resumption off.
 	ResumeWindow Duration `toml:"resume_window"`
+	// DrainTimeout is how long the open connections of a tunnel removed by
+	// a reload may go on before they are reset.
+	DrainTimeout Duration `toml:"drain_timeout"`
 
 	Log       Log                `toml:"log"`
 	TLS       ClientTLS          `toml:"tls"`
@@ -70,6 +73,7 @@ func DefaultClient() *Client {
 		DialTimeout:      Duration(5 * time.Second),
 		HandshakeTimeout: Duration(10 * time.Second),
 		ResumeWindow:     Duration(DefaultResumeWindow),
+		DrainTimeout:     Duration(30 * time.Second),
 		Log:              Log{Level: "info", Format: "text"},
 		KeepAlive:        ClientKeepAlive{Session: DefaultSession, Local: DefaultLeg},
 		Reconnect:        Reconnect{MinDelay: Duration(250 * time.Millisecond), MaxDelay: Duration(30 * time.Second)},
@@ -136,6 +140,7 @@ func (c *Client) Validate(lines map[string]int) error {
 	checkRange(ps, "handshake_timeout", c.HandshakeTimeout, 100*time.Millisecond, 5*time.Minute, "")
 	checkRange(ps, "reconnect.min_delay", c.Reconnect.MinDelay, 10*time.Millisecond, time.Hour, "")
 	checkResumeWindow(ps, c.ResumeWindow)
+	checkRange(ps, "drain_timeout", c.DrainTimeout, 0, time.Hour, "; 0 resets a removed tunnel's connections at once")
 	checkRange(ps, "reconnect.max_delay", c.Reconnect.MaxDelay, 10*time.Millisecond, time.Hour, "")
 	if c.Reconnect.MaxDelay < c.Reconnect.MinDelay {
 		ps.add("reconnect", "need min_delay <= max_delay (have %s, %s)", c.Reconnect.MinDelay.D(), c.Reconnect.MaxDelay.D())

@@ -38,7 +38,13 @@ type ClientEntry struct {
 // TokenMatches reports, in time independent of the token, whether token
 // is this client's.
 func (e *ClientEntry) TokenMatches(token string) bool {
-	h := sha256.Sum256([]byte(token))
+	return e.HashMatches(sha256.Sum256([]byte(token)))
+}
+
+// HashMatches is TokenMatches given the token's SHA-256: a server keeps
+// that of what a session presented, to check it again when its config is
+// reloaded.
+func (e *ClientEntry) HashMatches(h [sha256.Size]byte) bool {
 	return subtle.ConstantTimeCompare(h[:], e.hash[:]) == 1 && e.hasToken
 }
 

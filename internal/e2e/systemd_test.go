@@ -1,6 +1,8 @@
 package e2e
 
 import (
+	"regexp"
+	"strconv"
 	"fmt"
 	"net"
 	"os"
@@ -190,7 +192,7 @@ func TestSystemdNotify(t *testing.T) {
 	cmd.Env = env(sn)
 	srv := tt.Start(t, cmd)
 	pid := srv.Cmd.Process.Pid
-	if msg := sn.expect(t, pid, "READY=1", 10*time.Second); !strings.Contains(msg, "STATUS=listening on "+ctrl) {
+	if msg := sn.expect(t, pid, "READY=1", 10*time.Second); !strings.Contains(msg, "STATUS=0 sessions, 0 tunnels, 0 connections") {
 		t.Errorf("tunneld READY message %q lacks its status", msg)
 	}
 	// Watchdog pings every 200 ms: several within a second.
@@ -210,6 +212,36 @@ func TestSystemdNotify(t *testing.T) {
 	cpid := cl.Cmd.Process.Pid
 	cn.expect(t, cpid, "READY=1", 10*time.Second)
 	cn.expect(t, cpid, "WATCHDOG=1", time.Second)
+	// STATUS= follows the live state on both.
+	if msg := cn.expect(t, cpid, "STATUS=connected to "+ctrl, 5*time.Second); !strings.Contains(msg, "1 tunnel, 0 connections") {
+		t.Errorf("tunnelc status %q", msg)
+	}
+	sn.expect(t, pid, "STATUS=1 session, 1 tunnel, 0 connections", 5*time.Second)
+
+	// A reload, asked by SIGHUP, is RELOADING=1 with the monotonic
+	// clock, then READY=1 with the status, in that order.
+	for _, d := range []struct {
+		name string
+		n    *notifySocket
+		p    *tt.Proc
+	}{{"tunneld", sn, srv}, {"tunnelc", cn, cl}} {
+		before := monotonicNow(t)
+		if err := d.p.Cmd.Process.Signal(syscall.SIGHUP); err != nil {
+			t.Fatal(err)
+		}
+		msg := d.n.expect(t, d.p.Cmd.Process.Pid, "RELOADING=1", 5*time.Second)
+		m := regexp.MustCompile(`\nMONOTONIC_USEC=(\d+)$`).FindStringSubmatch(msg)
+		if m == nil {
+			t.Fatalf("%s: %q lacks MONOTONIC_USEC", d.name, msg)
+		}
+		if us, _ := strconv.ParseInt(m[1], 10, 64); us < before || us > monotonicNow(t) {
+			t.Errorf("%s: MONOTONIC_USEC=%d is not the monotonic clock now (%d)", d.name, us, before)
+		}
+		if ready := d.n.expect(t, d.p.Cmd.Process.Pid, "READY=1", 5*time.Second); !strings.Contains(ready, "\nSTATUS=") {
+			t.Errorf("%s: READY after the reload without a status: %q", d.name, ready)
+		}
+		d.p.WaitOutput(t, 5*time.Second, `msg="config reloaded"`)
+	}
 
 	if err := cl.Cmd.Process.Signal(syscall.SIGTERM); err != nil {
 		t.Fatal(err)
@@ -225,4 +257,13 @@ func TestSystemdNotify(t *testing.T) {
 	if code := srv.Wait(t, 5*time.Second); code != 0 {
 		t.Errorf("tunneld exit %d", code)
 	}
+}
+
+// monotonicNow is CLOCK_MONOTONIC in microseconds.
+func monotonicNow(t *testing.T) int64 {
+	var ts unix.Timespec
+	if err := unix.ClockGettime(unix.CLOCK_MONOTONIC, &ts); err != nil {
+		t.Fatal(err)
+	}
+	return ts.Sec*1_000_000 + int64(ts.Nsec)/1000
 }

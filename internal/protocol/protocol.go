@@ -87,17 +87,34 @@ const (
 	// up. A client that does not know it ignores it, as it ignores every
 	// unknown control message.
 	TypeTunnel = "tunnel"
+	// TypeTunnelAdd, from the client during a session, asks for one more
+	// tunnel (its config was reloaded); the server answers with a
+	// TypeTunnel result, OK, pending or refused.
+	TypeTunnelAdd = "tunnel_add"
+	// TypeTunnelRemove, from the client during a session, gives a tunnel
+	// up: its listener closes at once, its open connections are reset
+	// after the drain the message gives.
+	TypeTunnelRemove = "tunnel_remove"
 )
 
 // Control is one message on the control stream. Type says which of the
 // other fields is set.
 type Control struct {
-	Type    string        `json:"type"`
-	Hello   *Hello        `json:"hello,omitempty"`
-	Welcome *Welcome      `json:"welcome,omitempty"`
-	Error   *Error        `json:"error,omitempty"`
-	Goodbye *Goodbye      `json:"goodbye,omitempty"`
-	Tunnel  *TunnelResult `json:"tunnel,omitempty"`
+	Type    string         `json:"type"`
+	Hello   *Hello         `json:"hello,omitempty"`
+	Welcome *Welcome       `json:"welcome,omitempty"`
+	Error   *Error         `json:"error,omitempty"`
+	Goodbye *Goodbye       `json:"goodbye,omitempty"`
+	Tunnel  *TunnelResult  `json:"tunnel,omitempty"`
+	Add     *TunnelRequest `json:"add,omitempty"`
+	Remove  *TunnelRemove  `json:"remove,omitempty"`
+}
+
+// TunnelRemove gives up tunnel Name; its open connections may go on for
+// DrainMs milliseconds.
+type TunnelRemove struct {
+	Name    string `json:"name"`
+	DrainMs int64  `json:"drain_ms"`
 }
 
 // Hello is the first message of a session, sent by the client.

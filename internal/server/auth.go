@@ -1,6 +1,8 @@
 package server
 
 import (
+	"crypto/sha256"
+	"crypto/subtle"
 	"crypto/x509"
 	"fmt"
 
@@ -21,6 +23,13 @@ type identity struct {
 	maxTunnels        int
 	maxConns          int // concurrent public connections, 0: no limit
 	maxConnsPerTunnel int
+
+	// What the session presented, to check again on a reload: the name
+	// it said, its token's SHA-256 (never the token) and its certificate
+	// chain.
+	said  string
+	token [sha256.Size]byte
+	chain []*x509.Certificate
 }
 
 func (id *identity) portAllowed(p int) bool { return config.InRanges(id.ports, p) }
@@ -36,30 +45,46 @@ const wrongToken = "wrong token: set token in tunnel.toml (or TUNNEL_TOKEN) to t
 // authenticate decides who hello (with the peer's verified certificate,
 // when the server asks for one) comes from.
 func (s *Server) authenticate(hello *protocol.Hello, chain []*x509.Certificate) (*identity, error) {
-	cfg := s.cfg
+	return s.authorize(s.config(), s.clientCAs.Load(), hello.Client, sha256.Sum256([]byte(hello.Token)), chain)
+}
+
+// reauthorize checks a live session's credentials against a reloaded
+// config: its identity under cfg, or why it no longer holds.
+func (s *Server) reauthorize(cfg *config.Server, cas *x509.CertPool, id *identity) (*identity, error) {
+	return s.authorize(cfg, cas, id.said, id.token, id.chain)
+}
+
+// authorize decides who presented said, a token with SHA-256 token and
+// chain is under cfg, trusting client certificates signed by cas.
+func (s *Server) authorize(cfg *config.Server, cas *x509.CertPool, said string, token [sha256.Size]byte, chain []*x509.Certificate) (*identity, error) {
 	var cert *x509.Certificate
-	if s.clientCAs != nil {
-		leaf, err := tlsconf.VerifyClient(chain, s.clientCAs)
+	if cas != nil {
+		leaf, err := tlsconf.VerifyClient(chain, cas)
 		if err != nil {
 			return nil, &authError{protocol.CodeAuth, fmt.Sprintf(
 				"this client's certificate is not one the server trusts (%v): ask the server's operator for a certificate signed by its tls.client_ca_file, and set cert_file and key_file under [tls]", err)}
 		}
 		cert = leaf
 	}
+	presented := func(id *identity) *identity {
+		id.said, id.token, id.chain = said, token, chain
+		return id
+	}
 	if len(cfg.Clients) == 0 {
-		if !tokenOK(hello.Token, cfg.Token) {
+		want := sha256.Sum256([]byte(cfg.Token))
+		if subtle.ConstantTimeCompare(token[:], want[:]) != 1 {
 			return nil, &authError{protocol.CodeAuth, wrongToken}
 		}
-		if hello.Client == "" || len(hello.Client) > 64 {
+		if said == "" || len(said) > 64 {
 			return nil, &authError{protocol.CodeBadRequest, "client name must be 1 to 64 characters"}
 		}
-		id := &identity{name: hello.Client, ports: cfg.Ports, maxTunnels: cfg.MaxTunnelsPerClient,
+		id := &identity{name: said, ports: cfg.Ports, maxTunnels: cfg.MaxTunnelsPerClient,
 			maxConns: cfg.MaxConnectionsPerClient, maxConnsPerTunnel: cfg.MaxConnectionsPerTunnel}
-		if cert != nil && cert.Subject.CommonName != hello.Client {
+		if cert != nil && cert.Subject.CommonName != said {
 			// The certificate names the client; what it says does not.
-			id.name, id.declared = cert.Subject.CommonName, hello.Client
+			id.name, id.declared = cert.Subject.CommonName, said
 		}
-		return id, nil
+		return presented(id), nil
 	}
 	var e *config.ClientEntry
 	if cert != nil {
@@ -67,14 +92,14 @@ func (s *Server) authenticate(hello *protocol.Hello, chain []*x509.Certificate) 
 		if e == nil {
 			return nil, &authError{protocol.CodeAuth, fmt.Sprintf("this client's certificate (common name %q) names no client of this server: ask its operator to add it to [[clients]]", clip(cert.Subject.CommonName))}
 		}
-		if e.HasToken() && !e.TokenMatches(hello.Token) {
+		if e.HasToken() && !e.HashMatches(token) {
 			return nil, &authError{protocol.CodeAuth, wrongToken}
 		}
 	} else {
 		// Every entry is tried, so the time taken does not tell how
 		// many entries come before the matching one.
 		for i := range cfg.Clients {
-			if cfg.Clients[i].TokenMatches(hello.Token) && e == nil {
+			if cfg.Clients[i].HashMatches(token) && e == nil {
 				e = &cfg.Clients[i]
 			}
 		}
@@ -84,8 +109,8 @@ func (s *Server) authenticate(hello *protocol.Hello, chain []*x509.Certificate) 
 	}
 	id := &identity{name: e.Name, ports: e.Ports, maxTunnels: e.MaxTunnels,
 		maxConns: e.MaxConnections, maxConnsPerTunnel: e.MaxConnectionsPerTunnel}
-	if hello.Client != e.Name {
-		id.declared = clip(hello.Client)
+	if said != e.Name {
+		id.declared = clip(said)
 	}
-	return id, nil
+	return presented(id), nil
 }

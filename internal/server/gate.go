@@ -51,6 +51,14 @@ func newGate(max, maxPerAddr int, failuresPerMinute int, log *slog.Logger) *gate
 	}
 }
 
+// setLimits applies reloaded limits; handshakes in progress keep going.
+func (g *gate) setLimits(max, maxPerAddr, failuresPerMinute int) {
+	g.mu.Lock()
+	defer g.mu.Unlock()
+	g.max, g.maxPerAddr = max, maxPerAddr
+	g.failRate, g.failBurst = float64(failuresPerMinute)/60, float64(failuresPerMinute)
+}
+
 // addrOf is the source the gate counts a connection against: the IPv4
 // address, or the /64 an IPv6 address is in, as one host or site usually
 // has a whole /64 and could otherwise pose as 2^64 sources.

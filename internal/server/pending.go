@@ -49,8 +49,9 @@ func (ss *session) addPending(r protocol.TunnelRequest, code, err string) bool {
 	return true
 }
 
-// startPending arms the first attempt of every pending tunnel; it runs
-// once the client has its welcome, so a TypeTunnel never overtakes it.
+// startPending arms the first attempt of every pending tunnel not yet
+// armed; it runs once the client has its welcome (or the result of a
+// tunnel it added), so a TypeTunnel never overtakes it.
 func (ss *session) startPending() {
 	ss.mu.Lock()
 	defer ss.mu.Unlock()
@@ -58,7 +59,9 @@ func (ss *session) startPending() {
 		return
 	}
 	for name, p := range ss.pending {
-		p.timer = time.AfterFunc(backoff(0), func() { ss.retry(name) })
+		if p.timer == nil {
+			p.timer = time.AfterFunc(backoff(0), func() { ss.retry(name) })
+		}
 	}
 }
 

@@ -77,11 +77,11 @@ type heldConn struct {
 // what the welcome says of it (nil: off).
 func (ss *session) offerResume(hello *protocol.Hello) *protocol.ResumeGrant {
 	w := time.Duration(hello.ResumeWindow) * time.Millisecond
-	w = min(w, ss.srv.cfg.ResumeWindow.D())
+	w = min(w, ss.srv.config().ResumeWindow.D())
 	if w <= 0 || hello.ResumeWindow <= 0 {
 		return nil
 	}
-	ss.res = &resumable{window: w, hold: ss.srv.cfg.ResumeHold, kept: int(ss.srv.cfg.Window.StreamMax), conns: map[uint64]*heldConn{},
+	ss.res = &resumable{window: w, hold: ss.srv.config().ResumeHold, kept: int(ss.srv.config().Window.StreamMax), conns: map[uint64]*heldConn{},
 		held: map[string]int{}, reset: map[string]int{}}
 	return ss.res.grant()
 }

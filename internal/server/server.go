@@ -10,7 +10,6 @@ package server
 import (
 	"context"
 	"crypto/rand"
-	"crypto/subtle"
 	"crypto/x509"
 	"encoding/hex"
 	"errors"
@@ -26,12 +25,13 @@ import (
 	"github.com/tunnel-dev/tunnel/internal/mux"
 	"github.com/tunnel-dev/tunnel/internal/proxy"
 	"github.com/tunnel-dev/tunnel/internal/sockopt"
+	"github.com/tunnel-dev/tunnel/internal/tlsconf"
 )
 
 // Server is a running tunneld. Start binds, Serve runs until its context
 // ends; both are called once.
 type Server struct {
-	cfg  *config.Server
+	cfg  atomic.Pointer[config.Server] // replaced whole by Reload; read with config()
 	log  *slog.Logger
 	opts mux.Options
 
@@ -47,8 +47,9 @@ type Server struct {
 	leases  *leases
 	gate    *gate // bounds what unauthenticated peers cost
 
-	fingerprint string         // of the certificate presented at start; "" without TLS
-	clientCAs   *x509.CertPool // client certificates must chain to these; nil: none asked for
+	fingerprint string                        // of the certificate presented at start; "" without TLS
+	clientCAs   atomic.Pointer[x509.CertPool] // client certificates must chain to these; nil: none asked for
+	certs       atomic.Pointer[certSource]    // what TLS handshakes present; Reload replaces it
 
 	started time.Time
 	met     *serverMetrics
@@ -77,26 +78,34 @@ func New(cfg *config.Server, log *slog.Logger) (*Server, error) {
 		// server opens every data stream.
 		IncomingStreams: 1,
 	}
-	tlsCfg, clientCAs, fingerprint, err := serverTLS(cfg, log)
+	certs, clientCAs, fingerprint, err := serverTLS(cfg, log)
 	if err != nil {
 		return nil, err
 	}
-	opts.TLS = tlsCfg
 	ls, err := openLeases(cfg.StateDir, cfg.PortLease.D(), log)
 	if err != nil {
 		return nil, fmt.Errorf("%s: %w (tunneld must be able to write there; or set state_dir = \"\" to keep port leases in memory only)", cfg.File, err)
 	}
-	s := &Server{cfg: cfg, log: log, opts: opts, fingerprint: fingerprint, clientCAs: clientCAs, sessions: map[string]*session{}, ports: map[int]*session{}, leases: ls,
+	s := &Server{log: log, opts: opts, fingerprint: fingerprint, sessions: map[string]*session{}, ports: map[int]*session{}, leases: ls,
 		started: time.Now(), stats: map[string]*tunnelStats{},
 		gate: newGate(cfg.HandshakeLimit, cfg.HandshakeLimitPerAddress, cfg.FailedHandshakesPerMinute, log)}
+	s.cfg.Store(cfg)
+	s.clientCAs.Store(clientCAs)
+	if certs != nil {
+		s.certs.Store(certs)
+		s.opts.TLS = tlsconf.Server(s.certificate, clientCAs)
+	}
 	s.met = newServerMetrics(s)
 	s.opts.OnRTT = func(d time.Duration) { s.met.rtt.Observe(d.Seconds()) }
 	return s, nil
 }
 
+// config is the configuration the server runs with now.
+func (s *Server) config() *config.Server { return s.cfg.Load() }
+
 // Start binds the session listener.
 func (s *Server) Start(ctx context.Context) error {
-	ln, err := mux.Listen(ctx, s.cfg.Listen, s.opts)
+	ln, err := mux.Listen(ctx, s.config().Listen, s.opts)
 	if err != nil {
 		return fmt.Errorf("session port: %w", err)
 	}
@@ -109,9 +118,9 @@ func (s *Server) Start(ctx context.Context) error {
 		leases = "in memory (set state_dir to keep them across restarts)"
 	}
 	s.log.Info("listening for sessions", "addr", ln.Addr().String(), "tls", s.opts.TLS != nil,
-		"allow_ports", fmt.Sprint(s.cfg.Ports), "port_leases", leases)
+		"allow_ports", fmt.Sprint(s.config().Ports), "port_leases", leases)
 	if s.opts.TLS == nil {
-		s.log.Warn("TLS is off: tokens and all tunnel traffic cross the network in cleartext; remove tls = \"off\" from " + s.cfg.File + " unless something else encrypts the path")
+		s.log.Warn("TLS is off: tokens and all tunnel traffic cross the network in cleartext; remove tls = \"off\" from " + s.config().File + " unless something else encrypts the path")
 	}
 	return nil
 }
@@ -122,7 +131,7 @@ func (s *Server) Fingerprint() string { return s.fingerprint }
 
 // publicAddr is a public port as clients are told it.
 func (s *Server) publicAddr(port int) string {
-	return net.JoinHostPort(s.cfg.AdvertisedHost(), strconv.Itoa(port))
+	return net.JoinHostPort(s.config().AdvertisedHost(), strconv.Itoa(port))
 }
 
 // Addr is the bound session address (after Start).
@@ -241,8 +250,4 @@ func newID() string {
 	var b [6]byte
 	_, _ = rand.Read(b[:])
 	return hex.EncodeToString(b[:])
-}
-
-func tokenOK(got, want string) bool {
-	return subtle.ConstantTimeCompare([]byte(got), []byte(want)) == 1
 }

@@ -29,8 +29,8 @@ type session struct {
 	srv    *Server
 	id     string
 	since  time.Time
-	client string    // the authenticated identity's name
-	lim    *identity // what the client may do
+	client string                   // the authenticated identity's name
+	limp   atomic.Pointer[identity] // what the client may do; a reload may replace it
 	conns  atomic.Int64
 	log    *slog.Logger
 	// res is the session's resumption state; nil when resumption is off
@@ -72,6 +72,9 @@ type carrier struct {
 	remote string     // the client's address on this carrier
 }
 
+// lim is what the client may do now.
+func (ss *session) lim() *identity { return ss.limp.Load() }
+
 // carrier returns what carries the session now, nil while it is away.
 func (ss *session) carrier() *carrier {
 	ss.mu.Lock()
@@ -90,6 +93,16 @@ type publicListener struct {
 	conns    atomic.Int64
 	st       *tunnelStats
 	draining atomic.Bool // closed by the operator; the port stays the session's
+	// ka is the keepalive the listener was bound with, which its
+	// connections inherit; one a reload changed is set on each.
+	ka sockopt.KeepAlive
+
+	// The accept loop, and the hand-over of the socket to a newer
+	// session of the same client (handOver).
+	loopMu      sync.Mutex
+	loopStarted bool
+	handed      bool
+	loopDone    chan struct{}
 
 	// Refusals at a connection limit are logged at most once per
 	// refusalLogEvery per tunnel, with a count.
@@ -164,7 +177,7 @@ func (s *Server) handshake(ctx context.Context, c net.Conn, handshook func(faile
 		// Garbage on the port ends here: yamux rejects a bad frame header.
 		hint := "is the peer tunnelc?"
 		if b, ok := mux.FirstByte(c); ok && b == mux.TLSRecordHandshake && s.opts.TLS == nil {
-			hint = "the peer speaks TLS, and this server has tls = \"off\" in " + s.cfg.File + ": both sides must agree (TLS is the default)"
+			hint = "the peer speaks TLS, and this server has tls = \"off\" in " + s.config().File + ": both sides must agree (TLS is the default)"
 		}
 		refused("no_control_stream", "session refused: no control stream", "err", err, "hint", hint)
 		return nil, false
@@ -214,12 +227,12 @@ func (s *Server) handshake(ctx context.Context, c net.Conn, handshook func(faile
 	if id.declared != "" {
 		log = log.With("declared_name", id.declared)
 	}
-	if n := len(hello.Tunnels); n > s.cfg.MaxTunnelsPerClient {
+	if n := len(hello.Tunnels); n > s.config().MaxTunnelsPerClient {
 		// Refused whole and said so: answering each would make a
 		// welcome larger than a frame may be, which could not be sent.
 		s.refuse(ctrl, refused, protocol.CodeBadRequest, fmt.Sprintf(
 			"%d tunnels in one hello, more than the server's max_tunnels_per_client (%d): configure fewer tunnels in this client",
-			n, s.cfg.MaxTunnelsPerClient))
+			n, s.config().MaxTunnelsPerClient))
 		return nil, false
 	}
 
@@ -239,7 +252,8 @@ func (s *Server) handshake(ctx context.Context, c net.Conn, handshook func(faile
 			return resumed, false
 		}
 	}
-	ss = &session{srv: s, id: newID(), since: time.Now(), client: id.name, lim: id, car: car, lastRemote: car.remote}
+	ss = &session{srv: s, id: newID(), since: time.Now(), client: id.name, car: car, lastRemote: car.remote}
+	ss.limp.Store(id)
 	ss.log = log.With("session", ss.id)
 	ss.ctx, ss.cancel = context.WithCancelCause(context.Background())
 	grant := ss.offerResume(hello)
@@ -404,8 +418,12 @@ func (s *Server) register(ss *session, reqs []protocol.TunnelRequest) []protocol
 	old := s.sessions[ss.client]
 	s.sessions[ss.client] = ss
 	s.mu.Unlock()
+	var handed map[string]*publicListener
 	if old != nil {
 		ss.log.Info("taking over from older session of the same client", "old_session", old.id)
+		// Its listening sockets pass to us as they are, for the tunnels
+		// we ask for again: a public port never closes in a takeover.
+		handed = old.handOver()
 		old.shutdown(EndReplaced, "replaced by session "+ss.id)
 		// Its ports are free for us now (its goroutines wind down on
 		// their own), and for us first: the sessions waiting for one of
@@ -413,9 +431,63 @@ func (s *Server) register(ss *session, reqs []protocol.TunnelRequest) []protocol
 		freed := s.release(old)
 		defer func() { s.freed(old, freed) }()
 	}
+	results := s.registerTunnels(ss, reqs, map[string]bool{}, handed)
+	for _, pl := range handed {
+		pl.ln.Close() // not asked for again
+		pl.st.Release()
+	}
+	return results
+}
 
+// handOver takes the session's listeners from it for a newer session of
+// the same client: their accept loops stop (a deadline in the past ends
+// a waiting Accept; the socket stays open) and the session no longer
+// closes them. It returns them by tunnel name; drained ones are closed.
+func (ss *session) handOver() map[string]*publicListener {
+	ss.mu.Lock()
+	ls := ss.listeners
+	ss.listeners = nil
+	ss.mu.Unlock()
+	out := make(map[string]*publicListener, len(ls))
+	for _, pl := range ls {
+		pl.loopMu.Lock()
+		pl.handed = true
+		started := pl.loopStarted
+		pl.loopMu.Unlock()
+		tl, ok := pl.ln.(*net.TCPListener)
+		if !ok || pl.draining.Load() {
+			pl.ln.Close()
+			<-waitIf(started, pl.loopDone)
+			pl.st.Release()
+			continue
+		}
+		_ = tl.SetDeadline(time.Unix(1, 0))
+		<-waitIf(started, pl.loopDone)
+		_ = tl.SetDeadline(time.Time{})
+		out[pl.name] = pl
+	}
+	return out
+}
+
+// waitIf is ch when cond, else a closed channel.
+func waitIf(cond bool, ch chan struct{}) <-chan struct{} {
+	if cond {
+		return ch
+	}
+	c := make(chan struct{})
+	close(c)
+	return c
+}
+
+// registerTunnels binds a listener per request, or records it pending,
+// and returns the results; seen names the session's tunnels so far. The
+// caller holds regMu.
+//
+// handed holds listeners a replaced session of the client handed over: a
+// request for the same tunnel on the same port (or any port) takes its
+// socket as it is; the ones taken are deleted from it.
+func (s *Server) registerTunnels(ss *session, reqs []protocol.TunnelRequest, seen map[string]bool, handed map[string]*publicListener) []protocol.TunnelResult {
 	results := make([]protocol.TunnelResult, 0, len(reqs))
-	seen := map[string]bool{}
 	for _, r := range reqs {
 		res := protocol.TunnelResult{Name: r.Name}
 		var err error
@@ -424,14 +496,19 @@ func (s *Server) register(ss *session, reqs []protocol.TunnelRequest) []protocol
 			res.Name = clip(r.Name)
 			res.Code, err = protocol.CodeInvalidTunnel, fmt.Errorf("tunnel name %q is not a valid name (letters, digits, '.', '_', '-'; at most 64)", res.Name)
 		case seen[r.Name]:
-			res.Code, err = protocol.CodeInvalidTunnel, fmt.Errorf("tunnel name %q is repeated", r.Name)
+			res.Code, err = protocol.CodeInvalidTunnel, fmt.Errorf("tunnel name %q is repeated (or already up in this session)", r.Name)
 		case r.Type != "tcp":
 			res.Code, err = protocol.CodeInvalidTunnel, fmt.Errorf("type %q is not supported (only tcp)", r.Type)
-		case len(ss.publicListeners()) >= ss.lim.maxTunnels:
-			res.Code, err = protocol.CodeInvalidTunnel, fmt.Errorf("more than %d tunnels, the most this client may have", ss.lim.maxTunnels)
+		case len(ss.publicListeners()) >= ss.lim().maxTunnels:
+			res.Code, err = protocol.CodeInvalidTunnel, fmt.Errorf("more than %d tunnels, the most this client may have", ss.lim().maxTunnels)
 		default:
 			var pl *publicListener
-			pl, res.Code, err = s.bind(ss, r)
+			if h := handed[r.Name]; h != nil && (r.RemotePort == 0 || r.RemotePort == h.port) && ss.lim().portAllowed(h.port) {
+				pl = s.adopt(ss, h, r)
+				delete(handed, r.Name)
+			} else {
+				pl, res.Code, err = s.bind(ss, r)
+			}
 			if err == nil && !ss.addListener(pl) {
 				pl.ln.Close()
 				pl.st.Release()
@@ -463,9 +540,23 @@ func (s *Server) register(ss *session, reqs []protocol.TunnelRequest) []protocol
 	return results
 }
 
+// adopt makes a listener a replaced session handed over ss's, for r.
+func (s *Server) adopt(ss *session, h *publicListener, r protocol.TunnelRequest) *publicListener {
+	pl := newPublicListener(h.name, h.port, h.ln, s.statsFor(ss.client, h.name), h.ka)
+	h.st.Release()
+	s.mu.Lock()
+	s.ports[h.port] = ss
+	s.mu.Unlock()
+	if r.RemotePort == 0 {
+		s.leases.hold(ss.client, r.Name, h.port) // as bind does for a port it picked
+	}
+	return pl
+}
+
 // bind opens the public listener for one tunnel and records its owner.
 func (s *Server) bind(ss *session, r protocol.TunnelRequest) (*publicListener, string, error) {
-	lc := net.ListenConfig{KeepAliveConfig: s.cfg.KeepAlive.Public.Sock().Config()}
+	ka := s.config().KeepAlive.Public.Sock()
+	lc := net.ListenConfig{KeepAliveConfig: ka.Config()}
 	try := func(port int) (*publicListener, string, error) {
 		s.mu.Lock()
 		owner := s.ports[port]
@@ -478,7 +569,7 @@ func (s *Server) bind(ss *session, r protocol.TunnelRequest) (*publicListener, s
 			}
 			return nil, protocol.CodePortInUse, &portHeldError{port: port, holder: owner.client}
 		}
-		addr := net.JoinHostPort(s.cfg.BindAddr, strconv.Itoa(port))
+		addr := net.JoinHostPort(s.config().BindAddr, strconv.Itoa(port))
 		ln, err := lc.Listen(context.Background(), "tcp", addr)
 		if err != nil {
 			if errors.Is(err, syscall.EADDRINUSE) {
@@ -489,11 +580,11 @@ func (s *Server) bind(ss *session, r protocol.TunnelRequest) (*publicListener, s
 		s.mu.Lock()
 		s.ports[port] = ss
 		s.mu.Unlock()
-		return &publicListener{name: r.Name, port: port, ln: ln, st: s.statsFor(ss.client, r.Name)}, "", nil
+		return newPublicListener(r.Name, port, ln, s.statsFor(ss.client, r.Name), ka), "", nil
 	}
 	if r.RemotePort != 0 {
-		if !ss.lim.portAllowed(r.RemotePort) {
-			return nil, protocol.CodePortNotAllowed, fmt.Errorf("port %d is outside the ports this client may use, %v", r.RemotePort, ss.lim.ports)
+		if !ss.lim().portAllowed(r.RemotePort) {
+			return nil, protocol.CodePortNotAllowed, fmt.Errorf("port %d is outside the ports this client may use, %v", r.RemotePort, ss.lim().ports)
 		}
 		return try(r.RemotePort)
 	}
@@ -508,22 +599,22 @@ func (s *Server) bind(ss *session, r protocol.TunnelRequest) (*publicListener, s
 		_, ok := s.leases.holder(port, ss.client, r.Name)
 		return ok
 	}
-	if p := s.leases.of(ss.client, r.Name); p != 0 && ss.lim.portAllowed(p) {
+	if p := s.leases.of(ss.client, r.Name); p != 0 && ss.lim().portAllowed(p) {
 		if pl, _, err := try(p); err == nil {
 			return got(pl)
 		}
 	}
-	if p := r.PreferPort; p != 0 && ss.lim.portAllowed(p) && !leasedToOther(p) {
+	if p := r.PreferPort; p != 0 && ss.lim().portAllowed(p) && !leasedToOther(p) {
 		if pl, _, err := try(p); err == nil {
 			return got(pl)
 		}
 	}
 	total := 0
-	for _, pr := range ss.lim.ports {
+	for _, pr := range ss.lim().ports {
 		total += pr.Hi - pr.Lo + 1
 	}
 	nth := func(k int) int {
-		for _, pr := range ss.lim.ports {
+		for _, pr := range ss.lim().ports {
 			if n := pr.Hi - pr.Lo + 1; k < n {
 				return pr.Lo + k
 			} else {
@@ -573,7 +664,7 @@ func (s *Server) bind(ss *session, r protocol.TunnelRequest) (*publicListener, s
 		}
 		return got(pl)
 	}
-	return nil, protocol.CodePortInUse, fmt.Errorf("no free port among the ports this client may use, %v (last try: %v)", ss.lim.ports, lastErr)
+	return nil, protocol.CodePortInUse, fmt.Errorf("no free port among the ports this client may use, %v (last try: %v)", ss.lim().ports, lastErr)
 }
 
 // unregister forgets ss and the ports it held, if they are still its, and
@@ -636,13 +727,27 @@ func (s *Server) freed(ss *session, ports []int) {
 // reason marks a deliberate close and is sent to the client first.
 func (ss *session) shutdown(kind, reason string) { ss.end(kind, reason, reason != "") }
 
+func newPublicListener(name string, port int, ln net.Listener, st *tunnelStats, ka sockopt.KeepAlive) *publicListener {
+	return &publicListener{name: name, port: port, ln: ln, st: st, ka: ka, loopDone: make(chan struct{})}
+}
+
 // serveListener runs pl's accept loop as a part of the session. The
 // caller has recorded pl as the session's (so end closes it); if the
 // session's parts are already being waited for, the session is over and
 // pl is closed here.
 func (ss *session) serveListener(pl *publicListener) {
-	if !ss.parts.Go(func() { ss.acceptPublic(pl) }) {
+	pl.loopMu.Lock()
+	defer pl.loopMu.Unlock()
+	if pl.handed {
+		return // a newer session has it
+	}
+	pl.loopStarted = true
+	if !ss.parts.Go(func() {
+		defer close(pl.loopDone)
+		ss.acceptPublic(pl)
+	}) {
 		pl.ln.Close()
+		close(pl.loopDone)
 	}
 }
 
@@ -749,6 +854,14 @@ func (ss *session) readControl(car *carrier) bool {
 			}
 			ss.end(EndGoodbye, reason, false)
 			return false
+		case protocol.TypeTunnelAdd:
+			if m.Add != nil {
+				ss.addTunnel(*m.Add)
+			}
+		case protocol.TypeTunnelRemove:
+			if m.Remove != nil {
+				ss.removeTunnel(m.Remove.Name, time.Duration(m.Remove.DrainMs)*time.Millisecond)
+			}
 		default:
 			ss.log.Debug("ignoring control message", "type", m.Type)
 		}
@@ -765,6 +878,12 @@ func (ss *session) acceptPublic(pl *publicListener) {
 		if err != nil {
 			if errors.Is(err, net.ErrClosed) {
 				return
+			}
+			pl.loopMu.Lock()
+			handed := pl.handed
+			pl.loopMu.Unlock()
+			if handed {
+				return // the deadline handOver set
 			}
 			if isResourceErr(err) {
 				delay = min(max(2*delay, 5*time.Millisecond), time.Second)
@@ -792,6 +911,9 @@ func (ss *session) acceptPublic(pl *publicListener) {
 			continue
 		}
 		pc := c.(*net.TCPConn)
+		if ka := ss.srv.config().KeepAlive.Public.Sock(); ka != pl.ka {
+			_ = pc.SetKeepAliveConfig(ka.Config()) // reloaded since the bind
+		}
 		if !ss.parts.Go(func() { ss.handlePublic(pl, pc, log) }) {
 			_ = sockopt.Abort(pc) // the session is ending
 			ss.releaseConn(pl)
@@ -882,6 +1004,10 @@ func (ss *session) handlePublic(pl *publicListener, pc *net.TCPConn, log *slog.L
 			log.Info("public connection closed by the operator", "in", stats.AToB, "out", stats.BToA)
 			return
 		}
+		if errors.Is(err, errTunnelRemoved) {
+			log.Info("public connection reset: its tunnel was removed and the drain is over", "err", err, "in", stats.AToB, "out", stats.BToA)
+			return
+		}
 		if errors.Is(err, errServerShutdown) {
 			log.Debug("public connection ended: server shutting down", "in", stats.AToB, "out", stats.BToA)
 			return
@@ -932,11 +1058,11 @@ func authenticatedAs(id *identity) string {
 // and its name.
 func (ss *session) takeConn(pl *publicListener) (int, string) {
 	perTunnel, perClient := pl.conns.Add(1), ss.conns.Add(1)
-	if n := ss.lim.maxConnsPerTunnel; n > 0 && perTunnel > int64(n) {
+	if n := ss.lim().maxConnsPerTunnel; n > 0 && perTunnel > int64(n) {
 		ss.releaseConn(pl)
 		return n, "max_connections_per_tunnel"
 	}
-	if n := ss.lim.maxConns; n > 0 && perClient > int64(n) {
+	if n := ss.lim().maxConns; n > 0 && perClient > int64(n) {
 		ss.releaseConn(pl)
 		return n, "max_connections (per client)"
 	}

@@ -203,6 +203,33 @@ func (r *resumable) status() *ResumeStatus {
 	return out
 }
 
+// StatusLine is the live state in a few words, for systemd's STATUS=.
+func (s *Server) StatusLine() string {
+	sessions, tunnels, away := 0, 0, 0
+	var conns int64
+	for _, ss := range s.allSessions() {
+		sessions++
+		if ss.carrier() == nil {
+			away++
+		}
+		tunnels += len(ss.publicListeners())
+		conns += ss.conns.Load()
+	}
+	line := fmt.Sprintf("%s, %s, %s", count(sessions, "session"), count(tunnels, "tunnel"), count(int(conns), "connection"))
+	if away > 0 {
+		line += fmt.Sprintf(" (%d sessions away, held for a resume)", away)
+	}
+	return line
+}
+
+// count is "1 tunnel", "2 tunnels".
+func count(n int, what string) string {
+	if n == 1 {
+		return "1 " + what
+	}
+	return fmt.Sprintf("%d %ss", n, what)
+}
+
 // findSession is the session of client name, or with id name.
 func (s *Server) findSession(name string) (*session, error) {
 	s.mu.Lock()

@@ -11,10 +11,19 @@ import (
 	"github.com/tunnel-dev/tunnel/internal/tlsconf"
 )
 
-// serverTLS builds the session listener's TLS (nil when off) and returns
-// the CAs client certificates must chain to (nil: none asked for) and the
-// fingerprint of the certificate it presents.
-func serverTLS(cfg *config.Server, log *slog.Logger) (*tls.Config, *x509.CertPool, string, error) {
+// certSource is what a TLS handshake presents.
+type certSource func(*tls.ClientHelloInfo) (*tls.Certificate, error)
+
+// certificate is the session listener's GetCertificate: the current
+// source, which a reload may replace.
+func (s *Server) certificate(h *tls.ClientHelloInfo) (*tls.Certificate, error) {
+	return (*s.certs.Load())(h)
+}
+
+// serverTLS loads what the session listener's TLS presents (nil when
+// off) and returns it with the CAs client certificates must chain to
+// (nil: none asked for) and the fingerprint of the certificate.
+func serverTLS(cfg *config.Server, log *slog.Logger) (*certSource, *x509.CertPool, string, error) {
 	if !cfg.TLS.Enabled() {
 		return nil, nil, "", nil
 	}
@@ -35,7 +44,8 @@ func serverTLS(cfg *config.Server, log *slog.Logger) (*tls.Config, *x509.CertPoo
 		}
 		fp := tlsconf.Fingerprint(fc.Current().Certificate[0])
 		log.Info("TLS certificate", "cert_file", cfg.TLS.CertFile, "fingerprint", fp, "client_certificates", clientCAs != nil)
-		return tlsconf.Server(fc.Get, clientCAs), clientCAs, fp, nil
+		src := certSource(fc.Get)
+		return &src, clientCAs, fp, nil
 	}
 	cert, created, err := AutoCert(cfg)
 	if err != nil {
@@ -51,7 +61,8 @@ func serverTLS(cfg *config.Server, log *slog.Logger) (*tls.Config, *x509.CertPoo
 	default:
 		log.Info("TLS certificate", "cert_file", filepath.Join(cfg.StateDir, tlsconf.AutoCertFile), "fingerprint", fp, "client_certificates", clientCAs != nil)
 	}
-	return tlsconf.Server(func(*tls.ClientHelloInfo) (*tls.Certificate, error) { return &cert, nil }, clientCAs), clientCAs, fp, nil
+	src := certSource(func(*tls.ClientHelloInfo) (*tls.Certificate, error) { return &cert, nil })
+	return &src, clientCAs, fp, nil
 }
 
 // AutoCert loads, or makes on first use, the automatic certificate in the
