@@ -1,13 +1,13 @@
 package e2e
 
 import (
-	"regexp"
-	"strconv"
 	"fmt"
 	"net"
 	"os"
 	"os/exec"
 	"path/filepath"
+	"regexp"
+	"strconv"
 	"strings"
 	"syscall"
 	"testing"
