@@ -58,12 +58,16 @@ type Server struct {
 // maxBody bounds a request body: actions take a reason at most.
 const maxBody = 64 << 10
 
+// headerTimeout bounds the wait for a request's headers: a peer that
+// connects and says nothing (or one byte at a time) is closed after it.
+var headerTimeout = 5 * time.Second
+
 // New prepares an endpoint for cfg, which must be enabled and validated.
 func New(cfg config.Admin, log *slog.Logger) *Server {
 	s := &Server{cfg: cfg, log: log.With("admin", cfg.Where()), mux: http.NewServeMux()}
 	s.http = &http.Server{
 		Handler:           s,
-		ReadHeaderTimeout: 5 * time.Second,
+		ReadHeaderTimeout: headerTimeout,
 		ReadTimeout:       10 * time.Second,
 		IdleTimeout:       time.Minute,
 		MaxHeaderBytes:    16 << 10,

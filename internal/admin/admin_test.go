@@ -1,17 +1,21 @@
 package admin_test
 
 import (
+	"bufio"
 	"context"
 	"errors"
+	"fmt"
 	"io"
 	"log/slog"
 	"net"
 	"net/http"
 	"os"
 	"path/filepath"
+	"runtime"
 	"strconv"
 	"strings"
 	"testing"
+	"time"
 
 	"github.com/tunnel-dev/tunnel/internal/admin"
 	"github.com/tunnel-dev/tunnel/internal/config"
@@ -153,5 +157,66 @@ func TestRefusals(t *testing.T) {
 	err := admin.Dial(config.Admin{Socket: filepath.Join(t.TempDir(), "none.sock")}).Get(context.Background(), "/v1/status", nil)
 	if !errors.Is(err, admin.ErrUnreachable) || !strings.Contains(err.Error(), "is the daemon running") {
 		t.Errorf("no daemon: %v", err)
+	}
+}
+
+// Peers that say nothing, send a huge header, or flood: each is bounded,
+// and once they are gone the endpoint's goroutines and heap are back to
+// where they were, while it keeps serving.
+func TestHostilePeers(t *testing.T) {
+	tt.CheckLeaks(t)
+	old := admin.SetHeaderTimeout(300 * time.Millisecond)
+	defer admin.SetHeaderTimeout(old)
+	path := filepath.Join(t.TempDir(), "admin.sock")
+	serve(t, config.Admin{Socket: path})
+	settle := func() (int, uint64) {
+		runtime.GC()
+		var ms runtime.MemStats
+		runtime.ReadMemStats(&ms)
+		return runtime.NumGoroutine(), ms.HeapAlloc
+	}
+	g0, h0 := settle()
+
+	// Silent peers are closed after the header timeout.
+	var silent []net.Conn
+	for range 100 {
+		c, err := net.Dial("unix", path)
+		if err != nil {
+			t.Fatal(err)
+		}
+		silent = append(silent, c)
+	}
+	for _, c := range silent {
+		_ = c.SetReadDeadline(time.Now().Add(5 * time.Second))
+		if _, err := c.Read(make([]byte, 1)); err == nil || errors.Is(err, os.ErrDeadlineExceeded) {
+			t.Fatalf("a silent peer was not closed by the endpoint: %v", err)
+		}
+		c.Close()
+	}
+	// A header past the bound is refused, not buffered.
+	c, err := net.Dial("unix", path)
+	if err != nil {
+		t.Fatal(err)
+	}
+	fmt.Fprintf(c, "GET /v1/status HTTP/1.1\r\nHost: x\r\nX-Big: %s\r\n\r\n", strings.Repeat("a", 1<<20))
+	resp, err := http.ReadResponse(bufio.NewReader(c), nil)
+	if err != nil || resp.StatusCode != http.StatusRequestHeaderFieldsTooLarge {
+		t.Errorf("a 1 MiB header: %v %v", resp, err)
+	}
+	c.Close()
+	// A flood of requests.
+	api := admin.Dial(config.Admin{Socket: path})
+	for range 500 {
+		if err := api.Get(context.Background(), "/v1/status", nil); err != nil {
+			t.Fatal(err)
+		}
+	}
+	api.Close()
+	tt.Eventually(t, 5*time.Second, "goroutines and heap back to their baseline", func() bool {
+		g, h := settle()
+		return g <= g0 && h < h0+1<<20
+	})
+	if err := api.Get(context.Background(), "/v1/status", nil); err != nil {
+		t.Fatalf("the endpoint after the peers: %v", err)
 	}
 }

@@ -41,6 +41,9 @@ func Dial(cfg config.Admin) *Client {
 	return &Client{cfg: cfg, http: &http.Client{Transport: tr, Timeout: 30 * time.Second}, base: base}
 }
 
+// Close drops the connection kept for the next request.
+func (c *Client) Close() { c.http.CloseIdleConnections() }
+
 // Get fetches path into out (JSON).
 func (c *Client) Get(ctx context.Context, path string, out any) error {
 	return c.do(ctx, http.MethodGet, path, nil, out)
