@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # bench/run.sh SYSTEM — measure one TCP tunnel on loopback.
 #
-# SYSTEM: direct | relay | relay-copy | frp | frp-nomux | frp-notls | chisel | tunnel
+# SYSTEM: direct | relay | relay-copy | frp | frp-nomux | frp-notls | chisel | tunnel | tunnel-tls | tunnel-metrics
 #
 # Starts a local echo server and an iperf3 server, starts SYSTEM so that
 # both are reachable on public ports of 127.0.0.1, measures, stops only the
@@ -220,13 +220,13 @@ need_bin() { [[ -n ${2:-} && -x $2 ]] || die "$1 not found at '${2:-}': $3"; }
 # preflight : check the system name and its binaries before starting anything.
 preflight() {
 	declare -F "sys_start_$SYSTEM" >/dev/null ||
-		die "unknown system '$SYSTEM' (direct relay relay-copy frp frp-nomux frp-notls chisel tunnel tunnel-tls)"
+		die "unknown system '$SYSTEM' (direct relay relay-copy frp frp-nomux frp-notls chisel tunnel tunnel-tls tunnel-metrics)"
 	case $SYSTEM in
 	frp*)
 		need_bin frps "$FRPS" "set FRPS or ANCHOR_BIN"
 		need_bin frpc "$FRPC" "set FRPC or ANCHOR_BIN" ;;
 	chisel) need_bin chisel "$CHISEL" "set CHISEL or ANCHOR_BIN" ;;
-	tunnel | tunnel-tls)
+	tunnel | tunnel-tls | tunnel-metrics)
 		need_bin tunneld "${TUNNEL_BIN_DIR:+$TUNNEL_BIN_DIR/tunneld}" "set TUNNEL_BIN_DIR to the folder holding tunneld and tunnelc"
 		need_bin tunnelc "${TUNNEL_BIN_DIR:+$TUNNEL_BIN_DIR/tunnelc}" "set TUNNEL_BIN_DIR to the folder holding tunneld and tunnelc" ;;
 	esac
@@ -346,6 +346,10 @@ sys_start_tunnel() {
 			{ printf 'tls = "off"\n'; cat "$f"; } >"$f.tmp" && mv "$f.tmp" "$f"
 		done
 	fi
+	if [[ -n ${TUNNEL_ADMIN:-} ]]; then
+		printf '\n[admin]\nsocket = "%s"\n' "$RUNDIR/tunneld.sock" >>"$RUNDIR/tunneld.toml"
+		printf '\n[admin]\nsocket = "%s"\n' "$RUNDIR/tunnelc.sock" >>"$RUNDIR/tunnel.toml"
+	fi
 	spawn tunneld "$d/tunneld" serve -c "$RUNDIR/tunneld.toml"
 	SERVER_PID=$LAST_PID; SYS_PIDS+=("$LAST_PID")
 	sleep 0.3
@@ -359,6 +363,15 @@ sys_start_tunnel() {
 sys_start_tunnel-tls() {
 	"$LOADGEN" cert -host "$HOST" -dir "$RUNDIR" || die "tunnel-tls: cannot make a certificate"
 	TUNNEL_TLS=1 sys_start_tunnel
+}
+
+# tunnel-metrics — the same with both admin endpoints on and /metrics of
+# both scraped every second (Prometheus usually scrapes every 15 s): what
+# metrics cost, against tunnel in the same run.
+sys_start_tunnel-metrics() {
+	TUNNEL_ADMIN=1 sys_start_tunnel
+	spawn scrape "$LOADGEN" scrape -every 1s -socks "$RUNDIR/tunneld.sock,$RUNDIR/tunnelc.sock"
+	SYS_PIDS+=("$LAST_PID")
 }
 
 sys_start() {

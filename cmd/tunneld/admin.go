@@ -107,6 +107,9 @@ func printStatus(out io.Writer, st *server.Status, now time.Time) {
 	}
 	fmt.Fprintf(out, "tunneld %s, up %s, sessions on %s\n", st.Version, cli.Age(now, st.Started), st.Listen)
 	fmt.Fprintf(out, "%d sessions, %d tunnels, %d connections\n", len(st.Sessions), tunnels, conns)
+	for _, b := range st.Bans {
+		fmt.Fprintf(out, "banned: %s until %s (%s)\n", b.Client, b.Until.Format(time.RFC3339), b.Reason)
+	}
 	if len(st.Sessions) == 0 {
 		return
 	}
@@ -137,25 +140,58 @@ func printStatus(out io.Writer, st *server.Status, now time.Time) {
 func newKick() *cobra.Command {
 	var f adminFlags
 	var reason string
+	var ban time.Duration
 	cmd := &cobra.Command{
 		Use:   "kick CLIENT",
-		Short: "close a client's session, telling the client why; it reconnects unless its access was removed",
+		Short: "close a client's session, telling the client why; it reconnects unless its access was removed or --ban keeps it out",
 		Args:  cobra.ExactArgs(1),
 		RunE: func(cmd *cobra.Command, args []string) error {
 			c, err := f.client()
 			if err != nil {
 				return err
 			}
+			body := map[string]string{"reason": reason}
+			if ban > 0 {
+				body["ban"] = ban.String()
+			}
 			var st server.SessionStatus
-			if err := c.Post(cmd.Context(), "/v1/sessions/"+url.PathEscape(args[0])+"/kick", map[string]string{"reason": reason}, &st); err != nil {
+			if err := c.Post(cmd.Context(), "/v1/sessions/"+url.PathEscape(args[0])+"/kick", body, &st); err != nil {
 				return cli.AdminError(err)
 			}
-			fmt.Fprintf(cmd.OutOrStdout(), "kicked %s (session %s from %s, %d connections)\n", st.Client, st.ID, st.Remote, st.Connections)
+			if st.ID != "" {
+				fmt.Fprintf(cmd.OutOrStdout(), "kicked %s (session %s from %s, %d connections)\n", st.Client, st.ID, st.Remote, st.Connections)
+			}
+			if ban > 0 {
+				fmt.Fprintf(cmd.OutOrStdout(), "banned %s for %s (until tunneld restarts or `tunneld unban %s`)\n", st.Client, ban, st.Client)
+			}
 			return nil
 		},
 	}
 	f.add(cmd)
 	cmd.Flags().StringVar(&reason, "reason", "", "what the client is told and logs")
+	cmd.Flags().DurationVar(&ban, "ban", 0, "keep the client out this long (e.g. 10m); it keeps trying meanwhile")
+	return cmd
+}
+
+func newUnban() *cobra.Command {
+	var f adminFlags
+	cmd := &cobra.Command{
+		Use:   "unban CLIENT",
+		Short: "lift a ban set with kick --ban",
+		Args:  cobra.ExactArgs(1),
+		RunE: func(cmd *cobra.Command, args []string) error {
+			c, err := f.client()
+			if err != nil {
+				return err
+			}
+			if err := c.Post(cmd.Context(), "/v1/bans/"+url.PathEscape(args[0])+"/lift", nil, nil); err != nil {
+				return cli.AdminError(err)
+			}
+			fmt.Fprintf(cmd.OutOrStdout(), "ban on %s lifted\n", args[0])
+			return nil
+		},
+	}
+	f.add(cmd)
 	return cmd
 }
 

@@ -540,8 +540,11 @@ func (c *Client) handshake(su *setup, ys *mux.Session) (*mux.Stream, *protocol.W
 	_ = ctrl.SetDeadline(time.Time{})
 	switch {
 	case m.Type == protocol.TypeError && m.Error != nil:
-		if m.Error.Code == protocol.CodeInternal {
+		switch m.Error.Code {
+		case protocol.CodeInternal:
 			return nil, nil, fmt.Errorf("server error: %s", m.Error.Message)
+		case protocol.CodeBanned:
+			return nil, nil, fmt.Errorf("server refused us for now: %s", m.Error.Message)
 		}
 		return nil, nil, &PermanentError{Code: m.Error.Code, Msg: m.Error.Message}
 	case m.Type == protocol.TypeWelcome && m.Welcome != nil:

@@ -243,6 +243,31 @@ func TestAdminKick(t *testing.T) {
 	if err := r.api.Post(r.ctx, "/v1/sessions/nobody/kick", nil, nil); !errors.As(err, &ae) || ae.Status != http.StatusNotFound {
 		t.Fatalf("kick of nobody: %v", err)
 	}
+
+	// A ban keeps the client out, which keeps trying, until it is lifted.
+	if err := r.api.Post(r.ctx, "/v1/sessions/test-client/kick", map[string]string{"reason": "abuse", "ban": "1h"}, nil); err != nil {
+		t.Fatal(err)
+	}
+	r.cl.Logs.WaitFor(t, 10*time.Second, "server refused us for now: banned by the server's operator until", "abuse")
+	if st := r.cl.Status(); st.Connected {
+		t.Fatalf("a banned client is connected: %+v", st)
+	}
+	if st := r.status(t); len(st.Bans) != 1 || st.Bans[0].Client != "test-client" || len(st.Sessions) != 0 {
+		t.Fatalf("status with the ban: %+v", st)
+	}
+	if err := r.api.Post(r.ctx, "/v1/sessions/test-client/kick", map[string]string{"ban": "soon"}, nil); !errors.As(err, &ae) || ae.Status != http.StatusBadRequest {
+		t.Errorf("a ban that is no duration: %v", err)
+	}
+	if err := r.api.Post(r.ctx, "/v1/bans/test-client/lift", nil, nil); err != nil {
+		t.Fatal(err)
+	}
+	tt.Eventually(t, 10*time.Second, "the client back after the ban", func() bool { return r.cl.Status().Connected })
+	if err := tt.Ping(tt.Dial(t, r.pub["echo"]), "unbanned", 5*time.Second); err != nil {
+		t.Fatal(err)
+	}
+	if err := r.api.Post(r.ctx, "/v1/bans/test-client/lift", nil, nil); !errors.As(err, &ae) || ae.Status != http.StatusNotFound {
+		t.Errorf("lifting a ban twice: %v", err)
+	}
 }
 
 // The commands an operator types, against the built binaries: status as

@@ -222,6 +222,9 @@ const (
 	// session's. The session stays held for its real client; a client
 	// given this code starts a new session instead.
 	CodeResume = "resume"
+	// CodeBanned refuses a client the server's operator keeps out for a
+	// while. It passes: the client retries with its backoff.
+	CodeBanned = "banned"
 
 	CodePortNotAllowed = "port_not_allowed"
 	CodePortInUse      = "port_in_use"

@@ -29,7 +29,7 @@ const (
 
 // handshakeReasons are the labels of failed handshakes.
 var handshakeReasons = []string{"tls", "no_control_stream", "protocol", "bad_hello", "limited",
-	"auth", "version", "bad_request", "resume", "internal"}
+	"auth", "version", "bad_request", "resume", "banned", "internal"}
 
 type serverMetrics struct {
 	reg        *prometheus.Registry

@@ -41,6 +41,7 @@ type Server struct {
 	mu       sync.Mutex // guards the maps below
 	sessions map[string]*session
 	ports    map[int]*session
+	bans     map[string]ban // kicked clients kept out for a while (ban.go)
 
 	wg      sync.WaitGroup // every goroutine the server starts
 	connSeq atomic.Uint64

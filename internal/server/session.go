@@ -222,6 +222,10 @@ func (s *Server) handshake(ctx context.Context, c net.Conn, handshook func(faile
 		}
 		return nil, false
 	}
+	if why := s.banned(id.name); why != "" {
+		s.refuse(ctrl, refused, protocol.CodeBanned, why)
+		return nil, false
+	}
 	// From here on the client is who it authenticated as.
 	log = base.With("client", id.name)
 	if id.declared != "" {

@@ -87,6 +87,7 @@ type Status struct {
 	Started  time.Time       `json:"started"`
 	Listen   string          `json:"listen"`
 	Sessions []SessionStatus `json:"sessions"`
+	Bans     []BanStatus     `json:"bans,omitempty"`
 }
 
 // SessionStatus is one client's session.
@@ -149,6 +150,7 @@ func (s *Server) Status(version string) Status {
 	for _, ss := range s.allSessions() {
 		st.Sessions = append(st.Sessions, ss.status())
 	}
+	st.Bans = s.Bans()
 	return st
 }
 
@@ -246,14 +248,27 @@ func (s *Server) findSession(name string) (*session, error) {
 }
 
 // Kick ends a client's session, telling the client why; the client
-// reconnects (unless its access was removed).
-func (s *Server) Kick(name, reason string) (*SessionStatus, error) {
-	ss, err := s.findSession(name)
-	if err != nil {
-		return nil, err
-	}
+// reconnects unless its access was removed or ban (> 0) keeps it out for
+// that long. A ban needs no session.
+func (s *Server) Kick(name, reason string, ban time.Duration) (*SessionStatus, error) {
 	if reason == "" {
 		reason = "no reason given"
+	}
+	ss, err := s.findSession(name)
+	if ban > 0 {
+		client := name
+		if ss != nil {
+			client = ss.client
+		}
+		if err := s.Ban(client, ban, reason); err != nil {
+			return nil, err
+		}
+		if ss == nil {
+			return &SessionStatus{Client: client}, nil
+		}
+	}
+	if err != nil {
+		return nil, err
 	}
 	st := ss.status()
 	ss.log.Warn("session kicked by the operator", "reason", reason)
@@ -341,11 +356,27 @@ func (s *Server) ServeAdmin(a *admin.Server, version string) {
 	a.Handle("POST /v1/sessions/{name}/kick", func(r *http.Request) (any, error) {
 		var body struct {
 			Reason string `json:"reason"`
+			// Ban, a duration ("10m"), keeps the client out that long.
+			Ban string `json:"ban"`
 		}
 		if err := admin.Decode(r, &body); err != nil {
 			return nil, err
 		}
-		return s.Kick(r.PathValue("name"), body.Reason)
+		var ban time.Duration
+		if body.Ban != "" {
+			d, err := time.ParseDuration(body.Ban)
+			if err != nil || d <= 0 {
+				return nil, admin.BadRequest("ban %q is not a duration (e.g. \"10m\")", body.Ban)
+			}
+			ban = d
+		}
+		return s.Kick(r.PathValue("name"), body.Reason, ban)
+	})
+	a.Handle("POST /v1/bans/{name}/lift", func(r *http.Request) (any, error) {
+		if !s.Unban(r.PathValue("name")) {
+			return nil, admin.NotFound("client %q is not banned", r.PathValue("name"))
+		}
+		return map[string]string{"lifted": r.PathValue("name")}, nil
 	})
 	a.Handle("GET /v1/connections", func(r *http.Request) (any, error) {
 		return s.Connections(r.URL.Query().Get("client"), r.URL.Query().Get("tunnel")), nil
