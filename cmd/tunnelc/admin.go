@@ -2,10 +2,8 @@ package main
 
 import (
 	"encoding/json"
-	"errors"
 	"fmt"
 	"io"
-	"os"
 	"sort"
 	"strings"
 	"text/tabwriter"
@@ -16,60 +14,27 @@ import (
 	"github.com/tunnel-dev/tunnel/internal/admin"
 	"github.com/tunnel-dev/tunnel/internal/cli"
 	"github.com/tunnel-dev/tunnel/internal/client"
-	"github.com/tunnel-dev/tunnel/internal/config"
 )
 
-// adminFlags are what every command that asks the running tunnelc takes.
-type adminFlags struct {
-	config, admin string
-}
-
-func (f *adminFlags) add(cmd *cobra.Command) {
-	cmd.Flags().StringVarP(&f.config, "config", "c", "", "the config tunnelc runs with (its [admin] says where to ask)")
-	cmd.Flags().StringVar(&f.admin, "admin", "", "the admin endpoint: a socket path or host:port (default: the config's [admin])")
-}
-
-func (f *adminFlags) client() (*admin.Client, error) {
-	if f.admin != "" && f.config == "" {
-		// No config to read: the token, if any, from the environment.
-		return cli.AdminClient("", config.Admin{Token: os.Getenv("TUNNEL_ADMIN_TOKEN")}, f.admin)
-	}
-	if f.config == "" {
-		return nil, &cli.ExitError{Code: cli.ExitConfig, Err: errors.New("no config: pass -c tunnel.toml (its [admin] says where tunnelc listens), or --admin")}
-	}
-	a, err := config.LoadAdmin(f.config)
-	if err != nil && f.admin == "" {
-		return nil, &cli.ExitError{Code: cli.ExitConfig, Err: err}
-	}
-	return cli.AdminClient(f.config, a, f.admin)
-}
-
 func newStatus() *cobra.Command {
-	var f adminFlags
 	var asJSON bool
-	cmd := &cobra.Command{
+	cmd := cli.AdminCommand("tunnelc", &cobra.Command{
 		Use:   "status",
 		Short: "show the running tunnelc's session and tunnels",
 		Args:  cobra.NoArgs,
-		RunE: func(cmd *cobra.Command, _ []string) error {
-			c, err := f.client()
-			if err != nil {
-				return err
-			}
-			var r client.Report
-			if err := c.Get(cmd.Context(), "/v1/status", &r); err != nil {
-				return cli.AdminError(err)
-			}
-			if asJSON {
-				enc := json.NewEncoder(cmd.OutOrStdout())
-				enc.SetIndent("", "  ")
-				return enc.Encode(r)
-			}
-			printReport(cmd.OutOrStdout(), &r, time.Now())
-			return nil
-		},
-	}
-	f.add(cmd)
+	}, func(cmd *cobra.Command, c *admin.Client, _ []string) error {
+		var r client.Report
+		if err := c.Get(cmd.Context(), "/v1/status", &r); err != nil {
+			return err
+		}
+		if asJSON {
+			enc := json.NewEncoder(cmd.OutOrStdout())
+			enc.SetIndent("", "  ")
+			return enc.Encode(r)
+		}
+		printReport(cmd.OutOrStdout(), &r, time.Now())
+		return nil
+	})
 	cmd.Flags().BoolVar(&asJSON, "json", false, "print the status as JSON, for scripts")
 	return cmd
 }
@@ -122,22 +87,4 @@ func failures(m map[string]uint64) string {
 		parts[i] = fmt.Sprintf("%s %d", k, m[k])
 	}
 	return strings.Join(parts, ", ")
-}
-
-func newReload() *cobra.Command {
-	var f adminFlags
-	cmd := &cobra.Command{
-		Use:   "reload",
-		Short: "make the running tunnelc re-read its config (as SIGHUP does) and print what changed",
-		Args:  cobra.NoArgs,
-		RunE: func(cmd *cobra.Command, _ []string) error {
-			c, err := f.client()
-			if err != nil {
-				return err
-			}
-			return cli.AskReload(cmd.Context(), c, cmd.OutOrStdout())
-		},
-	}
-	f.add(cmd)
-	return cmd
 }

@@ -20,7 +20,7 @@ func newRoot() *cobra.Command {
 		SilenceUsage:  true,
 		SilenceErrors: true,
 	}
-	root.AddCommand(newUp(), newCheck(), newStatus(), newReload())
+	root.AddCommand(newUp(), newCheck(), newStatus(), cli.ReloadCommand("tunnelc"))
 	return root
 }
 

@@ -13,74 +13,39 @@ import (
 
 	"github.com/tunnel-dev/tunnel/internal/admin"
 	"github.com/tunnel-dev/tunnel/internal/cli"
-	"github.com/tunnel-dev/tunnel/internal/config"
 	"github.com/tunnel-dev/tunnel/internal/server"
 )
 
-// adminFlags are what every command that asks the running tunneld takes.
-type adminFlags struct {
-	flags
-	admin string
-}
-
-func (f *adminFlags) add(cmd *cobra.Command) {
-	cmd.Flags().StringVarP(&f.config, "config", "c", "", "the config tunneld runs with (its [admin] says where to ask)")
-	cmd.Flags().StringVar(&f.admin, "admin", "", "the admin endpoint: a socket path or host:port (default: the config's [admin])")
-}
-
-func (f *adminFlags) client() (*admin.Client, error) {
-	if f.config == "" {
-		// The embedded defaults: no endpoint unless --admin names one.
-		cfg, err := f.load()
-		if err != nil {
-			return nil, err
-		}
-		return cli.AdminClient(cfg.File, cfg.Admin, f.admin)
-	}
-	a, err := config.LoadAdmin(f.config)
-	if err != nil && f.admin == "" {
-		return nil, &cli.ExitError{Code: cli.ExitConfig, Err: err}
-	}
-	return cli.AdminClient(f.config, a, f.admin)
-}
-
 func newStatus() *cobra.Command {
-	var f adminFlags
 	var asJSON, conns bool
-	cmd := &cobra.Command{
+	cmd := cli.AdminCommand("tunneld", &cobra.Command{
 		Use:   "status",
 		Short: "show the running tunneld's sessions, tunnels and connections",
 		Args:  cobra.NoArgs,
-		RunE: func(cmd *cobra.Command, _ []string) error {
-			c, err := f.client()
-			if err != nil {
+	}, func(cmd *cobra.Command, c *admin.Client, _ []string) error {
+		enc := json.NewEncoder(cmd.OutOrStdout())
+		enc.SetIndent("", "  ")
+		if conns {
+			var cs []server.ConnStatus
+			if err := c.Get(cmd.Context(), "/v1/connections", &cs); err != nil {
 				return err
 			}
-			enc := json.NewEncoder(cmd.OutOrStdout())
-			enc.SetIndent("", "  ")
-			if conns {
-				var cs []server.ConnStatus
-				if err := c.Get(cmd.Context(), "/v1/connections", &cs); err != nil {
-					return cli.AdminError(err)
-				}
-				if asJSON {
-					return enc.Encode(cs)
-				}
-				printConns(cmd.OutOrStdout(), cs, time.Now())
-				return nil
-			}
-			var st server.Status
-			if err := c.Get(cmd.Context(), "/v1/status", &st); err != nil {
-				return cli.AdminError(err)
-			}
 			if asJSON {
-				return enc.Encode(st)
+				return enc.Encode(cs)
 			}
-			printStatus(cmd.OutOrStdout(), &st, time.Now())
+			printConns(cmd.OutOrStdout(), cs, time.Now())
 			return nil
-		},
-	}
-	f.add(cmd)
+		}
+		var st server.Status
+		if err := c.Get(cmd.Context(), "/v1/status", &st); err != nil {
+			return err
+		}
+		if asJSON {
+			return enc.Encode(st)
+		}
+		printStatus(cmd.OutOrStdout(), &st, time.Now())
+		return nil
+	})
 	cmd.Flags().BoolVar(&asJSON, "json", false, "print the status as JSON, for scripts")
 	cmd.Flags().BoolVar(&conns, "connections", false, "list the open public connections instead (their ids are what close-conn takes)")
 	return cmd
@@ -138,126 +103,77 @@ func printStatus(out io.Writer, st *server.Status, now time.Time) {
 }
 
 func newKick() *cobra.Command {
-	var f adminFlags
 	var reason string
 	var ban time.Duration
-	cmd := &cobra.Command{
+	cmd := cli.AdminCommand("tunneld", &cobra.Command{
 		Use:   "kick CLIENT",
 		Short: "close a client's session, telling the client why; it reconnects unless its access was removed or --ban keeps it out",
 		Args:  cobra.ExactArgs(1),
-		RunE: func(cmd *cobra.Command, args []string) error {
-			c, err := f.client()
-			if err != nil {
-				return err
-			}
-			body := map[string]string{"reason": reason}
-			if ban > 0 {
-				body["ban"] = ban.String()
-			}
-			var st server.SessionStatus
-			if err := c.Post(cmd.Context(), "/v1/sessions/"+url.PathEscape(args[0])+"/kick", body, &st); err != nil {
-				return cli.AdminError(err)
-			}
-			if st.ID != "" {
-				fmt.Fprintf(cmd.OutOrStdout(), "kicked %s (session %s from %s, %d connections)\n", st.Client, st.ID, st.Remote, st.Connections)
-			}
-			if ban > 0 {
-				fmt.Fprintf(cmd.OutOrStdout(), "banned %s for %s (until tunneld restarts or `tunneld unban %s`)\n", st.Client, ban, st.Client)
-			}
-			return nil
-		},
-	}
-	f.add(cmd)
+	}, func(cmd *cobra.Command, c *admin.Client, args []string) error {
+		body := map[string]string{"reason": reason}
+		if ban > 0 {
+			body["ban"] = ban.String()
+		}
+		var st server.SessionStatus
+		if err := c.Post(cmd.Context(), "/v1/sessions/"+url.PathEscape(args[0])+"/kick", body, &st); err != nil {
+			return err
+		}
+		if st.ID != "" {
+			fmt.Fprintf(cmd.OutOrStdout(), "kicked %s (session %s from %s, %d connections)\n", st.Client, st.ID, st.Remote, st.Connections)
+		}
+		if ban > 0 {
+			fmt.Fprintf(cmd.OutOrStdout(), "banned %s for %s (until tunneld restarts or `tunneld unban %s`)\n", st.Client, ban, st.Client)
+		}
+		return nil
+	})
 	cmd.Flags().StringVar(&reason, "reason", "", "what the client is told and logs")
 	cmd.Flags().DurationVar(&ban, "ban", 0, "keep the client out this long (e.g. 10m); it keeps trying meanwhile")
 	return cmd
 }
 
 func newUnban() *cobra.Command {
-	var f adminFlags
-	cmd := &cobra.Command{
+	return cli.AdminCommand("tunneld", &cobra.Command{
 		Use:   "unban CLIENT",
 		Short: "lift a ban set with kick --ban",
 		Args:  cobra.ExactArgs(1),
-		RunE: func(cmd *cobra.Command, args []string) error {
-			c, err := f.client()
-			if err != nil {
-				return err
-			}
-			if err := c.Post(cmd.Context(), "/v1/bans/"+url.PathEscape(args[0])+"/lift", nil, nil); err != nil {
-				return cli.AdminError(err)
-			}
-			fmt.Fprintf(cmd.OutOrStdout(), "ban on %s lifted\n", args[0])
-			return nil
-		},
-	}
-	f.add(cmd)
-	return cmd
+	}, func(cmd *cobra.Command, c *admin.Client, args []string) error {
+		if err := c.Post(cmd.Context(), "/v1/bans/"+url.PathEscape(args[0])+"/lift", nil, nil); err != nil {
+			return err
+		}
+		fmt.Fprintf(cmd.OutOrStdout(), "ban on %s lifted\n", args[0])
+		return nil
+	})
 }
 
 func newCloseConn() *cobra.Command {
-	var f adminFlags
-	cmd := &cobra.Command{
+	return cli.AdminCommand("tunneld", &cobra.Command{
 		Use:   "close-conn ID",
 		Short: "reset one public connection, by the conn id of the logs",
 		Args:  cobra.ExactArgs(1),
-		RunE: func(cmd *cobra.Command, args []string) error {
-			if _, err := strconv.ParseUint(args[0], 10, 64); err != nil {
-				return &cli.ExitError{Code: cli.ExitConfig, Err: fmt.Errorf("%q is not a connection id (the conn=N of the logs)", args[0])}
-			}
-			c, err := f.client()
-			if err != nil {
-				return err
-			}
-			if err := c.Post(cmd.Context(), "/v1/connections/"+args[0]+"/close", nil, nil); err != nil {
-				return cli.AdminError(err)
-			}
-			fmt.Fprintf(cmd.OutOrStdout(), "closed connection %s\n", args[0])
-			return nil
-		},
-	}
-	f.add(cmd)
-	return cmd
+	}, func(cmd *cobra.Command, c *admin.Client, args []string) error {
+		if _, err := strconv.ParseUint(args[0], 10, 64); err != nil {
+			return &cli.ExitError{Code: cli.ExitConfig, Err: fmt.Errorf("%q is not a connection id (the conn=N of the logs)", args[0])}
+		}
+		if err := c.Post(cmd.Context(), "/v1/connections/"+args[0]+"/close", nil, nil); err != nil {
+			return err
+		}
+		fmt.Fprintf(cmd.OutOrStdout(), "closed connection %s\n", args[0])
+		return nil
+	})
 }
 
 func newDrain() *cobra.Command {
-	var f adminFlags
-	cmd := &cobra.Command{
+	return cli.AdminCommand("tunneld", &cobra.Command{
 		Use:   "drain CLIENT TUNNEL",
 		Short: "stop a tunnel taking new connections and let its open ones finish",
 		Args:  cobra.ExactArgs(2),
-		RunE: func(cmd *cobra.Command, args []string) error {
-			c, err := f.client()
-			if err != nil {
-				return err
-			}
-			var t server.TunnelStatus
-			path := "/v1/sessions/" + url.PathEscape(args[0]) + "/tunnels/" + url.PathEscape(args[1]) + "/drain"
-			if err := c.Post(cmd.Context(), path, nil, &t); err != nil {
-				return cli.AdminError(err)
-			}
-			fmt.Fprintf(cmd.OutOrStdout(), "draining %s/%s (%s): %d connections open\n", args[0], t.Name, t.Public, t.Connections)
-			return nil
-		},
-	}
-	f.add(cmd)
-	return cmd
-}
-
-func newReload() *cobra.Command {
-	var f adminFlags
-	cmd := &cobra.Command{
-		Use:   "reload",
-		Short: "make the running tunneld re-read its config (as SIGHUP does) and print what changed",
-		Args:  cobra.NoArgs,
-		RunE: func(cmd *cobra.Command, _ []string) error {
-			c, err := f.client()
-			if err != nil {
-				return err
-			}
-			return cli.AskReload(cmd.Context(), c, cmd.OutOrStdout())
-		},
-	}
-	f.add(cmd)
-	return cmd
+	}, func(cmd *cobra.Command, c *admin.Client, args []string) error {
+		var t server.TunnelStatus
+		path := "/v1/sessions/" + url.PathEscape(args[0]) + "/tunnels/" + url.PathEscape(args[1]) + "/drain"
+		if err := c.Post(cmd.Context(), path, nil, &t); err != nil {
+			return err
+		}
+		fmt.Fprintf(cmd.OutOrStdout(), "draining %s/%s (%s): %d connections open\n", args[0], t.Name, t.Public, t.Connections)
+		return nil
+	})
 }

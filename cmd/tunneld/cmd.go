@@ -27,7 +27,7 @@ func newRoot() *cobra.Command {
 		SilenceUsage:  true,
 		SilenceErrors: true,
 	}
-	root.AddCommand(newServe(), newCheck(), newFingerprint(), newStatus(), newKick(), newUnban(), newCloseConn(), newDrain(), newReload())
+	root.AddCommand(newServe(), newCheck(), newFingerprint(), newStatus(), newKick(), newUnban(), newCloseConn(), newDrain(), cli.ReloadCommand("tunneld"))
 	return root
 }
 

@@ -26,7 +26,7 @@ func AdminClient(file string, cfg config.Admin, flag string) (*admin.Client, err
 }
 
 // AdminError turns an endpoint's refusal into an exit error with its
-// message.
+// message; other errors (and nil) pass as they are.
 func AdminError(err error) error {
 	var ae *admin.Error
 	if errors.As(err, &ae) {

@@ -157,11 +157,30 @@ func Main(run func() error) int {
 // the tests' leak and memory checks.
 // It stops when ctx ends; the returned function waits for that.
 func StatusOnSignal(ctx context.Context, log *slog.Logger, attrs func() []any) (wait func()) {
-	if statusSignal == nil {
+	return onSignal(ctx, statusSignal, func() {
+		fds := -1
+		if ents, err := os.ReadDir("/proc/self/fd"); err == nil {
+			fds = len(ents)
+		}
+		// A collection first, so heap_bytes is what is live, not what
+		// garbage happens to be waiting: the status is asked for
+		// rarely, and a precise number is its point.
+		runtime.GC()
+		var ms runtime.MemStats
+		runtime.ReadMemStats(&ms)
+		log.Info("status", append(attrs(), "goroutines", runtime.NumGoroutine(), "fds", fds,
+			"heap_bytes", ms.HeapAlloc, "stack_bytes", ms.StackInuse)...)
+	})
+}
+
+// onSignal runs f at every sig until ctx ends; the returned function
+// waits for that. A nil sig (none on this system) does nothing.
+func onSignal(ctx context.Context, sig os.Signal, f func()) (wait func()) {
+	if sig == nil {
 		return func() {}
 	}
 	ch := make(chan os.Signal, 1)
-	signal.Notify(ch, statusSignal)
+	signal.Notify(ch, sig)
 	done := make(chan struct{})
 	go func() {
 		defer close(done)
@@ -171,18 +190,7 @@ func StatusOnSignal(ctx context.Context, log *slog.Logger, attrs func() []any) (
 			case <-ctx.Done():
 				return
 			case <-ch:
-				fds := -1
-				if ents, err := os.ReadDir("/proc/self/fd"); err == nil {
-					fds = len(ents)
-				}
-				// A collection first, so heap_bytes is what is live, not
-				// what garbage happens to be waiting: the status is asked
-				// for rarely, and a precise number is its point.
-				runtime.GC()
-				var ms runtime.MemStats
-				runtime.ReadMemStats(&ms)
-				log.Info("status", append(attrs(), "goroutines", runtime.NumGoroutine(), "fds", fds,
-					"heap_bytes", ms.HeapAlloc, "stack_bytes", ms.StackInuse)...)
+				f()
 			}
 		}
 	}()

@@ -7,8 +7,6 @@ import (
 	"io"
 	"log/slog"
 	"net/http"
-	"os"
-	"os/signal"
 	"sort"
 	"strings"
 	"sync"
@@ -55,25 +53,7 @@ func (r *Reloader) Reload(source string) (any, error) {
 // OnSignal reloads at every SIGHUP until ctx ends; the returned function
 // waits for that. Without SIGHUP (Windows) it does nothing.
 func (r *Reloader) OnSignal(ctx context.Context) (wait func()) {
-	if reloadSignal == nil {
-		return func() {}
-	}
-	ch := make(chan os.Signal, 1)
-	signal.Notify(ch, reloadSignal)
-	done := make(chan struct{})
-	go func() {
-		defer close(done)
-		defer signal.Stop(ch)
-		for {
-			select {
-			case <-ctx.Done():
-				return
-			case <-ch:
-				_, _ = r.Reload("SIGHUP")
-			}
-		}
-	}()
-	return func() { <-done }
+	return onSignal(ctx, reloadSignal, func() { _, _ = r.Reload("SIGHUP") })
 }
 
 // ServeReload puts POST /v1/reload on a: a config that does not load or
@@ -97,7 +77,7 @@ func AskReload(ctx context.Context, c *admin.Client, out io.Writer) error {
 		if errors.As(err, &ae) && ae.Status == http.StatusUnprocessableEntity {
 			return &ExitError{Code: ExitConfig, Err: fmt.Errorf("reload refused, the running config stays:\n%s", ae.Msg)}
 		}
-		return AdminError(err)
+		return err
 	}
 	keys := make([]string, 0, len(res))
 	for k := range res {

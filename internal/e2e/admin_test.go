@@ -296,18 +296,7 @@ func TestAdminCommands(t *testing.T) {
 
 	run := func(want int, args ...string) string {
 		t.Helper()
-		out, err := exec.Command(filepath.Join(bin, "tunneld"), args...).CombinedOutput()
-		code := 0
-		var ee *exec.ExitError
-		if errors.As(err, &ee) {
-			code = ee.ExitCode()
-		} else if err != nil {
-			t.Fatal(err)
-		}
-		if code != want {
-			t.Fatalf("tunneld %v: exit %d, want %d\n%s", args, code, want, out)
-		}
-		return string(out)
+		return runCmd(t, want, filepath.Join(bin, "tunneld"), args...)
 	}
 	c := tt.Dial(t, fixed)
 	if err := tt.RoundTrip(c, 1<<20); err != nil {

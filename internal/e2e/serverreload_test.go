@@ -215,12 +215,16 @@ func TestNewSessionKeepsThePortOpen(t *testing.T) {
 	cl.Logs.WaitFor(t, time.Second, "session replaced to apply the reloaded config")
 	srv.Logs.WaitFor(t, time.Second, "taking over from older session of the same client")
 	time.Sleep(50 * time.Millisecond)
-	if n := refused(); n != 0 {
-		t.Errorf("%d dials refused while the session was replaced: the port closed", n)
+	stayedOpen := func(what string) {
+		t.Helper()
+		if n := refused(); n != 0 {
+			t.Errorf("%s: %d dials refused: the port closed", what, n)
+		}
+		if now := listenInode(t, port); now != inode {
+			t.Errorf("%s: the listening socket was replaced (inode %s -> %s): the port closed for a moment", what, inode, now)
+		}
 	}
-	if now := listenInode(t, port); now != inode {
-		t.Errorf("the listening socket was replaced (inode %s -> %s): the port closed for a moment", inode, now)
-	}
+	stayedOpen("a new session for a reload")
 	if err := tt.Ping(tt.Dial(t, pub), "new session", 5*time.Second); err != nil {
 		t.Fatal(err)
 	}
@@ -233,12 +237,7 @@ func TestNewSessionKeepsThePortOpen(t *testing.T) {
 	second.WaitUp(t, 5*time.Second)
 	cl.Stop(t)
 	time.Sleep(50 * time.Millisecond)
-	if n := refused(); n != 0 {
-		t.Errorf("%d dials refused during the takeover", n)
-	}
-	if now := listenInode(t, port); now != inode {
-		t.Errorf("the listening socket was replaced in the takeover (inode %s -> %s)", inode, now)
-	}
+	stayedOpen("a takeover")
 	if err := tt.Ping(tt.Dial(t, pub), "second client", 5*time.Second); err != nil {
 		t.Fatal(err)
 	}
