@@ -393,7 +393,7 @@ func (c *Client) runSession(ctx context.Context) error {
 			ss.log.Warn("tunnel refused for now; the server keeps trying", "tunnel", r.Name, "code", r.Code, "err", r.Error)
 		default:
 			ss.log.Error("tunnel refused by server", "tunnel", r.Name, "code", r.Code, "err", r.Error)
-			if r.Code == protocol.CodePortNotAllowed || r.Code == protocol.CodeInvalidTunnel {
+			if r.Code == protocol.CodePortNotAllowed || r.Code == protocol.CodeInvalidTunnel || r.Code == protocol.CodeHostNotAllowed {
 				perm = append(perm, fmt.Sprintf("tunnel %q: %s (fix [tunnels.%s] in %s)", r.Name, r.Error, r.Name, cfg.File))
 			}
 		}
@@ -515,14 +515,7 @@ func (c *Client) handshake(su *setup, ys *mux.Session) (*mux.Stream, *protocol.W
 		hello.Resume = &protocol.ResumeRequest{Session: l.session, Secret: l.secret}
 	}
 	for _, name := range cfg.TunnelNames() {
-		t := cfg.Tunnels[name]
-		req := protocol.TunnelRequest{Name: name, Type: t.Type, RemotePort: t.RemotePort}
-		if t.RemotePort == 0 {
-			c.mu.Lock()
-			req.PreferPort = c.picked[name]
-			c.mu.Unlock()
-		}
-		hello.Tunnels = append(hello.Tunnels, req)
+		hello.Tunnels = append(hello.Tunnels, c.tunnelRequest(name, cfg.Tunnels[name]))
 	}
 	deadline := time.Now().Add(su.opts.HandshakeTimeout)
 	_ = ctrl.SetDeadline(deadline)
@@ -566,6 +559,23 @@ func (ss *session) send(m protocol.Control, timeout time.Duration) error {
 	return protocol.WriteFrame(ss.ctrl, m)
 }
 
+// tunnelRequest is what the server is asked for tunnel name.
+func (c *Client) tunnelRequest(name string, t *config.Tunnel) protocol.TunnelRequest {
+	req := protocol.TunnelRequest{Name: name, Type: t.Type, RemotePort: t.RemotePort}
+	switch t.Type {
+	case config.TypeHTTP, config.TypeHTTPS:
+		req.Web = &protocol.WebTunnel{Subdomain: t.Subdomain, Hostnames: t.Hostnames, Locations: t.Locations, HostHeader: t.HostHeader,
+			Forwarded: t.Forwarded(), BasicAuth: t.BasicAuth, Terminate: t.TLSTermination == "server"}
+	default:
+		if t.RemotePort == 0 {
+			c.mu.Lock()
+			req.PreferPort = c.picked[name]
+			c.mu.Unlock()
+		}
+	}
+	return req
+}
+
 // rememberPickedLocked notes the port the server chose for a
 // remote_port = 0 tunnel, so the next session asks for it again. The
 // caller holds c.mu.
@@ -574,7 +584,7 @@ func (c *Client) rememberPickedLocked(name, addr string) {
 		c.picked = map[string]int{}
 	}
 	t := c.config().Tunnels[name]
-	if _, p, err := net.SplitHostPort(addr); err == nil && t != nil && t.RemotePort == 0 {
+	if _, p, err := net.SplitHostPort(addr); err == nil && t != nil && t.Type == config.TypeTCP && t.RemotePort == 0 {
 		c.picked[name], _ = strconv.Atoi(p)
 	}
 }

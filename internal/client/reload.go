@@ -89,7 +89,7 @@ func (c *Client) Reload(next *config.Client) (*ReloadResult, error) {
 		switch {
 		case o == nil:
 			res.Added = append(res.Added, name)
-		case o.RemotePort != n.RemotePort || o.Type != n.Type:
+		case o.RemotePort != n.RemotePort || o.Type != n.Type || !reflect.DeepEqual(webOf(o), webOf(n)):
 			res.Moved = append(res.Moved, name)
 		case o.Local != n.Local:
 			res.LocalChanged = append(res.LocalChanged, name)
@@ -173,12 +173,7 @@ func (ss *session) reconcile(have []protocol.TunnelResult) {
 
 func (ss *session) addTunnel(name string, cfg *config.Client) {
 	t := cfg.Tunnels[name]
-	req := protocol.TunnelRequest{Name: name, Type: t.Type, RemotePort: t.RemotePort}
-	if t.RemotePort == 0 {
-		ss.c.mu.Lock()
-		req.PreferPort = ss.c.picked[name]
-		ss.c.mu.Unlock()
-	}
+	req := ss.c.tunnelRequest(name, t)
 	if err := ss.send(protocol.Control{Type: protocol.TypeTunnelAdd, Add: &req}, ss.c.options().HandshakeTimeout); err != nil {
 		ss.log.Warn("could not ask for the added tunnel; it comes up with the next session", "tunnel", name, "err", err)
 		return
@@ -207,4 +202,9 @@ func (c *Client) closeHandover() {
 		c.handover.Close()
 		c.handover = nil
 	}
+}
+
+// webOf is what of a tunnel the server handles its requests by.
+func webOf(t *config.Tunnel) []any {
+	return []any{t.Subdomain, t.Hostnames, t.Locations, t.HostHeader, t.Forwarded(), t.BasicAuth, t.TLSTermination}
 }

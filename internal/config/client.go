@@ -57,10 +57,34 @@ type Reconnect struct {
 
 // Tunnel is one forwarded service ([tunnels.NAME]).
 type Tunnel struct {
-	Type       string `toml:"type"`
+	Type       string `toml:"type"` // tcp, http or https
 	Local      string `toml:"local"`
-	RemotePort int    `toml:"remote_port"`
+	RemotePort int    `toml:"remote_port"` // tcp
+
+	// http and https: the names the tunnel is reached by on the server's
+	// shared port, a subdomain of its domains or full host names
+	// ("*.app.example.org" for every name under it).
+	Subdomain string   `toml:"subdomain"`
+	Hostnames []string `toml:"hostnames"`
+	// http (and https terminated at the server): the path prefixes this
+	// tunnel serves of its names (all when empty; the longest match wins
+	// across tunnels); the Host header the local service gets (as sent
+	// when empty); X-Forwarded-For/-Proto/-Host and Forwarded added
+	// (default true); users allowed in, "user:BCRYPT-HASH".
+	Locations        []string `toml:"locations"`
+	HostHeader       string   `toml:"host_header"`
+	ForwardedHeaders *bool    `toml:"forwarded_headers"`
+	BasicAuth        []string `toml:"basic_auth"`
+	// https: "server" terminates TLS at tunneld with [web] cert_file and
+	// routes the requests as http; empty passes TLS through.
+	TLSTermination string `toml:"tls_termination"`
+	// ProxyProtocol, "v1" or "v2", makes tunnelc send the local service a
+	// PROXY header with the public client's address.
+	ProxyProtocol string `toml:"proxy_protocol"`
 }
+
+// Forwarded reports whether the tunnel adds the X-Forwarded headers.
+func (t *Tunnel) Forwarded() bool { return t.ForwardedHeaders == nil || *t.ForwardedHeaders }
 
 // DefaultClient returns the defaults a tunnel.toml is decoded over.
 func DefaultClient() *Client {
@@ -164,9 +188,10 @@ func (c *Client) Validate(lines map[string]int) error {
 		if !nameRE.MatchString(name) {
 			ps.add(key, "%q is not a valid tunnel name (letters, digits, '.', '_', '-'; at most 64)", name)
 		}
-		if t.Type != "tcp" {
-			ps.add(key+".type", "%q is not supported (only \"tcp\")", t.Type)
+		if t.Type != TypeTCP && t.Type != TypeHTTP && t.Type != TypeHTTPS {
+			ps.add(key+".type", "%q is not a tunnel type (\"tcp\", \"http\" or \"https\")", t.Type)
 		}
+		validateWebTunnel(ps, key, t)
 		if err := hostPort(t.Local, false); err != nil {
 			ps.add(key+".local", "%v", err)
 		}

@@ -21,6 +21,10 @@ type ClientEntry struct {
 	TokenEnv  string `toml:"token_env"`
 	// AllowPorts narrows the server's allow_ports for this client.
 	AllowPorts []string `toml:"allow_ports"`
+	// AllowHostnames are the host names the client's http and https
+	// tunnels may take ("app.example.org", "*.example.org" for every
+	// name under it). Empty: any name under the server's [web] domains.
+	AllowHostnames []string `toml:"allow_hostnames"`
 	// MaxTunnels overrides max_tunnels_per_client (0: that value).
 	MaxTunnels int `toml:"max_tunnels"`
 	// MaxConnections bounds the client's concurrent public connections,
@@ -72,6 +76,14 @@ func (c *Server) validateClients(ps *problems) {
 			ps.add(key+".name", "%q is used by two [[clients]] entries", e.Name)
 		}
 		names[e.Name] = true
+		for j, h := range e.AllowHostnames {
+			n, err := NormalizeHost(h)
+			if err != nil {
+				ps.add(key+".allow_hostnames", "%v", err)
+				continue
+			}
+			e.AllowHostnames[j] = n
+		}
 		token, src, ok := e.loadToken(ps, key)
 		if !ok {
 			continue

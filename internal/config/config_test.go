@@ -95,7 +95,7 @@ remote_port = 70000
 		"bad.toml:2: token: is empty",
 		"bad.toml:5: keepalive.session.idle: 500ms is below",
 		"bad.toml:6: keepalive.session.count: 0 is out of range",
-		"bad.toml:9: tunnels.web.type: \"udp\" is not supported",
+		"bad.toml:9: tunnels.web.type: \"udp\" is not a tunnel type",
 		"bad.toml:10: tunnels.web.local:",
 		"bad.toml:11: tunnels.web.remote_port: 70000 is out of range",
 	} {
@@ -518,5 +518,52 @@ func TestAdminEndpoint(t *testing.T) {
 	c, err := ParseClient("c.toml", []byte(cli))
 	if err != nil || c.Admin.Token != "from-env-7c1d93aa0f5e42b8" {
 		t.Fatalf("client admin with the token from the environment: %v, %+v", err, c)
+	}
+}
+
+func TestWebTunnelKeys(t *testing.T) {
+	t.Setenv("TUNNEL_TOKEN", "")
+	base := "server = \"h:1\"\ntoken = \"x\"\n"
+	for _, c := range []struct{ tunnel, want string }{
+		{"[tunnels.w]\ntype = \"http\"\nlocal = \"127.0.0.1:1\"\nsubdomain = \"app\"\n", ""},
+		{"[tunnels.w]\ntype = \"http\"\nlocal = \"127.0.0.1:1\"\nhostnames = [\"App.Example.org.\", \"*.app.example.org\"]\nlocations = [\"/api\"]\nforwarded_headers = false\n", ""},
+		{"[tunnels.w]\ntype = \"https\"\nlocal = \"127.0.0.1:1\"\nhostnames = [\"a.example.org\"]\ntls_termination = \"server\"\nlocations = [\"/x\"]\n", ""},
+		{"[tunnels.w]\ntype = \"http\"\nlocal = \"127.0.0.1:1\"\n", "c.toml:3: tunnels.w: an http tunnel needs subdomain"},
+		{"[tunnels.w]\ntype = \"http\"\nlocal = \"127.0.0.1:1\"\nsubdomain = \"a\"\nremote_port = 80\n", "c.toml:7: tunnels.w.remote_port: is for tcp tunnels"},
+		{"[tunnels.w]\nlocal = \"127.0.0.1:1\"\nsubdomain = \"a\"\n", "c.toml:5: tunnels.w.subdomain: is for type = \"http\" or \"https\" tunnels"},
+		{"[tunnels.w]\ntype = \"http\"\nlocal = \"127.0.0.1:1\"\nhostnames = [\"bad_name.org\"]\n", "c.toml:6: tunnels.w.hostnames: \"bad_name.org\" is not a host name"},
+		{"[tunnels.w]\ntype = \"http\"\nlocal = \"127.0.0.1:1\"\nsubdomain = \"a\"\nlocations = [\"api\"]\n", "c.toml:7: tunnels.w.locations: \"api\" is not a path prefix"},
+		{"[tunnels.w]\ntype = \"http\"\nlocal = \"127.0.0.1:1\"\nsubdomain = \"a\"\nbasic_auth = [\"ann:plain\"]\n", "c.toml:7: tunnels.w.basic_auth: the hash for \"ann\" is not a bcrypt hash"},
+		{"[tunnels.w]\ntype = \"https\"\nlocal = \"127.0.0.1:1\"\nsubdomain = \"a\"\nhost_header = \"x\"\n", "c.toml:7: tunnels.w.host_header: needs tls_termination = \"server\""},
+		{"[tunnels.w]\nlocal = \"127.0.0.1:1\"\nproxy_protocol = \"v3\"\n", "c.toml:5: tunnels.w.proxy_protocol: \"v3\" is not a version"},
+	} {
+		cfg, err := ParseClient("c.toml", []byte(base+c.tunnel))
+		switch {
+		case c.want == "" && err != nil:
+			t.Errorf("%q: %v", c.tunnel, err)
+		case c.want != "" && (err == nil || !strings.Contains(err.Error(), c.want)):
+			t.Errorf("%q: error %v, want %q", c.tunnel, err, c.want)
+		case c.want == "" && strings.Contains(c.tunnel, "App.Example"):
+			if got := cfg.Tunnels["w"].Hostnames[0]; got != "app.example.org" || cfg.Tunnels["w"].Forwarded() {
+				t.Errorf("normalized %q, forwarded %v", got, cfg.Tunnels["w"].Forwarded())
+			}
+		}
+	}
+	srv := "token = \"0123456789abcdefgh\"\n[web]\nhttp_addr = \"0.0.0.0:80\"\ndomains = [\"Tunnel.Example.com\", \"*.bad.com\"]\n"
+	if _, err := ParseServer("s.toml", []byte(srv)); err == nil || !strings.Contains(err.Error(), "s.toml:4: web.domains: \"*.bad.com\" is not a domain") {
+		t.Errorf("server web: %v", err)
+	}
+	if _, err := ParseServer("s.toml", []byte("token = \"0123456789abcdefgh\"\ntrusted_proxies = [\"10.0.0.0/8\", \"192.0.2.1\", \"nope\"]\n")); err == nil ||
+		!strings.Contains(err.Error(), "s.toml:2: trusted_proxies: \"nope\" is not an address or CIDR") {
+		t.Errorf("trusted proxies: %v", err)
+	}
+	for _, c := range []struct {
+		pattern, host string
+		want          bool
+	}{{"*.example.org", "a.example.org", true}, {"*.example.org", "a.b.example.org", true}, {"*.example.org", "example.org", false},
+		{"example.org", "example.org", true}, {"*.example.org", "*.a.example.org", true}, {"*.example.org", "xexample.org", false}} {
+		if HostMatches(c.pattern, c.host) != c.want {
+			t.Errorf("HostMatches(%q, %q) = %v", c.pattern, c.host, !c.want)
+		}
 	}
 }

@@ -5,6 +5,7 @@ import (
 	"fmt"
 	"math"
 	"net"
+	"net/netip"
 	"os"
 	"strconv"
 	"strings"
@@ -69,11 +70,18 @@ type Server struct {
 	KeepAlive ServerKeepAlive `toml:"keepalive"`
 	Window    Window          `toml:"window"`
 	Admin     Admin           `toml:"admin"`
+	Web       Web             `toml:"web"`
+	// TrustedProxies are the addresses (CIDRs) whose PROXY headers the
+	// public and shared listeners accept: a load balancer in front of
+	// tunneld. Anyone else's PROXY header is refused.
+	TrustedProxies []string `toml:"trusted_proxies"`
 
 	// File is where the config came from ("(defaults)" when none).
 	File string `toml:"-"`
 	// Ports is AllowPorts parsed by Validate.
 	Ports []PortRange `toml:"-"`
+	// Proxies is TrustedProxies parsed by Validate.
+	Proxies []netip.Prefix `toml:"-"`
 }
 
 // ServerKeepAlive holds the liveness settings of tunneld's two legs.
@@ -114,6 +122,7 @@ func DefaultServer() *Server {
 		Log:                       Log{Level: "info", Format: "text"},
 		KeepAlive:                 ServerKeepAlive{Session: DefaultSession, Public: DefaultLeg},
 		Window:                    DefaultWindow,
+		Web:                       DefaultWeb,
 		File:                      "(defaults)",
 	}
 }
@@ -230,6 +239,7 @@ func (c *Server) Validate(lines map[string]int) error {
 	checkWindow(ps, c.Window)
 	checkKeepAlive(ps, "keepalive.public", c.KeepAlive.Public)
 	checkAdmin(ps, c.Admin)
+	c.validateWeb(ps)
 	return ps.err()
 }
 

@@ -157,6 +157,24 @@ type TunnelRequest struct {
 	// an earlier session, so a reconnecting client keeps its public address
 	// where it can. The server falls back to another port if it is taken.
 	PreferPort int `json:"prefer_port,omitempty"`
+	// Web is set for http and https tunnels: the names they are reached
+	// by on the server's shared ports, and how requests are handled.
+	Web *WebTunnel `json:"web,omitempty"`
+}
+
+// WebTunnel is what the server needs of an http or https tunnel.
+type WebTunnel struct {
+	Subdomain string   `json:"subdomain,omitempty"`
+	Hostnames []string `json:"hostnames,omitempty"`
+	Locations []string `json:"locations,omitempty"`
+	// HostHeader replaces the Host header the local service gets.
+	HostHeader string `json:"host_header,omitempty"`
+	// Forwarded adds X-Forwarded-For/-Proto/-Host and Forwarded.
+	Forwarded bool `json:"forwarded,omitempty"`
+	// BasicAuth is "user:BCRYPT-HASH" entries; empty lets everyone in.
+	BasicAuth []string `json:"basic_auth,omitempty"`
+	// Terminate, for https, has the server terminate TLS.
+	Terminate bool `json:"terminate,omitempty"`
 }
 
 // Welcome accepts a session. Each requested tunnel gets a result; a session
@@ -183,8 +201,11 @@ type TunnelResult struct {
 	Name   string `json:"name"`
 	OK     bool   `json:"ok"`
 	Public string `json:"public,omitempty"`
-	Code   string `json:"code,omitempty"`
-	Error  string `json:"error,omitempty"`
+	// URLs, for an http or https tunnel, are every address it is
+	// reached by (Public is the first).
+	URLs  []string `json:"urls,omitempty"`
+	Code  string   `json:"code,omitempty"`
+	Error string   `json:"error,omitempty"`
 	// Pending, with OK false, means the refusal can pass (the port is
 	// held, a bind failed) and the server keeps trying in this session;
 	// a TypeTunnel message follows when the tunnel comes up.
@@ -230,6 +251,11 @@ const (
 	CodePortInUse      = "port_in_use"
 	CodeBindFailed     = "bind_failed"
 	CodeInvalidTunnel  = "invalid_tunnel"
+	// CodeHostInUse: a host name is another client's. It passes like a
+	// held port: the tunnel stays pending.
+	CodeHostInUse = "host_in_use"
+	// CodeHostNotAllowed: a host name outside what this client may take.
+	CodeHostNotAllowed = "host_not_allowed"
 )
 
 // StreamHeader opens every data stream, written by the server.

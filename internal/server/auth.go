@@ -23,6 +23,9 @@ type identity struct {
 	maxTunnels        int
 	maxConns          int // concurrent public connections, 0: no limit
 	maxConnsPerTunnel int
+	// hostnames are the names its web tunnels may take (patterns); empty:
+	// any under the server's [web] domains.
+	hostnames []string
 
 	// What the session presented, to check again on a reload: the name
 	// it said, its token's SHA-256 (never the token) and its certificate
@@ -108,7 +111,7 @@ func (s *Server) authorize(cfg *config.Server, cas *x509.CertPool, said string, 
 		}
 	}
 	id := &identity{name: e.Name, ports: e.Ports, maxTunnels: e.MaxTunnels,
-		maxConns: e.MaxConnections, maxConnsPerTunnel: e.MaxConnectionsPerTunnel}
+		maxConns: e.MaxConnections, maxConnsPerTunnel: e.MaxConnectionsPerTunnel, hostnames: e.AllowHostnames}
 	if said != e.Name {
 		id.declared = clip(said)
 	}

@@ -31,7 +31,7 @@ type pendingTunnel struct {
 
 // transient reports whether a refusal with code can pass by itself.
 func transient(code string) bool {
-	return code == protocol.CodePortInUse || code == protocol.CodeBindFailed
+	return code == protocol.CodePortInUse || code == protocol.CodeBindFailed || code == protocol.CodeHostInUse
 }
 
 // addPending records r as pending unless the session is closed. The caller
@@ -128,7 +128,7 @@ func (ss *session) attempt(name string) (public string, ok bool) {
 	}
 	pl, code, err := s.bind(ss, p.req)
 	if err == nil && !ss.addListenerAndServe(pl, name) {
-		pl.ln.Close()
+		pl.close()
 		s.freePort(ss, pl.port)
 		return "", false // the session closed meanwhile
 	}
@@ -158,9 +158,9 @@ func (ss *session) attempt(name string) (public string, ok bool) {
 		p.timer.Reset(backoff(p.attempt))
 		return "", false
 	}
-	ss.log.Info("tunnel up", "tunnel", name, "public", pl.ln.Addr().String(),
+	ss.log.Info("tunnel up", "tunnel", name, "public", pl.public,
 		"after", time.Since(p.since).Round(time.Millisecond), "attempts", p.attempt+1)
-	return s.publicAddr(pl.port), true
+	return pl.public, true
 }
 
 // addListenerAndServe records pl as the listener of the pending tunnel

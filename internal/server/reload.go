@@ -119,10 +119,10 @@ func (s *Server) Reload(cfg *config.Server) (*ReloadResult, error) {
 		}
 		ss.limp.Store(id)
 		for _, pl := range ss.publicListeners() {
-			if !id.portAllowed(pl.port) && !pl.draining.Swap(true) {
-				pl.ln.Close()
-				ss.log.Warn("tunnel draining: its port is no longer among the ports this client may use; open connections carry on",
-					"tunnel", pl.name, "port", pl.port, "allow_ports", fmt.Sprint(id.ports))
+			if !s.stillAllowed(id, pl) && !pl.draining.Swap(true) {
+				pl.closeListener()
+				ss.log.Warn("tunnel draining: its port or names are no longer among those this client may use; open connections carry on",
+					"tunnel", pl.name, "public", pl.public, "allow_ports", fmt.Sprint(id.ports))
 				res.Drained = append(res.Drained, ss.client+"/"+pl.name)
 			}
 		}

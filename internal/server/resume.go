@@ -179,7 +179,7 @@ func (ss *session) results() []protocol.TunnelResult {
 	out := make([]protocol.TunnelResult, 0, len(ss.listeners)+len(ss.pending))
 	for _, pl := range ss.listeners {
 		out = append(out, protocol.TunnelResult{Name: pl.name, OK: true,
-			Public: ss.srv.publicAddr(pl.port)})
+			Public: pl.public, URLs: pl.urls()})
 	}
 	for name, p := range ss.pending {
 		out = append(out, protocol.TunnelResult{Name: name, Code: p.code, Error: p.err, Pending: true})

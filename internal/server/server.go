@@ -10,6 +10,7 @@ package server
 import (
 	"context"
 	"crypto/rand"
+	"crypto/tls"
 	"crypto/x509"
 	"encoding/hex"
 	"errors"
@@ -54,8 +55,14 @@ type Server struct {
 
 	started time.Time
 	met     *serverMetrics
-	statsMu sync.Mutex // guards stats
-	stats   map[string]*tunnelStats
+
+	// The shared ports of web tunnels ([web]); nil when off.
+	httpLn, httpsLn         net.Listener
+	httpRoutes, tlsRoutes   *router
+	httpSuffix, httpsSuffix string
+	webTLS                  *tls.Config // https terminated here; nil without [web] cert_file
+	statsMu                 sync.Mutex  // guards stats
+	stats                   map[string]*tunnelStats
 }
 
 // New prepares a server. cfg must be validated and have a token.
@@ -101,6 +108,36 @@ func New(cfg *config.Server, log *slog.Logger) (*Server, error) {
 	return s, nil
 }
 
+// startWeb binds the shared ports of [web].
+func (s *Server) startWeb(ctx context.Context) error {
+	cfg := s.config()
+	var lc net.ListenConfig
+	if a := cfg.Web.HTTPAddr; a != "" {
+		ln, err := lc.Listen(ctx, "tcp", a)
+		if err != nil {
+			return fmt.Errorf("%s: web.http_addr: %w", cfg.File, err)
+		}
+		s.httpLn, s.httpRoutes, s.httpSuffix = ln, newRouter(), portSuffix(ln, 80)
+		s.log.Info("listening for http tunnels", "addr", ln.Addr().String(), "domains", fmt.Sprint(cfg.Web.Domains))
+	}
+	if a := cfg.Web.HTTPSAddr; a != "" {
+		wt, err := webTLSConfig(cfg, func(err error) { s.log.Error("[web] certificate reload failed", "err", err) })
+		if err != nil {
+			return fmt.Errorf("%s: web.cert_file: %w", cfg.File, err)
+		}
+		ln, err := lc.Listen(ctx, "tcp", a)
+		if err != nil {
+			if s.httpLn != nil {
+				s.httpLn.Close()
+			}
+			return fmt.Errorf("%s: web.https_addr: %w", cfg.File, err)
+		}
+		s.httpsLn, s.tlsRoutes, s.httpsSuffix, s.webTLS = ln, newRouter(), portSuffix(ln, 443), wt
+		s.log.Info("listening for https tunnels", "addr", ln.Addr().String(), "terminates", wt != nil)
+	}
+	return nil
+}
+
 // config is the configuration the server runs with now.
 func (s *Server) config() *config.Server { return s.cfg.Load() }
 
@@ -111,6 +148,10 @@ func (s *Server) Start(ctx context.Context) error {
 		return fmt.Errorf("session port: %w", err)
 	}
 	s.ln = ln
+	if err := s.startWeb(ctx); err != nil {
+		ln.Close()
+		return err
+	}
 	leases := "off"
 	switch {
 	case s.leases.ttl > 0 && s.leases.path != "":
@@ -133,6 +174,18 @@ func (s *Server) Fingerprint() string { return s.fingerprint }
 // publicAddr is a public port as clients are told it.
 func (s *Server) publicAddr(port int) string {
 	return net.JoinHostPort(s.config().AdvertisedHost(), strconv.Itoa(port))
+}
+
+// HTTPAddr and HTTPSAddr are the shared web ports (after Start; nil when
+// off).
+func (s *Server) HTTPAddr() net.Addr  { return addrOfListener(s.httpLn) }
+func (s *Server) HTTPSAddr() net.Addr { return addrOfListener(s.httpsLn) }
+
+func addrOfListener(ln net.Listener) net.Addr {
+	if ln == nil {
+		return nil
+	}
+	return ln.Addr()
 }
 
 // Addr is the bound session address (after Start).
@@ -182,15 +235,44 @@ func (s *Server) Serve(ctx context.Context) error {
 			case now := <-t.C:
 				s.gate.sweep()
 				s.sweepStats(now)
+				for _, rt := range []*router{s.httpRoutes, s.tlsRoutes} {
+					if rt != nil {
+						rt.sweep(now)
+					}
+				}
 			case <-sweepDone:
 				s.gate.sweep()
 				return
 			}
 		}
 	}()
+	for _, f := range []struct {
+		ln     net.Listener
+		what   string
+		handle func(net.Conn)
+	}{
+		{s.httpLn, "http", func(c net.Conn) { s.serveHTTPConn(c, "http", s.httpRoutes, "") }},
+		{s.httpsLn, "https", func(c net.Conn) { s.serveTLSConn(c, "") }},
+	} {
+		if f.ln == nil {
+			continue
+		}
+		stopFront := context.AfterFunc(ctx, func() { f.ln.Close() })
+		defer stopFront()
+		s.wg.Add(1)
+		go func() {
+			defer s.wg.Done()
+			s.serveFront(ctx, f.ln, f.what, f.handle)
+		}()
+	}
 	err := s.acceptLoop(ctx)
 	close(sweepDone)
 	s.ln.Close()
+	for _, ln := range []net.Listener{s.httpLn, s.httpsLn} {
+		if ln != nil {
+			ln.Close()
+		}
+	}
 
 	s.mu.Lock()
 	all := make([]*session, 0, len(s.sessions))

@@ -104,6 +104,12 @@ type publicListener struct {
 	handed      bool
 	loopDone    chan struct{}
 
+	// public is the address (or first URL) clients and operators are
+	// told; web is set for an http or https tunnel, which has no
+	// listener of its own (ln is nil): the shared port routes to it.
+	public string
+	web    *webTunnel
+
 	// Refusals at a connection limit are logged at most once per
 	// refusalLogEvery per tunnel, with a count.
 	refusedMu  sync.Mutex
@@ -437,7 +443,7 @@ func (s *Server) register(ss *session, reqs []protocol.TunnelRequest) []protocol
 	}
 	results := s.registerTunnels(ss, reqs, map[string]bool{}, handed)
 	for _, pl := range handed {
-		pl.ln.Close() // not asked for again
+		pl.close() // not asked for again
 		pl.st.Release()
 	}
 	return results
@@ -459,6 +465,11 @@ func (ss *session) handOver() map[string]*publicListener {
 		started := pl.loopStarted
 		pl.loopMu.Unlock()
 		tl, ok := pl.ln.(*net.TCPListener)
+		if pl.web != nil {
+			// Its routes pass when the new session claims them.
+			out[pl.name] = pl
+			continue
+		}
 		if !ok || pl.draining.Load() {
 			pl.ln.Close()
 			<-waitIf(started, pl.loopDone)
@@ -501,27 +512,27 @@ func (s *Server) registerTunnels(ss *session, reqs []protocol.TunnelRequest, see
 			res.Code, err = protocol.CodeInvalidTunnel, fmt.Errorf("tunnel name %q is not a valid name (letters, digits, '.', '_', '-'; at most 64)", res.Name)
 		case seen[r.Name]:
 			res.Code, err = protocol.CodeInvalidTunnel, fmt.Errorf("tunnel name %q is repeated (or already up in this session)", r.Name)
-		case r.Type != "tcp":
-			res.Code, err = protocol.CodeInvalidTunnel, fmt.Errorf("type %q is not supported (only tcp)", r.Type)
+		case r.Type != config.TypeTCP && r.Type != config.TypeHTTP && r.Type != config.TypeHTTPS:
+			res.Code, err = protocol.CodeInvalidTunnel, fmt.Errorf("type %q is not supported (tcp, http, https)", r.Type)
 		case len(ss.publicListeners()) >= ss.lim().maxTunnels:
 			res.Code, err = protocol.CodeInvalidTunnel, fmt.Errorf("more than %d tunnels, the most this client may have", ss.lim().maxTunnels)
 		default:
 			var pl *publicListener
-			if h := handed[r.Name]; h != nil && (r.RemotePort == 0 || r.RemotePort == h.port) && ss.lim().portAllowed(h.port) {
+			if h := handed[r.Name]; h != nil && h.web == nil && r.Web == nil && (r.RemotePort == 0 || r.RemotePort == h.port) && ss.lim().portAllowed(h.port) {
 				pl = s.adopt(ss, h, r)
 				delete(handed, r.Name)
 			} else {
 				pl, res.Code, err = s.bind(ss, r)
 			}
 			if err == nil && !ss.addListener(pl) {
-				pl.ln.Close()
+				pl.close()
 				pl.st.Release()
 				res.Code, err = protocol.CodeInternal, errors.New("session closed during registration")
 			}
 			if err == nil {
 				res.OK = true
-				res.Public = s.publicAddr(pl.port)
-				ss.log.Info("tunnel up", "tunnel", r.Name, "public", pl.ln.Addr().String())
+				res.Public, res.URLs = pl.public, pl.urls()
+				ss.log.Info("tunnel up", "tunnel", r.Name, "public", pl.public)
 			}
 		}
 		seen[r.Name] = true
@@ -546,7 +557,7 @@ func (s *Server) registerTunnels(ss *session, reqs []protocol.TunnelRequest, see
 
 // adopt makes a listener a replaced session handed over ss's, for r.
 func (s *Server) adopt(ss *session, h *publicListener, r protocol.TunnelRequest) *publicListener {
-	pl := newPublicListener(h.name, h.port, h.ln, s.statsFor(ss.client, h.name), h.ka)
+	pl := newPublicListener(h.name, h.port, h.ln, s.statsFor(ss.client, h.name), h.ka, h.public)
 	h.st.Release()
 	s.mu.Lock()
 	s.ports[h.port] = ss
@@ -559,6 +570,9 @@ func (s *Server) adopt(ss *session, h *publicListener, r protocol.TunnelRequest)
 
 // bind opens the public listener for one tunnel and records its owner.
 func (s *Server) bind(ss *session, r protocol.TunnelRequest) (*publicListener, string, error) {
+	if r.Type == config.TypeHTTP || r.Type == config.TypeHTTPS {
+		return s.bindWeb(ss, r)
+	}
 	ka := s.config().KeepAlive.Public.Sock()
 	lc := net.ListenConfig{KeepAliveConfig: ka.Config()}
 	try := func(port int) (*publicListener, string, error) {
@@ -584,7 +598,7 @@ func (s *Server) bind(ss *session, r protocol.TunnelRequest) (*publicListener, s
 		s.mu.Lock()
 		s.ports[port] = ss
 		s.mu.Unlock()
-		return newPublicListener(r.Name, port, ln, s.statsFor(ss.client, r.Name), ka), "", nil
+		return newPublicListener(r.Name, port, ln, s.statsFor(ss.client, r.Name), ka, s.publicAddr(port)), "", nil
 	}
 	if r.RemotePort != 0 {
 		if !ss.lim().portAllowed(r.RemotePort) {
@@ -731,8 +745,8 @@ func (s *Server) freed(ss *session, ports []int) {
 // reason marks a deliberate close and is sent to the client first.
 func (ss *session) shutdown(kind, reason string) { ss.end(kind, reason, reason != "") }
 
-func newPublicListener(name string, port int, ln net.Listener, st *tunnelStats, ka sockopt.KeepAlive) *publicListener {
-	return &publicListener{name: name, port: port, ln: ln, st: st, ka: ka, loopDone: make(chan struct{})}
+func newPublicListener(name string, port int, ln net.Listener, st *tunnelStats, ka sockopt.KeepAlive, public string) *publicListener {
+	return &publicListener{name: name, port: port, ln: ln, st: st, ka: ka, loopDone: make(chan struct{}), public: public}
 }
 
 // serveListener runs pl's accept loop as a part of the session. The
@@ -742,15 +756,15 @@ func newPublicListener(name string, port int, ln net.Listener, st *tunnelStats, 
 func (ss *session) serveListener(pl *publicListener) {
 	pl.loopMu.Lock()
 	defer pl.loopMu.Unlock()
-	if pl.handed {
-		return // a newer session has it
+	if pl.handed || pl.web != nil {
+		return // a newer session has it; or routed by the shared port
 	}
 	pl.loopStarted = true
 	if !ss.parts.Go(func() {
 		defer close(pl.loopDone)
 		ss.acceptPublic(pl)
 	}) {
-		pl.ln.Close()
+		pl.close()
 		close(pl.loopDone)
 	}
 }
@@ -773,7 +787,7 @@ func (ss *session) end(kind, reason string, tell bool) {
 		ss.mu.Unlock()
 		ss.res.stopAway()
 		for _, pl := range ls {
-			pl.ln.Close()
+			pl.close()
 		}
 		if car == nil {
 			// Nothing carries the session, so nothing will notice its
@@ -928,7 +942,7 @@ func (ss *session) acceptPublic(pl *publicListener) {
 // handlePublic carries one public connection over a new stream, or holds
 // it while the client is away. It owns pc; the join it starts is a part
 // of the session of its own.
-func (ss *session) handlePublic(pl *publicListener, pc *net.TCPConn, log *slog.Logger) {
+func (ss *session) handlePublic(pl *publicListener, pc net.Conn, log *slog.Logger) {
 	tunnel := pl.name
 	joined := false
 	defer func() {
@@ -945,7 +959,7 @@ func (ss *session) handlePublic(pl *publicListener, pc *net.TCPConn, log *slog.L
 	if car != nil {
 		hdr, err := protocol.AppendFrame(nil, h)
 		if err != nil {
-			_ = sockopt.Abort(pc)
+			_ = abortConn(pc)
 			log.Error("public connection dropped: stream header", "err", err)
 			return
 		}
@@ -964,18 +978,18 @@ func (ss *session) handlePublic(pl *publicListener, pc *net.TCPConn, log *slog.L
 		case ss.res != nil && car.ys.IsClosed():
 			car = nil // lost just now: held like one that comes while away
 		default:
-			_ = sockopt.Abort(pc)
+			_ = abortConn(pc)
 			log.Warn("public connection dropped: cannot open stream", "err", err)
 			return
 		}
 	}
 	if car == nil {
 		if ss.res == nil {
-			_ = sockopt.Abort(pc)
+			_ = abortConn(pc)
 			return
 		}
 		if hc = ss.res.holdNew(h); hc == nil {
-			_ = sockopt.Abort(pc)
+			_ = abortConn(pc)
 			pl.st.refused.Add(1)
 			ss.res.refusedWhileAway(log, tunnel)
 			return
@@ -984,7 +998,7 @@ func (ss *session) handlePublic(pl *publicListener, pc *net.TCPConn, log *slog.L
 		log.Debug("public connection held: the client is away")
 	}
 	if !ss.parts.enter() {
-		_ = sockopt.Abort(pc) // the session is ending
+		_ = abortConn(pc) // the session is ending
 		_ = side.Abort()
 		ss.res.forget(hc)
 		return

@@ -189,7 +189,7 @@ func (pl *publicListener) status(ss *session) TunnelStatus {
 	if pl.draining.Load() {
 		state = "draining"
 	}
-	return TunnelStatus{Name: pl.name, Public: ss.srv.publicAddr(pl.port), State: state, Connections: c.Open, ConnectionsTotal: c.Total,
+	return TunnelStatus{Name: pl.name, Public: pl.public, State: state, Connections: c.Open, ConnectionsTotal: c.Total,
 		BytesIn: c.AToB, BytesOut: c.BToA, Refused: pl.st.refused.Load(), DialFailed: pl.st.dialFailed.Load()}
 }
 
@@ -305,7 +305,7 @@ func (s *Server) Drain(name, tunnel string) (*TunnelStatus, error) {
 			continue
 		}
 		if !pl.draining.Swap(true) {
-			pl.ln.Close()
+			pl.closeListener()
 			ss.log.Warn("tunnel draining: new connections refused, open ones carry on", "tunnel", tunnel)
 		}
 		st := pl.status(ss)

@@ -87,16 +87,18 @@ func (ss *session) removeTunnel(name string, drain time.Duration) {
 		ss.log.Debug("client removed a tunnel it does not have", "tunnel", clip(name))
 		return
 	}
-	pl.ln.Close()
+	pl.close()
 	s := ss.srv
-	s.mu.Lock()
-	if s.ports[pl.port] == ss {
-		delete(s.ports, pl.port)
+	if pl.web == nil {
+		s.mu.Lock()
+		if s.ports[pl.port] == ss {
+			delete(s.ports, pl.port)
+		}
+		s.mu.Unlock()
+		s.freed(ss, []int{pl.port})
 	}
-	s.mu.Unlock()
-	s.freed(ss, []int{pl.port})
 	open := pl.conns.Load()
-	ss.log.Info("tunnel removed by the client", "tunnel", name, "port", pl.port, "open_connections", open, "drain", drain)
+	ss.log.Info("tunnel removed by the client", "tunnel", name, "public", pl.public, "open_connections", open, "drain", drain)
 	if open == 0 {
 		pl.st.Release()
 		return

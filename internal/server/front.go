@@ -1,0 +1,388 @@
+package server
+
+// The shared ports' fronts: the accept loops of [web] http_addr and
+// https_addr, and what each public connection goes through before it is
+// handed to its tunnel's session like any other public connection.
+
+import (
+	"bufio"
+	"bytes"
+	"context"
+	"crypto/tls"
+	"errors"
+	"fmt"
+	"io"
+	"net"
+	"net/http"
+	"os"
+	"sync"
+	"time"
+
+	"github.com/tunnel-dev/tunnel/internal/sockopt"
+)
+
+// serveFront accepts on a shared port until it is closed; handle runs
+// for each connection on a goroutine of the server's.
+func (s *Server) serveFront(ctx context.Context, ln net.Listener, what string, handle func(net.Conn)) {
+	var delay time.Duration
+	for {
+		c, err := ln.Accept()
+		if err != nil {
+			if errors.Is(err, net.ErrClosed) || ctx.Err() != nil {
+				return
+			}
+			if isResourceErr(err) {
+				delay = min(max(2*delay, 5*time.Millisecond), time.Second)
+				s.log.Warn("shared port accept failed; retrying", "port", what, "err", err, "delay", delay)
+				select {
+				case <-time.After(delay):
+				case <-ctx.Done():
+					return
+				}
+				continue
+			}
+			s.log.Error("shared port failed", "port", what, "err", err)
+			return
+		}
+		delay = 0
+		s.wg.Add(1)
+		go func() {
+			defer s.wg.Done()
+			handle(c)
+		}()
+	}
+}
+
+// frontConn is a public connection of an http tunnel as its stream sees
+// it: each request read with net/http's parser and written anew (see
+// webTunnel.writeHead); what the service answers passes through as it
+// is. It is no syscall.Conn on purpose: package proxy must read it
+// through Read, never the socket under it.
+type frontConn struct {
+	net.Conn
+	br     *bufio.Reader
+	lim    *headerLimit
+	pl     *publicListener
+	rt     *router
+	scheme string
+	peer   string
+	max    int64
+	idle   time.Duration
+
+	next    *http.Request // the request to send next
+	out     bytes.Buffer  // serialized request bytes not yet read
+	body    io.ReadCloser
+	chunked bool
+	tmp     []byte
+	raw     bool // after an Upgrade: bytes pass as they are
+	done    bool
+
+	wmu  sync.Mutex
+	last []byte // a page to send once the service has finished (see CloseWrite)
+
+	// reroute is a request for another tunnel: the stream ends before
+	// it, and when the join is over (Close) the connection goes on to
+	// that tunnel with it.
+	reroute *http.Request
+	srv     *Server
+}
+
+func (f *frontConn) RemoteAddr() net.Addr { return peerAddr(f.peer, f.Conn.RemoteAddr()) }
+
+func (f *frontConn) Read(p []byte) (int, error) {
+	for {
+		if f.out.Len() > 0 {
+			return f.out.Read(p)
+		}
+		if f.raw {
+			return f.br.Read(p)
+		}
+		if f.body != nil {
+			if err := f.readBody(p); err != nil {
+				return 0, err
+			}
+			if f.out.Len() == 0 && f.body != nil && !f.chunked {
+				continue
+			}
+			continue
+		}
+		if f.done {
+			return 0, io.EOF
+		}
+		f.nextRequest()
+	}
+}
+
+// readBody moves the next piece of the current request's body to out.
+func (f *frontConn) readBody(p []byte) error {
+	if f.tmp == nil {
+		f.tmp = make([]byte, 32<<10)
+	}
+	n, err := f.body.Read(f.tmp)
+	if n > 0 {
+		if f.chunked {
+			fmt.Fprintf(&f.out, "%x\r\n", n)
+		}
+		f.out.Write(f.tmp[:n])
+		if f.chunked {
+			f.out.WriteString("\r\n")
+		}
+	}
+	switch {
+	case errors.Is(err, io.EOF):
+		if f.chunked {
+			f.out.WriteString("0\r\n\r\n")
+		}
+		f.body.Close()
+		f.body = nil
+	case err != nil:
+		return fmt.Errorf("request body: %w", err)
+	}
+	return nil
+}
+
+// nextRequest reads and checks the next request and queues it; one that
+// may not pass ends the requests, with a page to send after the service
+// has answered the ones before it.
+func (f *frontConn) nextRequest() {
+	r := f.next
+	f.next = nil
+	if r == nil {
+		_ = f.Conn.SetReadDeadline(time.Now().Add(f.idle))
+		f.lim.n = f.max
+		var err error
+		r, err = http.ReadRequest(f.br)
+		f.lim.n = -1
+		_ = f.Conn.SetReadDeadline(time.Time{})
+		if err != nil {
+			f.done = true
+			if !errors.Is(err, io.EOF) && !errors.Is(err, os.ErrDeadlineExceeded) {
+				f.finalPage(http.StatusBadRequest, "Bad Request", "The request could not be read.")
+			}
+			return
+		}
+		w := f.pl.web
+		if rt, _ := f.rt.lookup(hostOf(r), r.URL.Path); rt == nil || rt.pl != f.pl {
+			// Another tunnel's (or none's): the service answers what
+			// came before, then the connection is routed afresh.
+			f.done = true
+			f.reroute = r
+			return
+		}
+		if !w.authorized(r) {
+			f.done = true
+			f.finalPage(http.StatusUnauthorized, "Unauthorized", "This tunnel needs a user name and password.", `WWW-Authenticate: Basic realm="tunnel"`)
+			return
+		}
+	}
+	bw := bufio.NewWriter(&f.out)
+	f.chunked = f.pl.web.writeHead(bw, r, f.peer, f.scheme)
+	_ = bw.Flush()
+	if r.ContentLength != 0 && r.Body != nil && r.Body != http.NoBody {
+		f.body = r.Body
+	}
+	if upgrade(r) {
+		f.raw = true
+	}
+}
+
+func upgrade(r *http.Request) bool {
+	return r.Header.Get("Upgrade") != "" && headerHas(r.Header, "Connection", "upgrade")
+}
+
+func headerHas(h http.Header, key, token string) bool {
+	for _, v := range h.Values(key) {
+		for _, t := range bytes.Split([]byte(v), []byte(",")) {
+			if bytes.EqualFold(bytes.TrimSpace(t), []byte(token)) {
+				return true
+			}
+		}
+	}
+	return false
+}
+
+// finalPage is sent after the service's last answer (CloseWrite).
+func (f *frontConn) finalPage(status int, title, text string, extra ...string) {
+	var b bytes.Buffer
+	writePage(&b, status, title, text, extra...)
+	f.wmu.Lock()
+	f.last = b.Bytes()
+	f.wmu.Unlock()
+}
+
+func (f *frontConn) Write(p []byte) (int, error) {
+	f.wmu.Lock()
+	defer f.wmu.Unlock()
+	return f.Conn.Write(p)
+}
+
+// CloseWrite follows the service's last byte with the page a refused
+// request earned, then half-closes the public connection.
+func (f *frontConn) CloseWrite() error {
+	f.wmu.Lock()
+	last := f.last
+	f.last = nil
+	reroute := f.reroute != nil
+	f.wmu.Unlock()
+	if reroute {
+		return nil // the connection goes on (Close)
+	}
+	if last != nil {
+		_, _ = f.Conn.Write(last)
+	}
+	if cw, ok := f.Conn.(interface{ CloseWrite() error }); ok {
+		return cw.CloseWrite()
+	}
+	return f.Conn.Close()
+}
+
+// Close ends the join's hold on the public connection: it is closed,
+// or routed afresh for the request that named another tunnel.
+func (f *frontConn) Close() error {
+	if f.reroute == nil {
+		return f.Conn.Close()
+	}
+	r := f.reroute
+	f.reroute = nil
+	f.srv.wg.Add(1)
+	go func() {
+		defer f.srv.wg.Done()
+		f.srv.route(f.Conn, f.br, f.lim, r, f.scheme, f.rt, f.peer)
+	}()
+	return nil
+}
+
+// Abort resets the public connection.
+func (f *frontConn) Abort() error { return abortConn(f.Conn) }
+
+// abortConn resets c: a TCP connection, or the one under TLS.
+func abortConn(c net.Conn) error {
+	if a, ok := c.(interface{ Abort() error }); ok {
+		return a.Abort()
+	}
+	if tc, ok := c.(*tls.Conn); ok {
+		_ = sockopt.Abort(tc.NetConn())
+		return tc.Close()
+	}
+	return sockopt.Abort(c)
+}
+
+// peerAddr is the public client's address: what a trusted proxy said, or
+// the connection's own.
+func peerAddr(peer string, own net.Addr) net.Addr {
+	if peer == "" || peer == own.String() {
+		return own
+	}
+	if a, err := net.ResolveTCPAddr("tcp", peer); err == nil {
+		return a
+	}
+	return own
+}
+
+// writePage writes a small HTML error response that closes the
+// connection. It says what happened and never anything internal.
+func writePage(w io.Writer, status int, title, text string, extra ...string) {
+	body := fmt.Sprintf("<!doctype html>\n<title>%d %s</title>\n<h1>%d %s</h1>\n<p>%s</p>\n", status, title, status, title, text)
+	fmt.Fprintf(w, "HTTP/1.1 %d %s\r\nContent-Type: text/html; charset=utf-8\r\nContent-Length: %d\r\nConnection: close\r\nCache-Control: no-store\r\n",
+		status, http.StatusText(status), len(body))
+	for _, h := range extra {
+		fmt.Fprintf(w, "%s\r\n", h)
+	}
+	fmt.Fprintf(w, "\r\n%s", body)
+}
+
+// refuse answers c with a page and closes it.
+func refusePage(c net.Conn, status int, title, text string, extra ...string) {
+	var b bytes.Buffer
+	writePage(&b, status, title, text, extra...)
+	_ = c.SetWriteDeadline(time.Now().Add(5 * time.Second))
+	_, _ = c.Write(b.Bytes())
+	if cw, ok := c.(interface{ CloseWrite() error }); ok {
+		_ = cw.CloseWrite()
+		// Let the page reach the client before the close: a reset
+		// with its request unread could overtake it.
+		_ = c.SetReadDeadline(time.Now().Add(time.Second))
+		_, _ = io.Copy(io.Discard, io.LimitReader(c, 64<<10))
+	}
+	c.Close()
+}
+
+// serveHTTPConn routes one public connection of the shared HTTP port (or
+// of https terminated here) by its first request, and hands it to the
+// session of the tunnel that serves it.
+func (s *Server) serveHTTPConn(c net.Conn, scheme string, rt *router, peer string) {
+	cfg := s.config().Web
+	lim := &headerLimit{r: c, n: int64(cfg.MaxHeaderBytes)}
+	br := bufio.NewReaderSize(lim, 4096)
+	_ = c.SetReadDeadline(time.Now().Add(cfg.HeaderTimeout.D()))
+	r, err := http.ReadRequest(br)
+	lim.n = -1
+	_ = c.SetReadDeadline(time.Time{})
+	switch {
+	case errors.Is(err, errHeaderTooLarge):
+		refusePage(c, http.StatusRequestHeaderFieldsTooLarge, "Request Header Fields Too Large", "The request's headers are too large.")
+		return
+	case err != nil && (errors.Is(err, io.EOF) || errors.Is(err, os.ErrDeadlineExceeded)):
+		c.Close() // said nothing, or too slowly
+		return
+	case err != nil:
+		refusePage(c, http.StatusBadRequest, "Bad Request", "The request could not be read.")
+		return
+	}
+	if peer == "" {
+		peer = c.RemoteAddr().String()
+	}
+	s.route(c, br, lim, r, scheme, rt, peer)
+}
+
+// route hands public connection c, whose request r was read, to the
+// tunnel that serves r, or answers why none does.
+func (s *Server) route(c net.Conn, br *bufio.Reader, lim *headerLimit, r *http.Request, scheme string, rt *router, peer string) {
+	host := hostOf(r)
+	if host == "" {
+		refusePage(c, http.StatusBadRequest, "Bad Request", "The request has no Host header, so no tunnel can be chosen.")
+		return
+	}
+	route, offline := rt.lookup(host, r.URL.Path)
+	switch {
+	case route == nil && offline:
+		refusePage(c, http.StatusBadGateway, "Tunnel Offline", "The tunnel serving this name is offline. Try again later.")
+		return
+	case route == nil:
+		refusePage(c, http.StatusNotFound, "Not Found", "No tunnel serves this name.")
+		return
+	}
+	pl, ss := route.pl, route.ss
+	if pl.draining.Load() {
+		refusePage(c, http.StatusServiceUnavailable, "Service Unavailable", "This tunnel takes no new connections now.")
+		return
+	}
+	if !pl.web.authorized(r) {
+		refusePage(c, http.StatusUnauthorized, "Unauthorized", "This tunnel needs a user name and password.", `WWW-Authenticate: Basic realm="tunnel"`)
+		return
+	}
+	cfg := s.config().Web
+	fc := &frontConn{Conn: c, br: br, lim: lim, pl: pl, rt: rt, scheme: scheme, peer: peer, next: r, srv: s,
+		max: int64(cfg.MaxHeaderBytes), idle: cfg.IdleTimeout.D()}
+	ss.takePublic(pl, fc)
+}
+
+// takePublic hands a public connection of a shared port to the session,
+// counted against its limits like one of its own listener's.
+func (ss *session) takePublic(pl *publicListener, c net.Conn) {
+	log := ss.log.With("tunnel", pl.name)
+	if limit, what := ss.takeConn(pl); limit > 0 {
+		pl.st.refused.Add(1)
+		pl.noteRefused(log, limit, what)
+		if fc, ok := c.(*frontConn); ok {
+			refusePage(fc.Conn, http.StatusServiceUnavailable, "Service Unavailable", "This tunnel is at its connection limit. Try again later.")
+			return
+		}
+		_ = abortConn(c)
+		return
+	}
+	if !ss.parts.Go(func() { ss.handlePublic(pl, c, log) }) {
+		_ = abortConn(c) // the session is ending
+		ss.releaseConn(pl)
+	}
+}
