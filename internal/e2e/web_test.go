@@ -2,13 +2,18 @@ package e2e
 
 import (
 	"bufio"
+	"context"
 	"crypto/rand"
 	"crypto/sha256"
+	"crypto/tls"
+	"crypto/x509"
+	"errors"
 	"fmt"
 	"io"
 	"net"
 	"net/http"
 	"net/http/httptest"
+	"os"
 	"strings"
 	"testing"
 	"time"
@@ -16,6 +21,7 @@ import (
 	"golang.org/x/crypto/bcrypt"
 
 	"github.com/tunnel-dev/tunnel/internal/config"
+	"github.com/tunnel-dev/tunnel/internal/testcert"
 	tt "github.com/tunnel-dev/tunnel/internal/tunneltest"
 )
 
@@ -235,4 +241,156 @@ func TestHTTPAuthAndBulk(t *testing.T) {
 	if err != nil || n != size || string(got.Sum(nil)) != string(zh.Sum(nil)) {
 		t.Errorf("download: %d bytes, %v", n, err)
 	}
+}
+
+// tlsService is a local HTTPS service presenting cert.
+func tlsService(t *testing.T, name string, cert testcert.Cert) *httptest.Server {
+	t.Helper()
+	srv := httptest.NewUnstartedServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		fmt.Fprintf(w, "%s over tls, sni=%s", name, r.TLS.ServerName)
+	}))
+	cfg, _ := cert.Configs(t)
+	srv.TLS = cfg
+	srv.StartTLS()
+	t.Cleanup(srv.Close)
+	return srv
+}
+
+// Two https tunnels with their own certificates on one shared port,
+// chosen by SNI and passed through (the visitor verifies the local
+// service's certificate end to end), and a third terminated at the
+// server with a wildcard certificate and served as http; a name nobody
+// serves, and no name at all, get unrecognized_name.
+func TestHTTPSByServerName(t *testing.T) {
+	tt.CheckLeaks(t)
+	ca, cb := testcert.NewFor(t, "a", "a.tunnel.test"), testcert.NewFor(t, "b", "b.tunnel.test")
+	wild := testcert.NewFor(t, "wild", "*.tunnel.test")
+	certFile, keyFile := wild.Write(t, t.TempDir(), "wild")
+	sa, sb, plain := tlsService(t, "alpha", ca), tlsService(t, "beta", cb), webService(t, "gamma")
+	srv := tt.StartServer(t, tt.ServerConfig(t, func(c *config.Server) {
+		c.Web.HTTPSAddr = "127.0.0.1:0"
+		c.Web.Domains = []string{"tunnel.test"}
+		c.Web.CertFile, c.Web.KeyFile = certFile, keyFile
+	}))
+	cl := tt.StartClient(t, tt.ClientConfig(t, srv.Addr().String(), map[string]*config.Tunnel{
+		"a": {Type: "https", Local: strings.TrimPrefix(sa.URL, "https://"), Hostnames: []string{"a.tunnel.test"}},
+		"b": {Type: "https", Local: strings.TrimPrefix(sb.URL, "https://"), Subdomain: "b"},
+		"g": {Type: "https", Local: strings.TrimPrefix(plain.URL, "http://"), Subdomain: "g", TLSTermination: "server"},
+	}, nil))
+	cl.WaitUp(t, 5*time.Second)
+	addr := srv.HTTPSAddr().String()
+	pool := x509.NewCertPool()
+	for _, c := range []testcert.Cert{ca, cb, wild} {
+		x, _ := x509.ParseCertificate(c.DER)
+		pool.AddCert(x)
+	}
+	client := &http.Client{Transport: &http.Transport{
+		TLSClientConfig: &tls.Config{RootCAs: pool},
+		DialContext: func(ctx context.Context, _, _ string) (net.Conn, error) {
+			return (&net.Dialer{}).DialContext(ctx, "tcp", addr)
+		}}}
+	defer client.CloseIdleConnections()
+	for host, want := range map[string]string{"a": "alpha over tls, sni=a.tunnel.test", "b": "beta over tls, sni=b.tunnel.test"} {
+		resp, err := client.Get("https://" + host + ".tunnel.test/")
+		if err != nil {
+			t.Fatalf("%s: %v", host, err)
+		}
+		b, _ := io.ReadAll(resp.Body)
+		resp.Body.Close()
+		if string(b) != want || resp.TLS.PeerCertificates[0].Subject.CommonName != host {
+			t.Errorf("%s: %q from %q", host, b, resp.TLS.PeerCertificates[0].Subject.CommonName)
+		}
+	}
+	resp, err := client.Get("https://g.tunnel.test/t")
+	if err != nil {
+		t.Fatal(err)
+	}
+	b, _ := io.ReadAll(resp.Body)
+	resp.Body.Close()
+	if !strings.HasPrefix(string(b), "gamma host=g.tunnel.test path=/t xff=127.0.0.1 proto=https") || resp.TLS.PeerCertificates[0].Subject.CommonName != "wild" {
+		t.Errorf("terminated: %q", b)
+	}
+	for _, name := range []string{"nobody.tunnel.test", ""} {
+		c, err := tls.Dial("tcp", addr, &tls.Config{ServerName: name, InsecureSkipVerify: true})
+		if err == nil {
+			c.Close()
+			t.Errorf("SNI %q: handshake succeeded", name)
+		} else if !strings.Contains(err.Error(), "unrecognized name") {
+			t.Errorf("SNI %q: %v, want unrecognized_name", name, err)
+		}
+	}
+}
+
+// Bad input on the shared ports: each is answered or closed promptly,
+// and nothing of it reaches a tunnel.
+func TestWebBadInput(t *testing.T) {
+	tt.CheckLeaks(t)
+	a, b := webService(t, "alpha"), webService(t, "beta")
+	srv := webServer(t, func(c *config.Server) {
+		c.Web.HTTPSAddr = "127.0.0.1:0"
+		c.Web.HeaderTimeout = config.Duration(time.Second)
+	})
+	cl := tt.StartClient(t, tt.ClientConfig(t, srv.Addr().String(), map[string]*config.Tunnel{
+		"a": {Type: "http", Local: strings.TrimPrefix(a.URL, "http://"), Subdomain: "alpha"},
+		"b": {Type: "http", Local: strings.TrimPrefix(b.URL, "http://"), Subdomain: "beta"},
+	}, nil))
+	cl.WaitUp(t, 5*time.Second)
+	httpAddr, httpsAddr := srv.HTTPAddr().String(), srv.HTTPSAddr().String()
+	closedWithin := func(c net.Conn, d time.Duration) string {
+		_ = c.SetReadDeadline(time.Now().Add(d))
+		b, err := io.ReadAll(c)
+		if err != nil && errors.Is(err, os.ErrDeadlineExceeded) {
+			t.Errorf("connection still open after %s", d)
+		}
+		return string(b)
+	}
+	// A 1 MiB header.
+	big := tt.Dial(t, httpAddr)
+	go fmt.Fprintf(big, "GET / HTTP/1.1\r\nHost: alpha.tunnel.test\r\nX-Big: %s\r\n\r\n", strings.Repeat("a", 1<<20))
+	if got := closedWithin(big, 5*time.Second); !strings.HasPrefix(got, "HTTP/1.1 431") {
+		t.Errorf("1 MiB header: %.40q", got)
+	}
+	// Headers at a byte a tenth of a second: cut at header_timeout.
+	slow := tt.Dial(t, httpAddr)
+	go func() {
+		for _, ch := range []byte("GET / HTTP/1.1\r\nHost: alpha.tunnel.test\r\n") {
+			if _, err := slow.Write([]byte{ch}); err != nil {
+				return
+			}
+			time.Sleep(100 * time.Millisecond)
+		}
+	}()
+	start := time.Now()
+	closedWithin(slow, 5*time.Second)
+	if d := time.Since(start); d > 3*time.Second {
+		t.Errorf("slow headers held the connection %s (header_timeout 1s)", d)
+	}
+	// TLS to the HTTP port, plain HTTP to the HTTPS port, a ClientHello
+	// cut in the middle.
+	tc, _ := tls.Dial("tcp", httpAddr, &tls.Config{ServerName: "alpha.tunnel.test", InsecureSkipVerify: true})
+	if tc != nil {
+		tc.Close()
+		t.Error("a TLS handshake on the HTTP port succeeded")
+	}
+	c := tt.Dial(t, httpsAddr)
+	fmt.Fprint(c, "GET / HTTP/1.1\r\nHost: alpha.tunnel.test\r\n\r\n")
+	if got := closedWithin(c, 5*time.Second); strings.Contains(got, "alpha") {
+		t.Errorf("plain HTTP to the HTTPS port: %q", got)
+	}
+	c = tt.Dial(t, httpsAddr)
+	c.Write([]byte{22, 3, 1, 2, 0, 1, 0, 1, 252, 3, 3}) // a ClientHello's start
+	c.CloseWrite()
+	closedWithin(c, 5*time.Second)
+	// Smuggling: Content-Length and Transfer-Encoding both, and a second
+	// request hidden in the body for beta. Each reaches the tunnel its
+	// own Host names, or none: never alpha's service as a second request.
+	c = tt.Dial(t, httpAddr)
+	fmt.Fprint(c, "POST /first HTTP/1.1\r\nHost: alpha.tunnel.test\r\nContent-Length: 50\r\nTransfer-Encoding: chunked\r\n\r\n"+
+		"0\r\n\r\nGET /smuggled HTTP/1.1\r\nHost: beta.tunnel.test\r\n\r\n")
+	c.CloseWrite()
+	got := closedWithin(c, 5*time.Second)
+	if strings.Contains(got, "alpha host=alpha.tunnel.test path=/smuggled") {
+		t.Errorf("the smuggled request reached alpha: %q", got)
+	}
+	t.Logf("smuggling attempt answered:\n%s", got)
 }

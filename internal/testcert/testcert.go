@@ -29,7 +29,11 @@ type Cert struct {
 }
 
 // New makes a certificate named name (its common name).
-func New(t testing.TB, name string) Cert {
+func New(t testing.TB, name string) Cert { return NewFor(t, name) }
+
+// NewFor makes a certificate named name for 127.0.0.1 and the DNS names
+// given ("*.example.test" for a wildcard).
+func NewFor(t testing.TB, name string, dns ...string) Cert {
 	t.Helper()
 	key, err := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
 	if err != nil {
@@ -41,6 +45,7 @@ func New(t testing.TB, name string) Cert {
 		NotBefore:             time.Now().Add(-time.Hour),
 		NotAfter:              time.Now().Add(time.Hour),
 		IPAddresses:           []net.IP{net.IPv4(127, 0, 0, 1)},
+		DNSNames:              dns,
 		KeyUsage:              x509.KeyUsageDigitalSignature | x509.KeyUsageCertSign,
 		ExtKeyUsage:           []x509.ExtKeyUsage{x509.ExtKeyUsageServerAuth, x509.ExtKeyUsageClientAuth},
 		BasicConstraintsValid: true,
