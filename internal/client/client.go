@@ -22,6 +22,8 @@ import (
 	"sync/atomic"
 	"time"
 
+	"github.com/pires/go-proxyproto"
+
 	"github.com/tunnel-dev/tunnel/internal/config"
 	"github.com/tunnel-dev/tunnel/internal/mux"
 	"github.com/tunnel-dev/tunnel/internal/protocol"
@@ -738,6 +740,16 @@ func (ss *session) handleStream(st *mux.Stream) {
 		}
 		return
 	}
+	if v := t.ProxyProtocol; v != "" {
+		if err := writeProxyHeader(local, v, &h); err != nil {
+			_ = sockopt.Abort(local)
+			ss.refuseStream(side, log, fmt.Sprintf("tunnel %q: PROXY header to %s: %v", h.Tunnel, t.Local, err))
+			if rc != nil {
+				line.closed(h.Conn, rc)
+			}
+			return
+		}
+	}
 	if _, err := side.Write([]byte{protocol.DialOK}); err != nil {
 		_ = sockopt.Abort(local)
 		side.Abort()
@@ -796,6 +808,29 @@ func (ss *session) refuseStream(s joinable, log *slog.Logger, msg string) {
 	// A full close would reset it here if public data arrived meanwhile,
 	// and that reset could overtake the reason.
 	_ = s.CloseWrite()
+}
+
+// writeProxyHeader tells the local service who the public client is: a
+// PROXY header, version v ("v1", "v2"), from the stream header's
+// addresses, before any of the client's bytes.
+func writeProxyHeader(local net.Conn, v string, h *protocol.StreamHeader) error {
+	version := byte(1)
+	if v == "v2" {
+		version = 2
+	}
+	src, err := net.ResolveTCPAddr("tcp", h.RemoteAddr)
+	if err != nil {
+		return fmt.Errorf("public client address %q: %w", h.RemoteAddr, err)
+	}
+	dst, err := net.ResolveTCPAddr("tcp", h.PublicAddr)
+	if err != nil {
+		// A server that does not send it: the address we reached.
+		dst = local.RemoteAddr().(*net.TCPAddr)
+	}
+	_ = local.SetWriteDeadline(time.Now().Add(5 * time.Second))
+	defer local.SetWriteDeadline(time.Time{})
+	_, err = proxyproto.HeaderProxyFromAddrs(version, src, dst).WriteTo(local)
+	return err
 }
 
 // unwrapOp drops net.OpError's repetition of the address.

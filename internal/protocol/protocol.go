@@ -262,6 +262,9 @@ const (
 type StreamHeader struct {
 	Tunnel     string `json:"tunnel"`
 	RemoteAddr string `json:"remote_addr"`
+	// PublicAddr is the address the public client connected to (the
+	// destination of a PROXY header the client sends its service).
+	PublicAddr string `json:"public_addr,omitempty"`
 	// Conn is the server's id for the public connection, so both logs name it alike.
 	Conn uint64 `json:"conn"`
 	// Resumable says both ends carry this connection as a resumable one

@@ -312,6 +312,15 @@ func refusePage(c net.Conn, status int, title, text string, extra ...string) {
 // session of the tunnel that serves it.
 func (s *Server) serveHTTPConn(c net.Conn, scheme string, rt *router, peer string) {
 	cfg := s.config().Web
+	if peer == "" {
+		pc, err := s.proxied(c, cfg.HeaderTimeout.D())
+		if err != nil {
+			s.log.Warn("shared http port: connection dropped", "err", err)
+			_ = abortConn(c)
+			return
+		}
+		c, peer = pc, pc.RemoteAddr().String()
+	}
 	lim := &headerLimit{r: c, n: int64(cfg.MaxHeaderBytes)}
 	br := bufio.NewReaderSize(lim, 4096)
 	_ = c.SetReadDeadline(time.Now().Add(cfg.HeaderTimeout.D()))

@@ -950,9 +950,19 @@ func (ss *session) handlePublic(pl *publicListener, pc net.Conn, log *slog.Logge
 			ss.releaseConn(pl)
 		}
 	}()
+	if tc, ok := pc.(*net.TCPConn); ok && pl.web == nil {
+		// A tcp tunnel's own listener: a trusted proxy's header first.
+		c, err := ss.srv.proxied(tc, ss.srv.opts.HandshakeTimeout)
+		if err != nil {
+			_ = abortConn(pc)
+			log.Warn("public connection dropped", "err", err)
+			return
+		}
+		pc = c
+	}
 	id := ss.srv.connSeq.Add(1)
 	log = log.With("conn", id, "peer", pc.RemoteAddr().String())
-	h := protocol.StreamHeader{Tunnel: tunnel, RemoteAddr: pc.RemoteAddr().String(), Conn: id, Resumable: ss.res != nil}
+	h := protocol.StreamHeader{Tunnel: tunnel, RemoteAddr: pc.RemoteAddr().String(), PublicAddr: pc.LocalAddr().String(), Conn: id, Resumable: ss.res != nil}
 	var side dataConn
 	var hc *heldConn
 	car := ss.carrier()
