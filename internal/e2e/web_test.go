@@ -18,6 +18,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/coder/websocket"
 	"golang.org/x/crypto/bcrypt"
 
 	"github.com/tunnel-dev/tunnel/internal/config"
@@ -393,4 +394,58 @@ func TestWebBadInput(t *testing.T) {
 		t.Errorf("the smuggled request reached alpha: %q", got)
 	}
 	t.Logf("smuggling attempt answered:\n%s", got)
+}
+
+// A WebSocket echo through an http tunnel: the Upgrade passes untouched
+// and the connection carries frames both ways after it.
+func TestHTTPWebSocket(t *testing.T) {
+	tt.CheckLeaks(t)
+	ws := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		c, err := websocket.Accept(w, r, nil)
+		if err != nil {
+			return
+		}
+		defer c.CloseNow()
+		c.SetReadLimit(4 << 20)
+		for {
+			typ, msg, err := c.Read(r.Context())
+			if err != nil {
+				return
+			}
+			if err := c.Write(r.Context(), typ, append([]byte("echo: "), msg...)); err != nil {
+				return
+			}
+		}
+	}))
+	t.Cleanup(ws.Close)
+	srv := webServer(t, nil)
+	_, port, _ := net.SplitHostPort(srv.HTTPAddr().String())
+	cl := tt.StartClient(t, tt.ClientConfig(t, srv.Addr().String(), map[string]*config.Tunnel{
+		"ws": {Type: "http", Local: strings.TrimPrefix(ws.URL, "http://"), Subdomain: "ws"},
+	}, nil))
+	cl.WaitUp(t, 5*time.Second)
+	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+	defer cancel()
+	hc := &http.Client{Transport: &http.Transport{DialContext: func(ctx context.Context, _, _ string) (net.Conn, error) {
+		return (&net.Dialer{}).DialContext(ctx, "tcp", "127.0.0.1:"+port)
+	}}}
+	defer hc.CloseIdleConnections()
+	c, _, err := websocket.Dial(ctx, "ws://ws.tunnel.test:"+port+"/", &websocket.DialOptions{HTTPClient: hc})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer c.CloseNow()
+	c.SetReadLimit(4 << 20)
+	big := make([]byte, 1<<20)
+	rand.Read(big)
+	for i, msg := range [][]byte{[]byte("hello"), big, []byte("bye")} {
+		if err := c.Write(ctx, websocket.MessageBinary, msg); err != nil {
+			t.Fatal(err)
+		}
+		_, got, err := c.Read(ctx)
+		if err != nil || string(got) != "echo: "+string(msg) {
+			t.Fatalf("message %d: %d bytes, %v", i, len(got), err)
+		}
+	}
+	c.Close(websocket.StatusNormalClosure, "")
 }

@@ -54,6 +54,10 @@ func keepRunning(old, cfg *config.Server) []string {
 	keep("admin", old.Admin != cfg.Admin, func() { cfg.Admin = old.Admin })
 	keep("keepalive.session", old.KeepAlive.Session != cfg.KeepAlive.Session, func() { cfg.KeepAlive.Session = old.KeepAlive.Session })
 	keep("log.format", old.Log.Format != cfg.Log.Format, func() { cfg.Log.Format = old.Log.Format })
+	keep("web (http_addr, https_addr, cert_file, key_file)", old.Web.HTTPAddr != cfg.Web.HTTPAddr || old.Web.HTTPSAddr != cfg.Web.HTTPSAddr ||
+		old.Web.CertFile != cfg.Web.CertFile || old.Web.KeyFile != cfg.Web.KeyFile, func() {
+		cfg.Web.HTTPAddr, cfg.Web.HTTPSAddr, cfg.Web.CertFile, cfg.Web.KeyFile = old.Web.HTTPAddr, old.Web.HTTPSAddr, old.Web.CertFile, old.Web.KeyFile
+	})
 	keep("tls", old.TLS.Enabled() != cfg.TLS.Enabled() || (old.TLS.ClientCAFile == "") != (cfg.TLS.ClientCAFile == ""),
 		func() { cfg.TLS = old.TLS })
 	return kept
