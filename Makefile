@@ -10,7 +10,7 @@ STATICCHECK := honnef.co/go/tools/cmd/staticcheck@v0.8.2
 # Fault tests sleep through keepalive timeouts; run many at once.
 TESTFLAGS   ?= -race -count=1 -parallel 16 -timeout 20m
 
-.PHONY: all build install release test stress fuzz lint demo bench bench-go bench-wan bench-fleet bench-lfn clean
+.PHONY: all build install release test stress fuzz lint demo bench bench-go bench-web bench-wan bench-fleet bench-lfn clean
 
 all: build
 
@@ -104,7 +104,7 @@ fuzz:
 # run, with ratios to relay-copy. ROUNDS=3 for medians; BENCH_TESTS to pick;
 # SYSTEMS to add tunnel-tls (the same with a TLS session).
 SYSTEMS ?= direct relay relay-copy tunnel
-bench: build bench-go
+bench: build bench-go bench-web
 	./scripts/test-deps iperf3
 	SYSTEMS="$(SYSTEMS)" BASELINE=relay-copy ROUNDS=$${ROUNDS:-1} bench/compare.sh
 
@@ -118,6 +118,11 @@ bench-fleet: build
 
 bench-lfn: build
 	$(GO) test -run '^$$' -bench BenchmarkLongFatLink -benchtime 1x -timeout 20m ./internal/e2e
+
+# HTTP requests per second through an http tunnel against a tcp tunnel to
+# the same service, keep-alive, 32 connections, in one process.
+bench-web:
+	$(GO) test -run '^$$' -bench BenchmarkWebTunnel -benchtime 1x -timeout 10m ./internal/e2e
 
 bench-go:
 	$(GO) test -run '^$$' -bench . -benchmem -count 1 ./internal/proxy ./internal/mux ./internal/protocol ./internal/rawio

@@ -54,7 +54,7 @@ type zeroes struct{}
 
 func (zeroes) Read(p []byte) (int, error) { clear(p); return len(p), nil }
 
-func webServer(t *testing.T, edit func(*config.Server)) *tt.Server {
+func webServer(t testing.TB, edit func(*config.Server)) *tt.Server {
 	return tt.StartServer(t, tt.ServerConfig(t, func(c *config.Server) {
 		c.Web.HTTPAddr = "127.0.0.1:0"
 		c.Web.Domains = []string{"tunnel.test"}

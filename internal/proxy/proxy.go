@@ -129,6 +129,14 @@ type Deliverer interface {
 	NotifyReadableOrDeliver(f func(), deliver func([]byte) (int, error))
 }
 
+// WriteSocketer is a conn whose reads must go through its Read (it
+// parses or replays what it reads) but whose writes may go straight to
+// the socket under it: the copy writes there, and a parked stream
+// delivers there, as to a socket of its own.
+type WriteSocketer interface {
+	WriteSocket() net.Conn
+}
+
 // Keeper is a writer that can keep the copy buffer it is handed instead
 // of copying from it (a resumable connection keeps what it wrote until
 // the peer acknowledges it). WriteKeep owns b from the call on, and gives
@@ -207,7 +215,11 @@ type half struct {
 // resume).
 func (h *half) start() {
 	h.write = h.dst.Write
-	if s, ok := rawio.New(h.dst); ok {
+	sock := h.dst
+	if w, ok := h.dst.(WriteSocketer); ok {
+		sock = w.WriteSocket()
+	}
+	if s, ok := rawio.New(sock); ok {
 		h.sock, h.write = s, s.Write
 	}
 	if _, ok := h.src.(ReadNotifier); ok {

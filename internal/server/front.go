@@ -175,9 +175,7 @@ func (f *frontConn) nextRequest() {
 			return
 		}
 	}
-	bw := bufio.NewWriter(&f.out)
-	f.chunked = f.pl.web.writeHead(bw, r, f.peer, f.scheme)
-	_ = bw.Flush()
+	f.chunked = f.pl.web.writeHead(&f.out, r, f.peer, f.scheme)
 	if r.ContentLength != 0 && r.Body != nil && r.Body != http.NoBody {
 		f.body = r.Body
 	}
@@ -234,6 +232,23 @@ func (f *frontConn) CloseWrite() error {
 		return cw.CloseWrite()
 	}
 	return f.Conn.Close()
+}
+
+// WriteSocket lets package proxy write answers straight to the socket:
+// writes of the page a refused request earned come after the last of
+// them (CloseWrite), never between.
+func (f *frontConn) WriteSocket() net.Conn { return writeSocket(f.Conn) }
+
+// writeSocket is c's socket when writes may go to it: c itself, or what
+// a bufConn wraps; nil (none) under TLS.
+func writeSocket(c net.Conn) net.Conn {
+	switch c := c.(type) {
+	case *net.TCPConn:
+		return c
+	case *bufConn:
+		return writeSocket(c.Conn)
+	}
+	return nil
 }
 
 // Close ends the join's hold on the public connection: it is closed,

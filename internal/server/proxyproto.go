@@ -51,6 +51,7 @@ type bufConn struct {
 func (b *bufConn) Read(p []byte) (int, error) { return b.br.Read(p) }
 func (b *bufConn) RemoteAddr() net.Addr       { return b.peer }
 func (b *bufConn) Abort() error               { return abortConn(b.Conn) }
+func (b *bufConn) WriteSocket() net.Conn      { return writeSocket(b.Conn) }
 func (b *bufConn) CloseWrite() error {
 	if cw, ok := b.Conn.(interface{ CloseWrite() error }); ok {
 		return cw.CloseWrite()

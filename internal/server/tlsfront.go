@@ -67,6 +67,9 @@ func (r *replayConn) CloseWrite() error {
 
 func (r *replayConn) Abort() error { return abortConn(r.Conn) }
 
+// WriteSocket: see frontConn's.
+func (r *replayConn) WriteSocket() net.Conn { return writeSocket(r.Conn) }
+
 // alertUnrecognizedName is a fatal TLS alert record, unrecognized_name
 // (RFC 6066): what a client is told when no tunnel has its server name.
 var alertUnrecognizedName = []byte{21, 3, 3, 0, 2, 2, 112}

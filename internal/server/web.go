@@ -13,7 +13,7 @@ package server
 // certificate and serves the requests like the http front.
 
 import (
-	"bufio"
+	"bytes"
 
 	"crypto/sha256"
 	"errors"
@@ -279,35 +279,71 @@ func hostOf(r *http.Request) string {
 // tunnel says so, and the body's framing decided here, Content-Length or
 // chunked (the parser already refused or resolved a request that had
 // both). It reports whether the body goes chunked.
-func (w *webTunnel) writeHead(dst *bufio.Writer, r *http.Request, peer, scheme string) (chunked bool) {
+func (w *webTunnel) writeHead(dst *bytes.Buffer, r *http.Request, peer, scheme string) (chunked bool) {
 	host := r.Host
 	if w.opts.HostHeader != "" {
 		host = w.opts.HostHeader
 	}
-	h := r.Header
+	dst.WriteString(r.Method)
+	dst.WriteByte(' ')
+	dst.WriteString(r.RequestURI)
+	dst.WriteByte(' ')
+	dst.WriteString(r.Proto) // as the parser read it: HTTP/1.0 or 1.1
+	dst.WriteString("\r\nHost: ")
+	dst.WriteString(host)
+	dst.WriteString("\r\n")
+	// The parser has checked names and values (no CR or LF); written as
+	// they came, in the map's order, less what is replaced below.
+	for k, vs := range r.Header {
+		switch k {
+		case "Content-Length", "Transfer-Encoding":
+			continue
+		case "X-Forwarded-For", "X-Forwarded-Proto", "X-Forwarded-Host", "Forwarded":
+			if w.opts.Forwarded {
+				continue
+			}
+		}
+		for _, v := range vs {
+			dst.WriteString(k)
+			dst.WriteString(": ")
+			dst.WriteString(v)
+			dst.WriteString("\r\n")
+		}
+	}
 	if w.opts.Forwarded {
 		ip, _, _ := net.SplitHostPort(peer)
-		prior := h.Values("X-Forwarded-For")
-		h.Set("X-Forwarded-For", strings.Join(append(prior, ip), ", "))
-		h.Set("X-Forwarded-Proto", scheme)
-		h.Set("X-Forwarded-Host", r.Host)
-		fwd := fmt.Sprintf("for=%s;host=%s;proto=%s", forwardedNode(ip), strconv.Quote(r.Host), scheme)
-		if p := h.Get("Forwarded"); p != "" {
-			fwd = p + ", " + fwd
+		dst.WriteString("X-Forwarded-For: ")
+		for _, v := range r.Header.Values("X-Forwarded-For") {
+			dst.WriteString(v)
+			dst.WriteString(", ")
 		}
-		h.Set("Forwarded", fwd)
+		dst.WriteString(ip)
+		dst.WriteString("\r\nX-Forwarded-Proto: ")
+		dst.WriteString(scheme)
+		dst.WriteString("\r\nX-Forwarded-Host: ")
+		dst.WriteString(r.Host)
+		dst.WriteString("\r\nForwarded: ")
+		for _, v := range r.Header.Values("Forwarded") {
+			dst.WriteString(v)
+			dst.WriteString(", ")
+		}
+		dst.WriteString("for=")
+		dst.WriteString(forwardedNode(ip))
+		dst.WriteString(";host=")
+		dst.WriteString(strconv.Quote(r.Host))
+		dst.WriteString(";proto=")
+		dst.WriteString(scheme)
+		dst.WriteString("\r\n")
 	}
-	h.Del("Content-Length")
-	h.Del("Transfer-Encoding")
 	switch {
 	case r.ContentLength > 0:
-		h.Set("Content-Length", strconv.FormatInt(r.ContentLength, 10))
+		dst.WriteString("Content-Length: ")
+		dst.WriteString(strconv.FormatInt(r.ContentLength, 10))
+		dst.WriteString("\r\n")
 	case r.ContentLength < 0:
 		chunked = true
-		h.Set("Transfer-Encoding", "chunked")
+		dst.WriteString("Transfer-Encoding: chunked\r\n")
 	}
-	fmt.Fprintf(dst, "%s %s HTTP/%d.%d\r\nHost: %s\r\n", r.Method, r.RequestURI, r.ProtoMajor, r.ProtoMinor, host)
-	_ = h.Write(dst)
 	dst.WriteString("\r\n")
 	return chunked
 }
