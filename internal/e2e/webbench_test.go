@@ -40,7 +40,9 @@ func BenchmarkWebTunnel(b *testing.B) {
 	const conns, round, rounds = 32, 3 * time.Second, 5
 	run := func(addr string) float64 {
 		tr := &http.Transport{MaxIdleConnsPerHost: conns, MaxConnsPerHost: conns,
-			DialContext: func(ctx context.Context, _, _ string) (net.Conn, error) { return (&net.Dialer{}).DialContext(ctx, "tcp", addr) }}
+			DialContext: func(ctx context.Context, _, _ string) (net.Conn, error) {
+				return (&net.Dialer{}).DialContext(ctx, "tcp", addr)
+			}}
 		defer tr.CloseIdleConnections()
 		client := &http.Client{Transport: tr}
 		var n atomic.Int64
