@@ -144,11 +144,23 @@ func newCheck() *cobra.Command {
 			fmt.Fprintf(w, "tls             %s\n", cfg.TLS.Describe())
 			for _, name := range cfg.TunnelNames() {
 				t := cfg.Tunnels[name]
+				pp := ""
+				if t.ProxyProtocol != "" {
+					pp = ", PROXY " + t.ProxyProtocol
+				}
+				if t.Type != config.TypeTCP {
+					names := append([]string(nil), t.Hostnames...)
+					if t.Subdomain != "" {
+						names = append([]string{t.Subdomain + ".<server's domains>"}, names...)
+					}
+					fmt.Fprintf(w, "tunnel %-8s %s: %v%v -> %s%s\n", name, t.Type, names, t.Locations, t.Local, pp)
+					continue
+				}
 				rp := fmt.Sprint(t.RemotePort)
 				if t.RemotePort == 0 {
 					rp = "any (server picks)"
 				}
-				fmt.Fprintf(w, "tunnel %-8s %s: public port %s -> %s\n", name, t.Type, rp, t.Local)
+				fmt.Fprintf(w, "tunnel %-8s %s: public port %s -> %s%s\n", name, t.Type, rp, t.Local, pp)
 			}
 			ks := cfg.KeepAlive.Session
 			fmt.Fprintf(w, "session         keepalive %s/%s/%d (dead idle path found within %s), user_timeout %s, heartbeat every %s (timeout %s)\n",

@@ -197,6 +197,13 @@ func newCheck() *cobra.Command {
 			ks := cfg.KeepAlive.Session
 			fmt.Fprintf(w, "session         keepalive %s/%s/%d (dead idle path found within %s), user_timeout %s, heartbeat every %s (timeout %s)\n",
 				ks.Idle.D(), ks.Interval.D(), ks.Count, ks.Sock().Bound(), ks.UserTimeout.D(), ks.HeartbeatInterval.D(), ks.HeartbeatTimeout.D())
+			if cfg.Web.Enabled() {
+				fmt.Fprintf(w, "web             http %s, https %s, domains %v, terminates TLS: %v\n", orOff(cfg.Web.HTTPAddr), orOff(cfg.Web.HTTPSAddr),
+					cfg.Web.Domains, cfg.Web.CertFile != "")
+			}
+			if len(cfg.Proxies) > 0 {
+				fmt.Fprintf(w, "trusted proxies %v (their PROXY headers name the client)\n", cfg.Proxies)
+			}
 			kp := cfg.KeepAlive.Public
 			fmt.Fprintf(w, "public leg      keepalive %s/%s/%d (dead idle peer found within %s)\n", kp.Idle.D(), kp.Interval.D(), kp.Count, kp.Sock().Bound())
 			return nil
@@ -204,6 +211,13 @@ func newCheck() *cobra.Command {
 	}
 	cmd.Flags().StringVarP(&f.config, "config", "c", "", "config file (default: embedded defaults)")
 	return cmd
+}
+
+func orOff(s string) string {
+	if s == "" {
+		return "off"
+	}
+	return s
 }
 
 func randomToken() string {

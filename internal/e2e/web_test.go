@@ -449,3 +449,56 @@ func TestHTTPWebSocket(t *testing.T) {
 	}
 	c.Close(websocket.StatusNormalClosure, "")
 }
+
+var carolToken = tt.Secret("carol-token-6e0b4d2f9a13c857")
+
+// A name another client holds leaves the tunnel pending, told who holds
+// it, until that client lets go; [[clients]] allow_hostnames decides
+// which names a client may take at all.
+func TestHTTPNamesPerClient(t *testing.T) {
+	tt.CheckLeaks(t)
+	a, b := webService(t, "alpha"), webService(t, "beta")
+	srv := webServer(t, func(c *config.Server) {
+		c.Token = ""
+		c.Clients = []config.ClientEntry{
+			{Name: "alice", Token: aliceToken},
+			{Name: "bob", Token: bobToken, AllowHostnames: []string{"*.bob.example.org", "shared.tunnel.test"}},
+			{Name: "carol", Token: carolToken},
+		}
+	})
+	_, port, _ := net.SplitHostPort(srv.HTTPAddr().String())
+	alice := tt.StartClient(t, tt.ClientConfig(t, srv.Addr().String(), map[string]*config.Tunnel{
+		"w": {Type: "http", Local: strings.TrimPrefix(a.URL, "http://"), Subdomain: "shared"},
+	}, func(c *config.Client) { c.Name, c.Token = "alice", aliceToken }))
+	alice.WaitUp(t, 5*time.Second)
+	bob := tt.StartClient(t, tt.ClientConfig(t, srv.Addr().String(), map[string]*config.Tunnel{
+		"w": {Type: "http", Local: strings.TrimPrefix(b.URL, "http://"), Hostnames: []string{"shared.tunnel.test"}},
+		"x": {Type: "http", Local: strings.TrimPrefix(b.URL, "http://"), Hostnames: []string{"www.bob.example.org"}},
+	}, func(c *config.Client) { c.Name, c.Token = "bob", bobToken }))
+	tt.Eventually(t, 5*time.Second, "bob's session", func() bool { return bob.Status().Connected })
+	if why := bob.Status().Pending["w"]; !strings.Contains(why, `held by client "alice"`) {
+		t.Errorf("bob's tunnel for alice's name: pending %q", why)
+	}
+	client := &http.Client{}
+	defer client.CloseIdleConnections()
+	if code, body := get(t, client, port, "shared.tunnel.test", "/"); code != 200 || !strings.HasPrefix(body, "alpha") {
+		t.Errorf("the held name: %d %q", code, body)
+	}
+	if code, body := get(t, client, port, "www.bob.example.org", "/"); code != 200 || !strings.HasPrefix(body, "beta") {
+		t.Errorf("bob's own name: %d %q", code, body)
+	}
+	alice.Stop(t)
+	tt.Eventually(t, 10*time.Second, "the name passed to bob", func() bool { return bob.Status().Public["w"] != "" })
+	client.CloseIdleConnections()
+	if code, body := get(t, client, port, "shared.tunnel.test", "/"); code != 200 || !strings.HasPrefix(body, "beta") {
+		t.Errorf("the name after alice left: %d %q", code, body)
+	}
+	// A name outside what carol may take (under the server's domains,
+	// as she has no allow_hostnames) is refused for good.
+	carol := tt.StartClient(t, tt.ClientConfig(t, srv.Addr().String(), map[string]*config.Tunnel{
+		"w": {Type: "http", Local: strings.TrimPrefix(b.URL, "http://"), Hostnames: []string{"www.alice.example.org"}},
+	}, func(c *config.Client) { c.Name, c.Token = "carol", carolToken }))
+	if err := carol.Wait(t, 10*time.Second); err == nil || !strings.Contains(err.Error(), "host name www.alice.example.org is not one this client may take") {
+		t.Errorf("a name outside allow_hostnames: %v", err)
+	}
+}
