@@ -502,3 +502,62 @@ func TestHTTPNamesPerClient(t *testing.T) {
 		t.Errorf("a name outside allow_hostnames: %v", err)
 	}
 }
+
+// A session lost under a kept-alive HTTP connection resumes, and the
+// connection carries on: the next request on it is answered, and a
+// visitor who connects while the client is away is held and answered
+// after the resume.
+func TestHTTPTunnelResumes(t *testing.T) {
+	tt.CheckLeaks(t)
+	svc := webService(t, "alpha")
+	r := newResumeRig(t, 10*time.Second, map[string]*config.Tunnel{
+		"w": {Type: "http", Local: strings.TrimPrefix(svc.URL, "http://"), Subdomain: "alpha"},
+	}, func(c *config.Server) {
+		c.Web.HTTPAddr = "127.0.0.1:0"
+		c.Web.Domains = []string{"tunnel.test"}
+	})
+	addr := r.srv.HTTPAddr().String()
+	c := tt.Dial(t, addr)
+	br := bufio.NewReader(c)
+	ask := func(path string) string {
+		t.Helper()
+		_ = c.SetDeadline(time.Now().Add(20 * time.Second))
+		fmt.Fprintf(c, "GET %s HTTP/1.1\r\nHost: alpha.tunnel.test\r\n\r\n", path)
+		resp, err := http.ReadResponse(br, nil)
+		if err != nil {
+			t.Fatalf("%s: %v", path, err)
+		}
+		b, _ := io.ReadAll(resp.Body)
+		resp.Body.Close()
+		return string(b)
+	}
+	if got := ask("/before"); !strings.Contains(got, "path=/before") {
+		t.Fatalf("before: %q", got)
+	}
+	r.relay.Freeze()
+	r.relay.Reset()
+	// A visitor arriving while the client is away is held.
+	late := make(chan string, 1)
+	go func() {
+		lc, err := net.Dial("tcp", addr)
+		if err != nil {
+			late <- err.Error()
+			return
+		}
+		defer lc.Close()
+		_ = lc.SetDeadline(time.Now().Add(20 * time.Second))
+		fmt.Fprint(lc, "GET /late HTTP/1.1\r\nHost: alpha.tunnel.test\r\nConnection: close\r\n\r\n")
+		b, _ := io.ReadAll(lc)
+		late <- string(b)
+	}()
+	time.Sleep(500 * time.Millisecond)
+	before := r.cl.Status().Resumes
+	r.relay.Thaw()
+	tt.Eventually(t, 15*time.Second, "the resume", func() bool { return r.cl.Status().Resumes > before })
+	if got := ask("/after"); !strings.Contains(got, "path=/after") {
+		t.Errorf("after the resume, on the same connection: %q", got)
+	}
+	if got := <-late; !strings.Contains(got, "path=/late") {
+		t.Errorf("the visitor who came while the client was away: %q", got)
+	}
+}
