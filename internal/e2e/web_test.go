@@ -14,6 +14,7 @@ import (
 	"net/http"
 	"net/http/httptest"
 	"os"
+	"runtime"
 	"strings"
 	"testing"
 	"time"
@@ -560,4 +561,68 @@ func TestHTTPTunnelResumes(t *testing.T) {
 	if got := <-late; !strings.Contains(got, "path=/late") {
 		t.Errorf("the visitor who came while the client was away: %q", got)
 	}
+}
+
+// Connections to a shared port that say nothing hold at most
+// handshake_limit_per_address slots for header_timeout; the rest are
+// closed at accept. Once they are gone the port serves again, and the
+// server's goroutines and heap are back to where they were.
+func TestWebSilentFlood(t *testing.T) {
+	tt.CheckLeaks(t)
+	svc := webService(t, "alpha")
+	srv := webServer(t, func(c *config.Server) {
+		c.HandshakeLimitPerAddress = 8
+		c.Web.HeaderTimeout = config.Duration(time.Second)
+	})
+	cl := tt.StartClient(t, tt.ClientConfig(t, srv.Addr().String(), map[string]*config.Tunnel{
+		"w": {Type: "http", Local: strings.TrimPrefix(svc.URL, "http://"), Subdomain: "alpha"},
+	}, nil))
+	cl.WaitUp(t, 5*time.Second)
+	_, port, _ := net.SplitHostPort(srv.HTTPAddr().String())
+	settle := func() (int, uint64) {
+		runtime.GC()
+		var ms runtime.MemStats
+		runtime.ReadMemStats(&ms)
+		return runtime.NumGoroutine(), ms.HeapAlloc
+	}
+	g0, h0 := settle()
+	var conns []net.Conn
+	closedAtOnce := 0
+	for range 200 {
+		c, err := net.Dial("tcp", srv.HTTPAddr().String())
+		if err != nil {
+			closedAtOnce++ // reset before connect returned
+			continue
+		}
+		conns = append(conns, c)
+	}
+	for _, c := range conns {
+		_ = c.SetReadDeadline(time.Now().Add(300 * time.Millisecond))
+		if _, err := c.Read(make([]byte, 1)); !errors.Is(err, os.ErrDeadlineExceeded) {
+			closedAtOnce++
+		}
+	}
+	if closedAtOnce < 200-8 {
+		t.Errorf("%d of 200 silent connections closed at once; want all but 8", closedAtOnce)
+	}
+	for _, c := range conns {
+		c.Close()
+	}
+	client := &http.Client{}
+	defer client.CloseIdleConnections()
+	tt.Eventually(t, 5*time.Second, "the port serving again", func() bool {
+		req, _ := http.NewRequest("GET", "http://127.0.0.1:"+port+"/", nil)
+		req.Host = "alpha.tunnel.test"
+		resp, err := client.Do(req)
+		if err != nil {
+			return false
+		}
+		resp.Body.Close()
+		return resp.StatusCode == 200
+	})
+	client.CloseIdleConnections()
+	tt.Eventually(t, 5*time.Second, "goroutines and heap back to their baseline", func() bool {
+		g, h := settle()
+		return g <= g0+2 && h < h0+4<<20
+	})
 }

@@ -45,9 +45,15 @@ func (s *Server) serveFront(ctx context.Context, ln net.Listener, what string, h
 			return
 		}
 		delay = 0
+		done, why := s.frontGate.admit(addrOf(c.RemoteAddr()))
+		if why != "" {
+			_ = abortConn(c) // counted in the gate's summary
+			continue
+		}
 		s.wg.Add(1)
 		go func() {
 			defer s.wg.Done()
+			defer done(false) // routed, or refused: the front is done with it
 			handle(c)
 		}()
 	}

@@ -48,6 +48,11 @@ type Server struct {
 	connSeq atomic.Uint64
 	leases  *leases
 	gate    *gate // bounds what unauthenticated peers cost
+	// frontGate bounds the connections of the shared web ports still
+	// being read to be routed, in all and per address, by the same
+	// limits: a peer that opens connections and says nothing holds at
+	// most handshake_limit_per_address of them, for header_timeout.
+	frontGate *gate
 
 	fingerprint string                        // of the certificate presented at start; "" without TLS
 	clientCAs   atomic.Pointer[x509.CertPool] // client certificates must chain to these; nil: none asked for
@@ -96,7 +101,8 @@ func New(cfg *config.Server, log *slog.Logger) (*Server, error) {
 	}
 	s := &Server{log: log, opts: opts, fingerprint: fingerprint, sessions: map[string]*session{}, ports: map[int]*session{}, leases: ls,
 		started: time.Now(), stats: map[string]*tunnelStats{},
-		gate: newGate(cfg.HandshakeLimit, cfg.HandshakeLimitPerAddress, cfg.FailedHandshakesPerMinute, log)}
+		gate:      newGate(cfg.HandshakeLimit, cfg.HandshakeLimitPerAddress, cfg.FailedHandshakesPerMinute, log),
+		frontGate: newGate(cfg.HandshakeLimit, cfg.HandshakeLimitPerAddress, 1<<30, log.With("gate", "shared web ports"))}
 	s.cfg.Store(cfg)
 	s.clientCAs.Store(clientCAs)
 	if certs != nil {
@@ -234,6 +240,7 @@ func (s *Server) Serve(ctx context.Context) error {
 			select {
 			case now := <-t.C:
 				s.gate.sweep()
+				s.frontGate.sweep()
 				s.sweepStats(now)
 				for _, rt := range []*router{s.httpRoutes, s.tlsRoutes} {
 					if rt != nil {
@@ -242,6 +249,7 @@ func (s *Server) Serve(ctx context.Context) error {
 				}
 			case <-sweepDone:
 				s.gate.sweep()
+				s.frontGate.sweep()
 				return
 			}
 		}
