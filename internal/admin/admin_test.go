@@ -11,7 +11,6 @@ import (
 	"net/http"
 	"os"
 	"path/filepath"
-	"runtime"
 	"strconv"
 	"strings"
 	"testing"
@@ -169,13 +168,7 @@ func TestHostilePeers(t *testing.T) {
 	defer admin.SetHeaderTimeout(old)
 	path := filepath.Join(t.TempDir(), "admin.sock")
 	serve(t, config.Admin{Socket: path})
-	settle := func() (int, uint64) {
-		runtime.GC()
-		var ms runtime.MemStats
-		runtime.ReadMemStats(&ms)
-		return runtime.NumGoroutine(), ms.HeapAlloc
-	}
-	g0, h0 := settle()
+	g0, h0 := tt.Settled()
 
 	// Silent peers are closed after the header timeout.
 	var silent []net.Conn
@@ -213,7 +206,7 @@ func TestHostilePeers(t *testing.T) {
 	}
 	api.Close()
 	tt.Eventually(t, 5*time.Second, "goroutines and heap back to their baseline", func() bool {
-		g, h := settle()
+		g, h := tt.Settled()
 		return g <= g0 && h < h0+1<<20
 	})
 	if err := api.Get(context.Background(), "/v1/status", nil); err != nil {

@@ -14,7 +14,6 @@ import (
 	"net/http"
 	"net/http/httptest"
 	"os"
-	"runtime"
 	"strings"
 	"testing"
 	"time"
@@ -579,13 +578,7 @@ func TestWebSilentFlood(t *testing.T) {
 	}, nil))
 	cl.WaitUp(t, 5*time.Second)
 	_, port, _ := net.SplitHostPort(srv.HTTPAddr().String())
-	settle := func() (int, uint64) {
-		runtime.GC()
-		var ms runtime.MemStats
-		runtime.ReadMemStats(&ms)
-		return runtime.NumGoroutine(), ms.HeapAlloc
-	}
-	g0, h0 := settle()
+	g0, h0 := tt.Settled()
 	var conns []net.Conn
 	closedAtOnce := 0
 	for range 200 {
@@ -622,7 +615,7 @@ func TestWebSilentFlood(t *testing.T) {
 	})
 	client.CloseIdleConnections()
 	tt.Eventually(t, 5*time.Second, "goroutines and heap back to their baseline", func() bool {
-		g, h := settle()
+		g, h := tt.Settled()
 		return g <= g0+2 && h < h0+4<<20
 	})
 }

@@ -22,8 +22,9 @@ import (
 )
 
 // serveFront accepts on a shared port until it is closed; handle runs
-// for each connection on a goroutine of the server's.
-func (s *Server) serveFront(ctx context.Context, ln net.Listener, what string, handle func(net.Conn)) {
+// for each connection on a goroutine of the server's, with the public
+// client's address (a trusted proxy's PROXY header read first).
+func (s *Server) serveFront(ctx context.Context, ln net.Listener, what string, handle func(c net.Conn, peer string)) {
 	var delay time.Duration
 	for {
 		c, err := ln.Accept()
@@ -54,7 +55,13 @@ func (s *Server) serveFront(ctx context.Context, ln net.Listener, what string, h
 		go func() {
 			defer s.wg.Done()
 			defer done(false) // routed, or refused: the front is done with it
-			handle(c)
+			pc, err := s.proxied(c, s.config().Web.HeaderTimeout.D())
+			if err != nil {
+				s.log.Warn("shared port: connection dropped", "port", what, "err", err)
+				_ = abortConn(c)
+				return
+			}
+			handle(pc, pc.RemoteAddr().String())
 		}()
 	}
 }
@@ -333,15 +340,6 @@ func refusePage(c net.Conn, status int, title, text string, extra ...string) {
 // session of the tunnel that serves it.
 func (s *Server) serveHTTPConn(c net.Conn, scheme string, rt *router, peer string) {
 	cfg := s.config().Web
-	if peer == "" {
-		pc, err := s.proxied(c, cfg.HeaderTimeout.D())
-		if err != nil {
-			s.log.Warn("shared http port: connection dropped", "err", err)
-			_ = abortConn(c)
-			return
-		}
-		c, peer = pc, pc.RemoteAddr().String()
-	}
 	lim := &headerLimit{r: c, n: int64(cfg.MaxHeaderBytes)}
 	br := bufio.NewReaderSize(lim, 4096)
 	_ = c.SetReadDeadline(time.Now().Add(cfg.HeaderTimeout.D()))
@@ -358,9 +356,6 @@ func (s *Server) serveHTTPConn(c net.Conn, scheme string, rt *router, peer strin
 	case err != nil:
 		refusePage(c, http.StatusBadRequest, "Bad Request", "The request could not be read.")
 		return
-	}
-	if peer == "" {
-		peer = c.RemoteAddr().String()
 	}
 	s.route(c, br, lim, r, scheme, rt, peer)
 }

@@ -257,10 +257,10 @@ func (s *Server) Serve(ctx context.Context) error {
 	for _, f := range []struct {
 		ln     net.Listener
 		what   string
-		handle func(net.Conn)
+		handle func(net.Conn, string)
 	}{
-		{s.httpLn, "http", func(c net.Conn) { s.serveHTTPConn(c, "http", s.httpRoutes, "") }},
-		{s.httpsLn, "https", func(c net.Conn) { s.serveTLSConn(c, "") }},
+		{s.httpLn, "http", func(c net.Conn, peer string) { s.serveHTTPConn(c, "http", s.httpRoutes, peer) }},
+		{s.httpsLn, "https", s.serveTLSConn},
 	} {
 		if f.ln == nil {
 			continue

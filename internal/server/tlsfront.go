@@ -79,15 +79,6 @@ var alertUnrecognizedName = []byte{21, 3, 3, 0, 2, 2, 112}
 // ClientHello first, or terminated here and served as HTTP.
 func (s *Server) serveTLSConn(c net.Conn, peer string) {
 	cfg := s.config().Web
-	if peer == "" {
-		pc, err := s.proxied(c, cfg.HeaderTimeout.D())
-		if err != nil {
-			s.log.Warn("shared https port: connection dropped", "err", err)
-			_ = abortConn(c)
-			return
-		}
-		c, peer = pc, pc.RemoteAddr().String()
-	}
 	rec := &helloRecorder{Conn: c, max: int(cfg.MaxHeaderBytes)}
 	var name string
 	_ = c.SetReadDeadline(time.Now().Add(cfg.HeaderTimeout.D()))
@@ -115,9 +106,6 @@ func (s *Server) serveTLSConn(c net.Conn, peer string) {
 		_, _ = c.Write(alertUnrecognizedName)
 		c.Close()
 		return
-	}
-	if peer == "" {
-		peer = c.RemoteAddr().String()
 	}
 	replay := &replayConn{Conn: c, ahead: rec.buf.Bytes(), peer: peer}
 	if !rt.pl.web.opts.Terminate {

@@ -290,3 +290,12 @@ func Dial(t testing.TB, addr string) *net.TCPConn {
 	t.Cleanup(func() { c.Close() })
 	return c.(*net.TCPConn)
 }
+
+// Settled is the process's goroutine count and live heap after a
+// collection: what a test compares against a baseline taken the same way.
+func Settled() (goroutines int, heap uint64) {
+	runtime.GC()
+	var ms runtime.MemStats
+	runtime.ReadMemStats(&ms)
+	return runtime.NumGoroutine(), ms.HeapAlloc
+}
