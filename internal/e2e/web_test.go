@@ -366,6 +366,30 @@ func TestWebBadInput(t *testing.T) {
 	if d := time.Since(start); d > 3*time.Second {
 		t.Errorf("slow headers held the connection %s (header_timeout 1s)", d)
 	}
+	// The same for a second request on a kept-alive connection.
+	kept := tt.Dial(t, httpAddr)
+	fmt.Fprint(kept, "GET /one HTTP/1.1\r\nHost: alpha.tunnel.test\r\n\r\n")
+	kbr := bufio.NewReader(kept)
+	_ = kept.SetReadDeadline(time.Now().Add(5 * time.Second))
+	if r, err := http.ReadResponse(kbr, nil); err != nil {
+		t.Fatal(err)
+	} else {
+		io.ReadAll(r.Body)
+	}
+	go func() {
+		for _, ch := range []byte("GET /two HTTP/1.1\r\nHost: alpha.tunnel.test\r\n") {
+			if _, err := kept.Write([]byte{ch}); err != nil {
+				return
+			}
+			time.Sleep(100 * time.Millisecond)
+		}
+	}()
+	start = time.Now()
+	_ = kept.SetReadDeadline(time.Now().Add(5 * time.Second))
+	io.ReadAll(kbr)
+	if d := time.Since(start); d > 3*time.Second {
+		t.Errorf("slow headers of a second request held the connection %s (header_timeout 1s)", d)
+	}
 	// TLS to the HTTP port, plain HTTP to the HTTPS port, a ClientHello
 	// cut in the middle.
 	tc, _ := tls.Dial("tcp", httpAddr, &tls.Config{ServerName: "alpha.tunnel.test", InsecureSkipVerify: true})

@@ -81,6 +81,7 @@ type frontConn struct {
 	peer   string
 	max    int64
 	idle   time.Duration
+	header time.Duration
 
 	next    *http.Request // the request to send next
 	out     bytes.Buffer  // serialized request bytes not yet read
@@ -161,10 +162,15 @@ func (f *frontConn) nextRequest() {
 	r := f.next
 	f.next = nil
 	if r == nil {
+		// The next request may be a while (idle_timeout); once it has
+		// begun, its headers get header_timeout, as the first's did.
 		_ = f.Conn.SetReadDeadline(time.Now().Add(f.idle))
 		f.lim.n = f.max
-		var err error
-		r, err = http.ReadRequest(f.br)
+		_, err := f.br.Peek(1)
+		if err == nil {
+			_ = f.Conn.SetReadDeadline(time.Now().Add(f.header))
+			r, err = http.ReadRequest(f.br)
+		}
 		f.lim.n = -1
 		_ = f.Conn.SetReadDeadline(time.Time{})
 		if err != nil {
@@ -388,7 +394,7 @@ func (s *Server) route(c net.Conn, br *bufio.Reader, lim *headerLimit, r *http.R
 	}
 	cfg := s.config().Web
 	fc := &frontConn{Conn: c, br: br, lim: lim, pl: pl, rt: rt, scheme: scheme, peer: peer, next: r, srv: s,
-		max: int64(cfg.MaxHeaderBytes), idle: cfg.IdleTimeout.D()}
+		max: int64(cfg.MaxHeaderBytes), idle: cfg.IdleTimeout.D(), header: cfg.HeaderTimeout.D()}
 	ss.takePublic(pl, fc)
 }
 
