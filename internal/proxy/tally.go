@@ -97,6 +97,13 @@ func (t *Tally) idleLocked() {
 	}
 }
 
+// Holders is how many holders the tally has now.
+func (t *Tally) Holders() int {
+	t.mu.Lock()
+	defer t.mu.Unlock()
+	return t.holders
+}
+
 // IdleFor reports whether the tally has been idle for longer than d.
 func (t *Tally) IdleFor(now time.Time, d time.Duration) bool {
 	t.mu.Lock()
