@@ -3,6 +3,7 @@ package main
 import (
 	"errors"
 	"fmt"
+	"strings"
 
 	"github.com/spf13/cobra"
 
@@ -153,7 +154,11 @@ func newCheck() *cobra.Command {
 					if t.Subdomain != "" {
 						names = append([]string{t.Subdomain + ".<server's domains>"}, names...)
 					}
-					fmt.Fprintf(w, "tunnel %-8s %s: %v%v -> %s%s\n", name, t.Type, names, t.Locations, t.Local, pp)
+					paths := ""
+					if len(t.Locations) > 0 {
+						paths = fmt.Sprintf(" paths %v", t.Locations)
+					}
+					fmt.Fprintf(w, "tunnel %-8s %s: %s%s -> %s%s\n", name, t.Type, strings.Join(names, ", "), paths, t.Local, pp)
 					continue
 				}
 				rp := fmt.Sprint(t.RemotePort)

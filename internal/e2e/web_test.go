@@ -643,3 +643,22 @@ func TestWebSilentFlood(t *testing.T) {
 		return g <= g0+2 && h < h0+4<<20
 	})
 }
+
+// A visitor of an http tunnel whose local service is down gets a 502
+// page, not a reset; the reason stays in the logs.
+func TestHTTPServiceDown(t *testing.T) {
+	tt.CheckLeaks(t)
+	srv := webServer(t, nil)
+	_, port, _ := net.SplitHostPort(srv.HTTPAddr().String())
+	cl := tt.StartClient(t, tt.ClientConfig(t, srv.Addr().String(), map[string]*config.Tunnel{
+		"w": {Type: "http", Local: fmt.Sprintf("127.0.0.1:%d", tt.FreePort(t)), Subdomain: "down"},
+	}, nil))
+	cl.WaitUp(t, 5*time.Second)
+	client := &http.Client{}
+	defer client.CloseIdleConnections()
+	code, body := get(t, client, port, "down.tunnel.test", "/")
+	if code != http.StatusBadGateway || !strings.Contains(body, "did not answer") || strings.Contains(body, "127.0.0.1") {
+		t.Errorf("service down: %d %q", code, body)
+	}
+	srv.Logs.WaitFor(t, 5*time.Second, "client could not reach the local service", "connection refused")
+}

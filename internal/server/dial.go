@@ -28,6 +28,10 @@ type dataConn interface {
 type dialResult struct {
 	dataConn
 	checked bool
+	// failed, when set, hears why the client could not reach its
+	// service before the join resets the public connection (an http
+	// visitor gets a page instead).
+	failed func(msg string)
 }
 
 type dialError struct{ msg string }
@@ -42,11 +46,15 @@ func (d *dialResult) Read(p []byte) (int, error) {
 		}
 		d.checked = true
 		if b[0] != protocol.DialOK {
+			de := &dialError{msg: "(no reason given)"}
 			var e protocol.Error
-			if err := protocol.ReadFrame(d.dataConn, &e); err != nil {
-				return 0, &dialError{msg: "(no reason given)"}
+			if err := protocol.ReadFrame(d.dataConn, &e); err == nil {
+				de.msg = e.Message
 			}
-			return 0, &dialError{msg: e.Message}
+			if d.failed != nil {
+				d.failed(de.msg)
+			}
+			return 0, de
 		}
 		// Most services wait for the client to speak first. Reading on
 		// would hold this direction's goroutine and copy buffer until

@@ -16,6 +16,7 @@ import (
 	"net/http"
 	"os"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	"github.com/tunnel-dev/tunnel/internal/sockopt"
@@ -93,6 +94,10 @@ type frontConn struct {
 
 	wmu  sync.Mutex
 	last []byte // a page to send once the service has finished (see CloseWrite)
+
+	// answered: a page went out for a service the client could not
+	// reach; the connection is then closed, not reset, so it arrives.
+	answered atomic.Bool
 
 	// reroute is a request for another tunnel: the stream ends before
 	// it, and when the join is over (Close) the connection goes on to
@@ -286,8 +291,28 @@ func (f *frontConn) Close() error {
 	return nil
 }
 
-// Abort resets the public connection.
-func (f *frontConn) Abort() error { return abortConn(f.Conn) }
+// serviceUnreachable answers the visitor with a 502 page: the client
+// could not reach its local service (why is for the logs, not for the
+// public).
+func (f *frontConn) serviceUnreachable(string) {
+	var b bytes.Buffer
+	writePage(&b, http.StatusBadGateway, "Bad Gateway", "The tunnel's service did not answer. Try again later.")
+	_ = f.Conn.SetWriteDeadline(time.Now().Add(5 * time.Second))
+	if _, err := f.Conn.Write(b.Bytes()); err == nil {
+		f.answered.Store(true)
+	}
+}
+
+// Abort resets the public connection, or closes it after a page.
+func (f *frontConn) Abort() error {
+	if f.answered.Load() {
+		if cw, ok := f.Conn.(interface{ CloseWrite() error }); ok {
+			_ = cw.CloseWrite()
+		}
+		return f.Conn.Close()
+	}
+	return abortConn(f.Conn)
+}
 
 // abortConn resets c: a TCP connection, or the one under TLS.
 func abortConn(c net.Conn) error {

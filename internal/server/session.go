@@ -1021,7 +1021,11 @@ func (ss *session) handlePublic(pl *publicListener, pc net.Conn, log *slog.Logge
 	lc := &proxy.Live{ID: id, Owner: ss, Peer: h.RemoteAddr, Since: time.Now()}
 	pl.st.Open(lc)
 	// In the background: this goroutine, grown by the handshake, ends here.
-	pair := proxy.Go(ss.ctx, pc, "public", &dialResult{dataConn: side}, "stream", func(stats proxy.Stats, err error) {
+	dr := &dialResult{dataConn: side}
+	if fc, ok := pc.(*frontConn); ok {
+		dr.failed = fc.serviceUnreachable
+	}
+	pair := proxy.Go(ss.ctx, pc, "public", dr, "stream", func(stats proxy.Stats, err error) {
 		defer ss.parts.leave()
 		defer ss.releaseConn(pl)
 		pl.st.Close(lc, stats)
