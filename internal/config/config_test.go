@@ -549,6 +549,13 @@ func TestWebTunnelKeys(t *testing.T) {
 			}
 		}
 	}
+	acme := "token = \"0123456789abcdefgh\"\n[web]\nhttp_addr = \"0.0.0.0:80\"\nacme_email = \"ops\"\nacme_directory = \"http://ca.example\"\n"
+	_, err := ParseServer("s.toml", []byte(acme))
+	for _, want := range []string{"s.toml:4: web.acme_email: needs web.https_addr", "s.toml:4: web.acme_email: \"ops\" is not an email address", "s.toml:5: web.acme_directory: \"http://ca.example\" is not an https URL"} {
+		if err == nil || !strings.Contains(err.Error(), want) {
+			t.Errorf("acme keys: %v\nlacks %q", err, want)
+		}
+	}
 	srv := "token = \"0123456789abcdefgh\"\n[web]\nhttp_addr = \"0.0.0.0:80\"\ndomains = [\"Tunnel.Example.com\", \"*.bad.com\"]\n"
 	if _, err := ParseServer("s.toml", []byte(srv)); err == nil || !strings.Contains(err.Error(), "s.toml:4: web.domains: \"*.bad.com\" is not a domain") {
 		t.Errorf("server web: %v", err)

@@ -25,6 +25,16 @@ type Web struct {
 	// base domains, usually a wildcard).
 	CertFile string `toml:"cert_file"`
 	KeyFile  string `toml:"key_file"`
+	// ACMEEmail, when set, has tunneld get certificates for the names of
+	// https tunnels terminated here from an ACME CA (Let's Encrypt unless
+	// ACMEDirectory says otherwise), answering its tls-alpn-01 challenge
+	// on https_addr; they are kept in state_dir/acme. cert_file is then
+	// not used.
+	ACMEEmail     string `toml:"acme_email"`
+	ACMEDirectory string `toml:"acme_directory"`
+	// ACMECAFile, for a private ACME CA, is the CA its API's certificate
+	// is checked against (the system's roots otherwise).
+	ACMECAFile string `toml:"acme_ca_file"`
 	// HeaderTimeout bounds the wait for a request's headers (and a
 	// ClientHello); MaxHeaderBytes their size.
 	HeaderTimeout  Duration `toml:"header_timeout"`
@@ -64,6 +74,20 @@ func (c *Server) validateWeb(ps *problems) {
 	} else if w.CertFile != "" {
 		checkFile(ps, "web.cert_file", w.CertFile)
 		checkFile(ps, "web.key_file", w.KeyFile)
+	}
+	if w.ACMEEmail != "" {
+		if w.HTTPSAddr == "" {
+			ps.add("web.acme_email", "needs web.https_addr: the CA's tls-alpn-01 challenge is answered there (port 443 for a public CA)")
+		}
+		if !strings.Contains(w.ACMEEmail, "@") {
+			ps.add("web.acme_email", "%q is not an email address (the CA writes to it about the certificates)", w.ACMEEmail)
+		}
+		if w.ACMEDirectory != "" && !strings.HasPrefix(w.ACMEDirectory, "https://") {
+			ps.add("web.acme_directory", "%q is not an https URL", w.ACMEDirectory)
+		}
+		if w.ACMECAFile != "" {
+			checkCAFile(ps, "web.acme_ca_file", w.ACMECAFile)
+		}
 	}
 	checkRange(ps, "web.header_timeout", w.HeaderTimeout, 100*time.Millisecond, 5*time.Minute, "")
 	checkRange(ps, "web.idle_timeout", w.IdleTimeout, time.Second, time.Hour, "")

@@ -131,6 +131,11 @@ func (s *Server) startWeb(ctx context.Context) error {
 		if err != nil {
 			return fmt.Errorf("%s: web.cert_file: %w", cfg.File, err)
 		}
+		if cfg.Web.ACMEEmail != "" {
+			if wt, err = s.acmeTLS(cfg); err != nil {
+				return fmt.Errorf("%s: %w", cfg.File, err)
+			}
+		}
 		ln, err := lc.Listen(ctx, "tcp", a)
 		if err != nil {
 			if s.httpLn != nil {
