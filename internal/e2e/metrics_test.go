@@ -85,7 +85,13 @@ func TestServerMetricsCountATransfer(t *testing.T) {
 		t.Fatal(err)
 	}
 	tun := map[string]string{"client": "test-client", "tunnel": "echo"}
-	m := scrape(t, r.sock)
+	// Each count is added as its write returns, a moment after the
+	// bytes arrive.
+	var m map[string]*dto.MetricFamily
+	tt.Eventually(t, 5*time.Second, "the bytes counted", func() bool {
+		m = scrape(t, r.sock)
+		return value(m, "tunneld_bytes_total", map[string]string{"tunnel": "echo", "direction": "out"}) == down
+	})
 	for name, want := range map[string]float64{
 		"tunneld_connections_active": 1, "tunneld_connections_total": 1,
 	} {

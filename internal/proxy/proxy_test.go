@@ -5,6 +5,7 @@ import (
 	"context"
 	"crypto/rand"
 	"errors"
+	"fmt"
 	"io"
 	"net"
 	"strings"
@@ -283,10 +284,12 @@ func TestPairCountsLiveAndAborts(t *testing.T) {
 		}
 		moved += int64(len(chunk))
 		// The read above returned, so the join's write completed; its
-		// count follows at once.
-		if got := p.Moved(); got.AToB != moved || got.BToA != 0 {
-			t.Fatalf("after %d bytes through, Moved() = %+v", moved, got)
-		}
+		// count is added just after the write returns.
+		want := moved
+		tt.Eventually(t, 5*time.Second, fmt.Sprintf("Moved() to count %d bytes", want), func() bool {
+			got := p.Moved()
+			return got.AToB == want && got.BToA == 0
+		})
 	}
 	if _, err := right.Write([]byte("back")); err != nil {
 		t.Fatal(err)
@@ -294,9 +297,7 @@ func TestPairCountsLiveAndAborts(t *testing.T) {
 	if _, err := io.ReadFull(left, make([]byte, 4)); err != nil {
 		t.Fatal(err)
 	}
-	if got := p.Moved(); got.BToA != 4 {
-		t.Fatalf("Moved().BToA = %d, want 4", got.BToA)
-	}
+	tt.Eventually(t, 5*time.Second, "Moved() to count the 4 bytes back", func() bool { return p.Moved().BToA == 4 })
 	errKicked := errors.New("closed by the operator")
 	p.Abort(errKicked)
 	r := <-done
