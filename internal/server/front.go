@@ -117,11 +117,8 @@ func (f *frontConn) Read(p []byte) (int, error) {
 			return f.br.Read(p)
 		}
 		if f.body != nil {
-			if err := f.readBody(p); err != nil {
+			if err := f.readBody(); err != nil {
 				return 0, err
-			}
-			if f.out.Len() == 0 && f.body != nil && !f.chunked {
-				continue
 			}
 			continue
 		}
@@ -133,7 +130,7 @@ func (f *frontConn) Read(p []byte) (int, error) {
 }
 
 // readBody moves the next piece of the current request's body to out.
-func (f *frontConn) readBody(p []byte) error {
+func (f *frontConn) readBody() error {
 	if f.tmp == nil {
 		f.tmp = make([]byte, 32<<10)
 	}

@@ -127,14 +127,15 @@ func (s *Server) startWeb(ctx context.Context) error {
 		s.log.Info("listening for http tunnels", "addr", ln.Addr().String(), "domains", fmt.Sprint(cfg.Web.Domains))
 	}
 	if a := cfg.Web.HTTPSAddr; a != "" {
-		wt, err := webTLSConfig(cfg, func(err error) { s.log.Error("[web] certificate reload failed", "err", err) })
-		if err != nil {
-			return fmt.Errorf("%s: web.cert_file: %w", cfg.File, err)
-		}
+		var wt *tls.Config
+		var err error
 		if cfg.Web.ACMEEmail != "" {
+			// Automatic certificates replace cert_file: it is not loaded.
 			if wt, err = s.acmeTLS(cfg); err != nil {
 				return fmt.Errorf("%s: %w", cfg.File, err)
 			}
+		} else if wt, err = webTLSConfig(cfg, func(err error) { s.log.Error("[web] certificate reload failed", "err", err) }); err != nil {
+			return fmt.Errorf("%s: web.cert_file: %w", cfg.File, err)
 		}
 		ln, err := lc.Listen(ctx, "tcp", a)
 		if err != nil {

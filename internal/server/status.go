@@ -169,8 +169,8 @@ func (ss *session) status() SessionStatus {
 		out.Resume = r.status()
 	}
 	for _, pl := range ss.publicListeners() {
-		out.Tunnels = append(out.Tunnels, pl.status(ss))
 		c := pl.st.Read(ss)
+		out.Tunnels = append(out.Tunnels, pl.statusOf(c))
 		out.Connections += c.Open
 		out.BytesIn += c.OwnAToB
 		out.BytesOut += c.OwnBToA
@@ -183,8 +183,10 @@ func (ss *session) status() SessionStatus {
 }
 
 // status is the tunnel as ss's, with its counts.
-func (pl *publicListener) status(ss *session) TunnelStatus {
-	c := pl.st.Read(ss)
+func (pl *publicListener) status(ss *session) TunnelStatus { return pl.statusOf(pl.st.Read(ss)) }
+
+// statusOf is the tunnel with counts c, read of its tally.
+func (pl *publicListener) statusOf(c proxy.Counts) TunnelStatus {
 	state := "up"
 	if pl.draining.Load() {
 		state = "draining"
