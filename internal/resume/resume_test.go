@@ -648,6 +648,17 @@ func TestJoinsCarriedThroughAResume(t *testing.T) {
 	proxy.Go(ctx, cb, "resumable", localCli, "local", func(_ proxy.Stats, err error) { joined <- err })
 
 	const n = 8 << 20
+	// The second half is written only once the session is cut, so the
+	// transfer spans the cut however the machine schedules it: a
+	// transfer that finished first would leave nothing to resume.
+	cut := make(chan struct{})
+	t.Cleanup(func() {
+		select {
+		case <-cut:
+		default:
+			close(cut) // a test that failed before the cut
+		}
+	})
 	send := func(c net.Conn, seed uint64) [32]byte {
 		data := make([]byte, n)
 		rng := rand.New(rand.NewPCG(seed, seed))
@@ -655,7 +666,9 @@ func TestJoinsCarriedThroughAResume(t *testing.T) {
 			data[i] = byte(rng.Uint32())
 		}
 		go func() {
-			_, _ = c.Write(data)
+			_, _ = c.Write(data[:n/2])
+			<-cut
+			_, _ = c.Write(data[n/2:])
 			_ = c.(*net.TCPConn).CloseWrite()
 		}()
 		return sha256.Sum256(data)
@@ -680,6 +693,7 @@ func TestJoinsCarriedThroughAResume(t *testing.T) {
 		time.Sleep(time.Millisecond)
 	}
 	s.kill()
+	close(cut)
 	s = newSession(t)
 	resume(t, s, ca, cb)
 
