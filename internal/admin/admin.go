@@ -18,7 +18,7 @@ import (
 	"log/slog"
 	"net"
 	"net/http"
-
+	"net/http/pprof"
 	"strings"
 	"time"
 
@@ -73,7 +73,27 @@ func New(cfg config.Admin, log *slog.Logger) *Server {
 		MaxHeaderBytes:    16 << 10,
 		ErrorLog:          slog.NewLogLogger(log.Handler(), slog.LevelDebug),
 	}
+	s.profiles(cfg.Pprof)
 	return s
+}
+
+// profiles serves Go's runtime profiles under /debug/pprof/ when on: where
+// a long-running daemon's memory, goroutines and CPU go, read with `go
+// tool pprof`. They are behind the token like everything but the probes.
+// When off, the path says how to turn them on rather than a bare 404.
+func (s *Server) profiles(on bool) {
+	if !on {
+		s.Handle("/debug/pprof/", func(*http.Request) (any, error) {
+			return nil, NotFound("profiles are off: set pprof = true in [admin] and restart the daemon")
+		})
+		return
+	}
+	s.mux.HandleFunc("GET /debug/pprof/", pprof.Index) // and each named profile: heap, goroutine, ...
+	s.mux.HandleFunc("GET /debug/pprof/cmdline", pprof.Cmdline)
+	s.mux.HandleFunc("GET /debug/pprof/profile", pprof.Profile)
+	s.mux.HandleFunc("GET /debug/pprof/symbol", pprof.Symbol)
+	s.mux.HandleFunc("POST /debug/pprof/symbol", pprof.Symbol)
+	s.mux.HandleFunc("GET /debug/pprof/trace", pprof.Trace)
 }
 
 // Handle serves f at pattern (net/http's: "GET /v1/status").

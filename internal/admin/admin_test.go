@@ -213,3 +213,57 @@ func TestHostilePeers(t *testing.T) {
 		t.Fatalf("the endpoint after the peers: %v", err)
 	}
 }
+
+// Go's profiles: behind the token when on; when off, the path says how to
+// turn them on. The heap profile with gc=1 is what a leak hunt reads: the
+// live heap after a collection.
+func TestProfiles(t *testing.T) {
+	tt.CheckLeaks(t)
+	ctx := context.Background()
+	off := config.Admin{Socket: filepath.Join(t.TempDir(), "off.sock")}
+	serve(t, off)
+	var ae *admin.Error
+	if err := admin.Dial(off).Get(ctx, "/debug/pprof/heap", nil); !errors.As(err, &ae) || ae.Status != http.StatusNotFound || !strings.Contains(ae.Msg, "pprof = true") {
+		t.Errorf("profiles while off: %v", err)
+	}
+
+	cfg := config.Admin{Address: net.JoinHostPort("127.0.0.1", strconv.Itoa(tt.FreePort(t))), Token: "9c1e2f7a4b8d0e3c5a6f", Pprof: true}
+	serve(t, cfg)
+	get := func(path, token string) (int, string) {
+		t.Helper()
+		req, _ := http.NewRequest(http.MethodGet, "http://"+cfg.Address+path, nil)
+		if token != "" {
+			req.Header.Set("Authorization", "Bearer "+token)
+		}
+		resp, err := http.DefaultClient.Do(req)
+		if err != nil {
+			t.Fatal(err)
+		}
+		defer resp.Body.Close()
+		body, _ := io.ReadAll(resp.Body)
+		return resp.StatusCode, string(body)
+	}
+	if code, _ := get("/debug/pprof/heap?debug=1", ""); code != http.StatusUnauthorized {
+		t.Errorf("a profile without the token: %d", code)
+	}
+	for path, want := range map[string]string{
+		"/debug/pprof/":                    "goroutine",
+		"/debug/pprof/goroutine?debug=1":   "goroutine profile: total ",
+		"/debug/pprof/heap?gc=1&debug=1":   "# HeapAlloc = ",
+		"/debug/pprof/profile?seconds=1":   "", // a binary CPU profile
+		"/debug/pprof/cmdline":             "admin.test",
+		"/debug/pprof/trace?seconds=0.1":   "",
+		"/debug/pprof/symbol":              "num_symbols",
+		"/debug/pprof/allocs?debug=1":      "heap profile",
+		"/debug/pprof/nothing-of-the-kind": "Unknown profile",
+	} {
+		code, body := get(path, cfg.Token)
+		wantCode := http.StatusOK
+		if strings.Contains(path, "nothing") {
+			wantCode = http.StatusNotFound
+		}
+		if code != wantCode || !strings.Contains(body, want) || len(body) == 0 {
+			t.Errorf("%s: %d, %d bytes, want %d and %q", path, code, len(body), wantCode, want)
+		}
+	}
+}

@@ -23,6 +23,10 @@ type Admin struct {
 	// probes, as "Authorization: Bearer TOKEN". TUNNEL_ADMIN_TOKEN in the
 	// environment overrides it.
 	Token string `toml:"token"`
+	// Pprof serves Go's runtime profiles (heap, goroutines, CPU, trace)
+	// under /debug/pprof/, behind the token: for finding where a daemon's
+	// memory or CPU goes. A CPU profile or trace costs while it runs.
+	Pprof bool `toml:"pprof"`
 }
 
 // Enabled reports whether the daemon serves an admin endpoint.

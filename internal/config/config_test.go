@@ -502,6 +502,8 @@ func TestAdminEndpoint(t *testing.T) {
 		{"[admin]\naddress = \"localhost:7001\"\n", "s.toml:3: admin.address: \"localhost:7001\": the host must be an IP address"},
 		{"[admin]\naddress = \"127.0.0.1\"\n", "s.toml:3: admin.address: \"127.0.0.1\" has no port"},
 		{"[admin]\naddress = \"127.0.0.1:7001\"\ntoken = \"secret\"\n", "s.toml:4: admin.token: is too weak"},
+		{"[admin]\nsocket = \"/run/tunneld/admin.sock\"\npprof = true\n", ""},
+		{"[admin]\nsocket = \"/run/tunneld/admin.sock\"\npprof = \"yes\"\n", "pprof"},
 	} {
 		cfg, err := ParseServer("s.toml", []byte(base+c.admin))
 		switch {
@@ -511,6 +513,8 @@ func TestAdminEndpoint(t *testing.T) {
 			t.Errorf("%q: error %v, want %q", c.admin, err, c.want)
 		case c.want == "" && cfg.Admin.Enabled() != (c.admin != ""):
 			t.Errorf("%q: Enabled() = %v", c.admin, cfg.Admin.Enabled())
+		case c.want == "" && cfg.Admin.Pprof != strings.Contains(c.admin, "pprof"):
+			t.Errorf("%q: Pprof = %v", c.admin, cfg.Admin.Pprof)
 		}
 	}
 	t.Setenv("TUNNEL_ADMIN_TOKEN", "from-env-7c1d93aa0f5e42b8")
