@@ -371,20 +371,13 @@ func TestAdminCommands(t *testing.T) {
 		t.Errorf("status without [admin]: %s", out)
 	}
 	// The probes, with a plain HTTP client over the socket.
-	hc := &http.Client{Transport: &http.Transport{DialContext: func(ctx context.Context, _, _ string) (net.Conn, error) {
-		return (&net.Dialer{}).DialContext(ctx, "unix", sock)
-	}}}
+	hc := tt.UnixHTTP(t, sock)
 	for _, p := range []string{"/healthz", "/readyz"} {
-		resp, err := hc.Get("http://tunneld" + p)
-		if err != nil {
-			t.Fatal(err)
-		}
-		resp.Body.Close()
-		if resp.StatusCode != 200 {
-			t.Errorf("%s: %d", p, resp.StatusCode)
+		if code, body := tt.GetText(t, hc, "http://tunneld"+p); code != 200 {
+			t.Errorf("%s: %d %q", p, code, body)
 		}
 	}
-	hc.CloseIdleConnections()
+	hc.CloseIdleConnections() // tunneld's shutdown would wait for it
 	if code := srv.Signal(t, syscall.SIGTERM, 10*time.Second); code != 0 {
 		t.Fatalf("tunneld exit %d", code)
 	}
@@ -415,19 +408,8 @@ func TestClientAdminReport(t *testing.T) {
 	done := make(chan error, 1)
 	go func() { done <- a.Serve(ctx) }()
 	t.Cleanup(func() { cancel(); <-done })
-	hc := &http.Client{Transport: &http.Transport{DialContext: func(ctx context.Context, _, _ string) (net.Conn, error) {
-		return (&net.Dialer{}).DialContext(ctx, "unix", sock)
-	}}}
-	defer hc.CloseIdleConnections()
-	probe := func(path string) (int, string) {
-		resp, err := hc.Get("http://tunnelc" + path)
-		if err != nil {
-			t.Fatal(err)
-		}
-		defer resp.Body.Close()
-		b, _ := io.ReadAll(resp.Body)
-		return resp.StatusCode, string(b)
-	}
+	hc := tt.UnixHTTP(t, sock)
+	probe := func(path string) (int, string) { return tt.GetText(t, hc, "http://tunnelc"+path) }
 	tt.Eventually(t, 5*time.Second, "a failed attempt", func() bool { return cl.Logs.Contains("reconnecting") })
 	if code, body := probe("/readyz"); code != 503 || !strings.Contains(body, "cannot reach server") {
 		t.Fatalf("readyz without a session: %d %q", code, body)

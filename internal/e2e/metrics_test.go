@@ -1,12 +1,10 @@
 package e2e
 
 import (
-	"context"
 	"crypto/rand"
 	"fmt"
 	"io"
 	"net"
-	"net/http"
 	"testing"
 	"time"
 
@@ -20,11 +18,9 @@ import (
 // scrape fetches /metrics over a unix socket and parses it.
 func scrape(t *testing.T, sock string) map[string]*dto.MetricFamily {
 	t.Helper()
-	tr := &http.Transport{DialContext: func(ctx context.Context, _, _ string) (net.Conn, error) {
-		return (&net.Dialer{}).DialContext(ctx, "unix", sock)
-	}}
-	defer tr.CloseIdleConnections()
-	resp, err := (&http.Client{Transport: tr}).Get("http://admin/metrics")
+	hc := tt.UnixHTTP(t, sock)
+	defer hc.CloseIdleConnections()
+	resp, err := hc.Get("http://admin/metrics")
 	if err != nil {
 		t.Fatal(err)
 	}

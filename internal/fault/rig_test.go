@@ -71,6 +71,9 @@ type opts struct {
 	// is about resumption, so that the others see what a lost session
 	// does without it.
 	resumeWindow time.Duration
+	// profiles gives both daemons an admin socket with Go's profiles on
+	// (rig.runtime reads them).
+	profiles bool
 }
 
 func defaultOpts() opts {
@@ -199,11 +202,45 @@ remote_port = 0
 		server += w
 		client += w
 	}
+	if r.o.profiles {
+		server += fmt.Sprintf("\n[admin]\nsocket = %q\npprof = true\n", r.adminSocket("tunneld"))
+		client += fmt.Sprintf("\n[admin]\nsocket = %q\npprof = true\n", r.adminSocket("tunnelc"))
+	}
 	for name, content := range map[string]string{"tunneld.toml": server, "tunnel.toml": client} {
 		if err := os.WriteFile(filepath.Join(r.dir, name), []byte(content), 0o600); err != nil {
 			r.t.Fatal(err)
 		}
 	}
+}
+
+func (r *rig) adminSocket(daemon string) string { return filepath.Join(r.dir, daemon+".sock") }
+
+var (
+	heapAllocRe  = regexp.MustCompile(`(?m)^# HeapAlloc = (\d+)$`)
+	goroutinesRe = regexp.MustCompile(`^goroutine profile: total (\d+)`)
+)
+
+// runtime reads a daemon's live heap right after a collection it asks for,
+// and its goroutines, from its profiles (opts.profiles). Unlike RSS, which
+// follows the collector's pacing and, under the race detector, shadow
+// memory, both only grow when something is kept that should not be.
+func (r *rig) runtime(daemon string) (heap, goroutines int64) {
+	r.t.Helper()
+	hc := tt.UnixHTTP(r.t, r.adminSocket(daemon))
+	defer hc.CloseIdleConnections()
+	num := func(path string, re *regexp.Regexp) int64 {
+		code, body := tt.GetText(r.t, hc, "http://"+daemon+path)
+		m := re.FindStringSubmatch(body)
+		if code != 200 || m == nil {
+			r.t.Fatalf("%s %s: %d %.200q", daemon, path, code, body)
+		}
+		n, _ := strconv.ParseInt(m[1], 10, 64)
+		return n
+	}
+	// Twice: the first collection only moves what sync.Pools hold (copy
+	// buffers of 256 KiB) to their victim caches; the second frees it.
+	num("/debug/pprof/heap?gc=1&debug=1", heapAllocRe)
+	return num("/debug/pprof/heap?gc=1&debug=1", heapAllocRe), num("/debug/pprof/goroutine?debug=1", goroutinesRe)
 }
 
 func (r *rig) startServer() {
