@@ -88,15 +88,19 @@ func printStatus(out io.Writer, st *server.Status, now time.Time) {
 		fmt.Fprintf(w, "%s\t%s\t%s\t%s\t%s\t%.1fms\t%d\t%s\t%s\n", s.Client, s.ID, s.Remote, state, cli.Age(now, s.Since),
 			s.RTTMillis, s.Connections, cli.Bytes(s.BytesIn), cli.Bytes(s.BytesOut))
 	}
-	fmt.Fprintln(w, "\nCLIENT\tTUNNEL\tPUBLIC\tSTATE\tCONNS\tTOTAL\tIN\tOUT\tREFUSED\tDIAL FAILED")
+	fmt.Fprintln(w, "\nCLIENT\tTUNNEL\tPUBLIC\tSTATE\tCONNS\tTOTAL\tREQUESTS\tIN\tOUT\tREFUSED\tDIAL FAILED")
 	for _, s := range st.Sessions {
 		for _, t := range s.Tunnels {
 			state := t.State
 			if t.Pending != "" {
 				state += ": " + t.Pending
 			}
-			fmt.Fprintf(w, "%s\t%s\t%s\t%s\t%d\t%d\t%s\t%s\t%d\t%d\n", s.Client, t.Name, t.Public, state, t.Connections, t.ConnectionsTotal,
-				cli.Bytes(t.BytesIn), cli.Bytes(t.BytesOut), t.Refused, t.DialFailed)
+			requests := "-" // a tunnel whose requests tunneld does not read
+			if t.Requests != nil {
+				requests = fmt.Sprint(*t.Requests)
+			}
+			fmt.Fprintf(w, "%s\t%s\t%s\t%s\t%d\t%d\t%s\t%s\t%s\t%d\t%d\n", s.Client, t.Name, t.Public, state, t.Connections, t.ConnectionsTotal,
+				requests, cli.Bytes(t.BytesIn), cli.Bytes(t.BytesOut), t.Refused, t.DialFailed)
 		}
 	}
 	w.Flush()

@@ -323,7 +323,7 @@ func TestAdminCommands(t *testing.T) {
 	table := run(0, "status", "-c", srvConf)
 	t.Logf("tunneld status:\n%s", table)
 	for _, re := range []string{`1 sessions, 2 tunnels, 1 connections`, `(?m)^binary-test\s+[0-9a-f]{12}\s+127\.0\.0\.1:\d+\s+up\s`,
-		`(?m)^binary-test\s+fixed\s+127\.0\.0\.1:` + fmt.Sprint(fixedPort) + `\s+up\s+1\s+2\s+1\.0MiB\s+1\.0MiB\s`} {
+		`(?m)^binary-test\s+fixed\s+127\.0\.0\.1:` + fmt.Sprint(fixedPort) + `\s+up\s+1\s+2\s+-\s+1\.0MiB\s+1\.0MiB\s`} {
 		if !regexp.MustCompile(re).MatchString(table) {
 			t.Errorf("status table lacks %s", re)
 		}

@@ -19,9 +19,11 @@ import (
 	"time"
 
 	"github.com/coder/websocket"
+	dto "github.com/prometheus/client_model/go"
 	"golang.org/x/crypto/bcrypt"
 
 	"github.com/tunnel-dev/tunnel/internal/config"
+	"github.com/tunnel-dev/tunnel/internal/server"
 	"github.com/tunnel-dev/tunnel/internal/testcert"
 	tt "github.com/tunnel-dev/tunnel/internal/tunneltest"
 )
@@ -62,6 +64,53 @@ func webServer(t testing.TB, edit func(*config.Server)) *tt.Server {
 			edit(c)
 		}
 	}))
+}
+
+// webCounts reads tunneld's metrics of the shared ports: refused(port,
+// reason) is how often a port answered a visitor itself, requests(client,
+// tunnel) how many requests a web tunnel passed on (-1: no such series).
+// Both count before the visitor sees the answer, so they need no wait.
+func webCounts(t *testing.T, srv *tt.Server) (refused func(port, reason string) float64, requests func(client, tunnel string) float64) {
+	gather := func() map[string]*dto.MetricFamily {
+		t.Helper()
+		fs, err := srv.Registry().Gather()
+		if err != nil {
+			t.Fatal(err)
+		}
+		m := map[string]*dto.MetricFamily{}
+		for _, f := range fs {
+			m[f.GetName()] = f
+		}
+		return m
+	}
+	refused = func(port, reason string) float64 {
+		return value(gather(), "tunneld_web_refused_total", map[string]string{"port": port, "reason": reason})
+	}
+	requests = func(client, tunnel string) float64 {
+		return value(gather(), "tunneld_http_requests_total", map[string]string{"client": client, "tunnel": tunnel})
+	}
+	return refused, requests
+}
+
+func fmtCount(n *uint64) string {
+	if n == nil {
+		return "none"
+	}
+	return fmt.Sprint(*n)
+}
+
+// tunnelStatus is client's tunnel in tunneld's status.
+func tunnelStatus(t *testing.T, srv *tt.Server, client, tunnel string) server.TunnelStatus {
+	t.Helper()
+	for _, ss := range srv.Status("test").Sessions {
+		for _, tn := range ss.Tunnels {
+			if ss.Client == client && tn.Name == tunnel {
+				return tn
+			}
+		}
+	}
+	t.Fatalf("no tunnel %s of %s in the status", tunnel, client)
+	return server.TunnelStatus{}
 }
 
 // get sends one request to the shared port with Host host over c, or a
@@ -133,6 +182,24 @@ func TestHTTPTunnelsShareAPort(t *testing.T) {
 	if err != nil || resp.StatusCode != 400 {
 		t.Errorf("no Host: %v %v", resp, err)
 	}
+	// Counted: each tunnel's requests, and each page tunneld answered.
+	refused, requests := webCounts(t, srv)
+	for _, w := range []struct {
+		client, tunnel string
+		n              float64
+	}{{"client-a", "web", 1}, {"client-a", "api", 1}, {"client-b", "web", 21}} {
+		if got := requests(w.client, w.tunnel); got != w.n {
+			t.Errorf("tunneld_http_requests_total of %s/%s = %v, want %v", w.client, w.tunnel, got, w.n)
+		}
+		if got := tunnelStatus(t, srv, w.client, w.tunnel).Requests; got == nil || float64(*got) != w.n {
+			t.Errorf("status requests of %s/%s = %s, want %v", w.client, w.tunnel, fmtCount(got), w.n)
+		}
+	}
+	for reason, n := range map[string]float64{server.WebUnknownHost: 1, server.WebNoHost: 1, server.WebOffline: 0, server.WebAtLimit: 0} {
+		if got := refused("http", reason); got != n {
+			t.Errorf("tunneld_web_refused_total{port=http,reason=%s} = %v, want %v", reason, got, n)
+		}
+	}
 	// The tunnel's client goes: the name is offline now.
 	cb.Stop(t)
 	client.CloseIdleConnections()
@@ -140,6 +207,9 @@ func TestHTTPTunnelsShareAPort(t *testing.T) {
 		code, _ := get(t, client, port, "beta.tunnel.test", "/")
 		return code == 502
 	})
+	if got := refused("http", server.WebOffline); got < 1 {
+		t.Errorf("offline pages counted %v", got)
+	}
 }
 
 // A later request on a kept-alive connection that names another tunnel
@@ -242,6 +312,10 @@ func TestHTTPAuthAndBulk(t *testing.T) {
 	if err != nil || n != size || string(got.Sum(nil)) != string(zh.Sum(nil)) {
 		t.Errorf("download: %d bytes, %v", n, err)
 	}
+	refused, requests := webCounts(t, srv)
+	if u, r := refused("http", server.WebUnauthorized), requests("test-client", "b"); u != 2 || r != 2 {
+		t.Errorf("counted %v refused without credentials and %v requests, want 2 and 2", u, r)
+	}
 }
 
 // tlsService is a local HTTPS service presenting cert.
@@ -320,6 +394,23 @@ func TestHTTPSByServerName(t *testing.T) {
 			t.Errorf("SNI %q: %v, want unrecognized_name", name, err)
 		}
 	}
+	// Requests are counted where tunneld reads them: terminated here,
+	// not passed through.
+	refused, requests := webCounts(t, srv)
+	if got := refused("https", server.WebUnknownName); got != 2 {
+		t.Errorf("unknown names counted %v, want 2", got)
+	}
+	if got := requests("test-client", "g"); got != 1 {
+		t.Errorf("requests of the terminated tunnel: %v, want 1", got)
+	}
+	for _, name := range []string{"a", "b"} {
+		if got := requests("test-client", name); got != -1 {
+			t.Errorf("a passed-through tunnel has a request count: %v", got)
+		}
+		if got := tunnelStatus(t, srv, "test-client", name).Requests; got != nil {
+			t.Errorf("status of passed-through %s counts requests: %d", name, *got)
+		}
+	}
 }
 
 // Bad input on the shared ports: each is answered or closed promptly,
@@ -362,7 +453,9 @@ func TestWebBadInput(t *testing.T) {
 		}
 	}()
 	start := time.Now()
-	closedWithin(slow, 5*time.Second)
+	if got := closedWithin(slow, 5*time.Second); got != "" {
+		t.Errorf("slow headers answered %.60q, want a close", got) // too slow is no bad request
+	}
 	if d := time.Since(start); d > 3*time.Second {
 		t.Errorf("slow headers held the connection %s (header_timeout 1s)", d)
 	}
@@ -418,6 +511,21 @@ func TestWebBadInput(t *testing.T) {
 		t.Errorf("the smuggled request reached alpha: %q", got)
 	}
 	t.Logf("smuggling attempt answered:\n%s", got)
+	refused, _ := webCounts(t, srv)
+	for _, w := range []struct {
+		port, reason string
+		min, max     float64
+	}{
+		{"http", server.WebHeaderTooLarge, 1, 1},
+		{"http", server.WebHeaderTimeout, 2, 3}, // the slow headers of a first and a later request; perhaps the ClientHello, which has no line end
+		{"http", server.WebNoRequest, 0, 0},
+		{"https", server.WebNotTLS, 2, 2}, // plain HTTP, and the ClientHello cut short
+		{"https", server.WebUnknownName, 0, 0},
+	} {
+		if got := refused(w.port, w.reason); got < w.min || got > w.max {
+			t.Errorf("tunneld_web_refused_total{port=%s,reason=%s} = %v, want %v to %v", w.port, w.reason, got, w.min, w.max)
+		}
+	}
 }
 
 // A WebSocket echo through an http tunnel: the Upgrade passes untouched
@@ -661,4 +769,7 @@ func TestHTTPServiceDown(t *testing.T) {
 		t.Errorf("service down: %d %q", code, body)
 	}
 	srv.Logs.WaitFor(t, 5*time.Second, "client could not reach the local service", "connection refused")
+	if refused, _ := webCounts(t, srv); refused("http", server.WebUnreachable) != 1 {
+		t.Errorf("service_unreachable counted %v, want 1", refused("http", server.WebUnreachable))
+	}
 }

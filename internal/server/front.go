@@ -169,15 +169,24 @@ func (f *frontConn) nextRequest() {
 		_ = f.Conn.SetReadDeadline(time.Now().Add(f.idle))
 		f.lim.n = f.max
 		_, err := f.br.Peek(1)
-		if err == nil {
-			_ = f.Conn.SetReadDeadline(time.Now().Add(f.header))
+		begun := err == nil
+		if begun {
+			deadline := time.Now().Add(f.header)
+			_ = f.Conn.SetReadDeadline(deadline)
 			r, err = http.ReadRequest(f.br)
+			err = timedOut(err, deadline)
 		}
 		f.lim.n = -1
 		_ = f.Conn.SetReadDeadline(time.Time{})
 		if err != nil {
 			f.done = true
-			if !errors.Is(err, io.EOF) && !errors.Is(err, os.ErrDeadlineExceeded) {
+			switch {
+			case !begun:
+				// Idle past idle_timeout, or closed: keep-alive's end.
+			case errors.Is(err, os.ErrDeadlineExceeded):
+				f.srv.met.webRefused(f.scheme, WebHeaderTimeout)
+			case !errors.Is(err, io.EOF):
+				f.srv.met.webRefused(f.scheme, WebBadRequest)
 				f.finalPage(http.StatusBadRequest, "Bad Request", "The request could not be read.")
 			}
 			return
@@ -192,10 +201,12 @@ func (f *frontConn) nextRequest() {
 		}
 		if !w.authorized(r) {
 			f.done = true
+			f.srv.met.webRefused(f.scheme, WebUnauthorized)
 			f.finalPage(http.StatusUnauthorized, "Unauthorized", "This tunnel needs a user name and password.", `WWW-Authenticate: Basic realm="tunnel"`)
 			return
 		}
 	}
+	f.pl.st.requests.Add(1)
 	f.chunked = f.pl.web.writeHead(&f.out, r, f.peer, f.scheme)
 	if r.ContentLength != 0 && r.Body != nil && r.Body != http.NoBody {
 		f.body = r.Body
@@ -292,6 +303,7 @@ func (f *frontConn) Close() error {
 // could not reach its local service (why is for the logs, not for the
 // public).
 func (f *frontConn) serviceUnreachable(string) {
+	f.srv.met.webRefused(f.scheme, WebUnreachable)
 	var b bytes.Buffer
 	writePage(&b, http.StatusBadGateway, "Bad Gateway", "The tunnel's service did not answer. Try again later.")
 	_ = f.Conn.SetWriteDeadline(time.Now().Add(5 * time.Second))
@@ -347,7 +359,14 @@ func writePage(w io.Writer, status int, title, text string, extra ...string) {
 	fmt.Fprintf(w, "\r\n%s", body)
 }
 
-// refuse answers c with a page and closes it.
+// refuseVisitor counts a visitor of shared port ("http" or "https") answered
+// with a page for reason, and answers it.
+func (s *Server) refuseVisitor(c net.Conn, port, reason string, status int, title, text string, extra ...string) {
+	s.met.webRefused(port, reason)
+	refusePage(c, status, title, text, extra...)
+}
+
+// refusePage answers c with a page and closes it.
 func refusePage(c net.Conn, status int, title, text string, extra ...string) {
 	var b bytes.Buffer
 	writePage(&b, status, title, text, extra...)
@@ -363,6 +382,17 @@ func refusePage(c net.Conn, status int, title, text string, extra ...string) {
 	c.Close()
 }
 
+// timedOut is err, or os.ErrDeadlineExceeded when the read's deadline
+// has passed: net/http's parser reports a header line cut by the
+// deadline as malformed ("missing colon"), and a visitor too slow for
+// header_timeout is no bad request.
+func timedOut(err error, deadline time.Time) error {
+	if err != nil && !errors.Is(err, errHeaderTooLarge) && !time.Now().Before(deadline) {
+		return fmt.Errorf("%w: %w", os.ErrDeadlineExceeded, err)
+	}
+	return err
+}
+
 // serveHTTPConn routes one public connection of the shared HTTP port (or
 // of https terminated here) by its first request, and hands it to the
 // session of the tunnel that serves it.
@@ -370,19 +400,26 @@ func (s *Server) serveHTTPConn(c net.Conn, scheme string, rt *router, peer strin
 	cfg := s.config().Web
 	lim := &headerLimit{r: c, n: int64(cfg.MaxHeaderBytes)}
 	br := bufio.NewReaderSize(lim, 4096)
-	_ = c.SetReadDeadline(time.Now().Add(cfg.HeaderTimeout.D()))
+	deadline := time.Now().Add(cfg.HeaderTimeout.D())
+	_ = c.SetReadDeadline(deadline)
 	r, err := http.ReadRequest(br)
+	err = timedOut(err, deadline)
 	lim.n = -1
 	_ = c.SetReadDeadline(time.Time{})
 	switch {
 	case errors.Is(err, errHeaderTooLarge):
-		refusePage(c, http.StatusRequestHeaderFieldsTooLarge, "Request Header Fields Too Large", "The request's headers are too large.")
+		s.refuseVisitor(c, scheme, WebHeaderTooLarge, http.StatusRequestHeaderFieldsTooLarge, "Request Header Fields Too Large", "The request's headers are too large.")
 		return
-	case err != nil && (errors.Is(err, io.EOF) || errors.Is(err, os.ErrDeadlineExceeded)):
-		c.Close() // said nothing, or too slowly
+	case errors.Is(err, os.ErrDeadlineExceeded):
+		s.met.webRefused(scheme, WebHeaderTimeout)
+		c.Close() // too slow to be answered
+		return
+	case err != nil && errors.Is(err, io.EOF):
+		s.met.webRefused(scheme, WebNoRequest)
+		c.Close() // said nothing
 		return
 	case err != nil:
-		refusePage(c, http.StatusBadRequest, "Bad Request", "The request could not be read.")
+		s.refuseVisitor(c, scheme, WebBadRequest, http.StatusBadRequest, "Bad Request", "The request could not be read.")
 		return
 	}
 	s.route(c, br, lim, r, scheme, rt, peer)
@@ -393,25 +430,25 @@ func (s *Server) serveHTTPConn(c net.Conn, scheme string, rt *router, peer strin
 func (s *Server) route(c net.Conn, br *bufio.Reader, lim *headerLimit, r *http.Request, scheme string, rt *router, peer string) {
 	host := hostOf(r)
 	if host == "" {
-		refusePage(c, http.StatusBadRequest, "Bad Request", "The request has no Host header, so no tunnel can be chosen.")
+		s.refuseVisitor(c, scheme, WebNoHost, http.StatusBadRequest, "Bad Request", "The request has no Host header, so no tunnel can be chosen.")
 		return
 	}
 	route, offline := rt.lookup(host, r.URL.Path)
 	switch {
 	case route == nil && offline:
-		refusePage(c, http.StatusBadGateway, "Tunnel Offline", "The tunnel serving this name is offline. Try again later.")
+		s.refuseVisitor(c, scheme, WebOffline, http.StatusBadGateway, "Tunnel Offline", "The tunnel serving this name is offline. Try again later.")
 		return
 	case route == nil:
-		refusePage(c, http.StatusNotFound, "Not Found", "No tunnel serves this name.")
+		s.refuseVisitor(c, scheme, WebUnknownHost, http.StatusNotFound, "Not Found", "No tunnel serves this name.")
 		return
 	}
 	pl, ss := route.pl, route.ss
 	if pl.draining.Load() {
-		refusePage(c, http.StatusServiceUnavailable, "Service Unavailable", "This tunnel takes no new connections now.")
+		s.refuseVisitor(c, scheme, WebDraining, http.StatusServiceUnavailable, "Service Unavailable", "This tunnel takes no new connections now.")
 		return
 	}
 	if !pl.web.authorized(r) {
-		refusePage(c, http.StatusUnauthorized, "Unauthorized", "This tunnel needs a user name and password.", `WWW-Authenticate: Basic realm="tunnel"`)
+		s.refuseVisitor(c, scheme, WebUnauthorized, http.StatusUnauthorized, "Unauthorized", "This tunnel needs a user name and password.", `WWW-Authenticate: Basic realm="tunnel"`)
 		return
 	}
 	cfg := s.config().Web
@@ -428,9 +465,10 @@ func (ss *session) takePublic(pl *publicListener, c net.Conn) {
 		pl.st.refused.Add(1)
 		pl.noteRefused(log, limit, what)
 		if fc, ok := c.(*frontConn); ok {
-			refusePage(fc.Conn, http.StatusServiceUnavailable, "Service Unavailable", "This tunnel is at its connection limit. Try again later.")
+			ss.srv.refuseVisitor(fc.Conn, fc.scheme, WebAtLimit, http.StatusServiceUnavailable, "Service Unavailable", "This tunnel is at its connection limit. Try again later.")
 			return
 		}
+		ss.srv.met.webRefused("https", WebAtLimit) // passed through: no page
 		_ = abortConn(c)
 		return
 	}

@@ -1,9 +1,11 @@
 package server
 
 // Prometheus metrics. Nothing on the data path touches them: per-tunnel
-// connections and bytes are read from the tallies when scraped, and the
-// counters below move at events that are rare next to the data (a
-// handshake, a session's end, a monitor's RTT sample every few seconds).
+// connections and bytes are read from the tallies when scraped (a web
+// tunnel's requests from one atomic add per request), and the counters
+// below move at events that are rare next to the data (a handshake, a
+// session's end, a monitor's RTT sample every few seconds, a visitor the
+// shared ports turn away).
 // Labels are bounded: client and tunnel names (at most max_tunnels per
 // client; a tunnel's series go an hour after it was last used), and
 // reasons and kinds from fixed sets. No per-connection or per-address
@@ -27,6 +29,31 @@ const (
 	EndRevoked       = "revoked"        // its access was removed by a reload
 )
 
+// Why a shared port answered a visitor itself (a page, a TLS alert, or a
+// close) instead of passing the connection or request to a tunnel.
+const (
+	WebHeaderTooLarge = "header_too_large"    // 431
+	WebBadRequest     = "bad_request"         // 400: not a readable request
+	WebNoHost         = "no_host"             // 400
+	WebNoRequest      = "no_request"          // closed before a request
+	WebHeaderTimeout  = "header_timeout"      // a request's headers still incomplete at header_timeout
+	WebUnknownHost    = "unknown_host"        // 404
+	WebOffline        = "offline"             // 502: the tunnel's client is gone
+	WebDraining       = "draining"            // 503, or unrecognized_name for https
+	WebAtLimit        = "at_limit"            // 503: the tunnel's connection limit
+	WebUnauthorized   = "unauthorized"        // 401: basic auth
+	WebUnreachable    = "service_unreachable" // 502: the client could not reach its service
+	WebNotTLS         = "not_tls"             // https port: no ClientHello (not TLS, cut short, too large or slow)
+	WebUnknownName    = "unknown_name"        // https port: no server name, or one no tunnel has
+	WebTLSHandshake   = "tls_handshake"       // https terminated here: the handshake failed
+)
+
+var (
+	webHTTPReasons = []string{WebHeaderTooLarge, WebBadRequest, WebNoHost, WebNoRequest, WebHeaderTimeout, WebUnknownHost, WebOffline,
+		WebDraining, WebAtLimit, WebUnauthorized, WebUnreachable}
+	webTLSReasons = []string{WebNotTLS, WebUnknownName, WebTLSHandshake}
+)
+
 // handshakeReasons are the labels of failed handshakes.
 var handshakeReasons = []string{"tls", "no_control_stream", "protocol", "bad_hello", "limited",
 	"auth", "version", "bad_request", "resume", "banned", "internal"}
@@ -37,6 +64,7 @@ type serverMetrics struct {
 	ended      *prometheus.CounterVec
 	resumed    prometheus.Counter
 	rtt        prometheus.Histogram
+	web        *prometheus.CounterVec
 }
 
 // rttBuckets span a loopback round trip to a bad satellite link.
@@ -53,6 +81,9 @@ func newServerMetrics(s *Server) *serverMetrics {
 			Help: "Sessions lost and resumed by their client within resume_window."}),
 		rtt: prometheus.NewHistogram(prometheus.HistogramOpts{Name: "tunneld_session_rtt_seconds",
 			Help: "Smoothed TCP round trip of session sockets, sampled every few seconds per session.", Buckets: rttBuckets}),
+		web: prometheus.NewCounterVec(prometheus.CounterOpts{Name: "tunneld_web_refused_total",
+			Help: "Visitors of the shared HTTP and HTTPS ports answered by tunneld itself (a page, a TLS alert or a close) rather than a tunnel, by port and reason."},
+			[]string{"port", "reason"}),
 	}
 	// Every label value exists from the start, so a rate over a reason
 	// never seen is 0 rather than absent.
@@ -62,13 +93,24 @@ func newServerMetrics(s *Server) *serverMetrics {
 	for _, k := range append([]string{EndShutdown, EndReplaced, EndKicked, EndGoodbye, EndClientClosed, EndResumeExpired, EndRevoked}, mux.Kinds...) {
 		m.ended.WithLabelValues(k)
 	}
-	m.reg.MustRegister(m.handshakes, m.ended, m.resumed, m.rtt, &serverCollector{s: s},
+	for _, r := range webHTTPReasons {
+		m.web.WithLabelValues("http", r)
+		m.web.WithLabelValues("https", r)
+	}
+	for _, r := range webTLSReasons {
+		m.web.WithLabelValues("https", r)
+	}
+	m.reg.MustRegister(m.handshakes, m.ended, m.resumed, m.rtt, m.web, &serverCollector{s: s},
 		collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}))
 	return m
 }
 
 func (m *serverMetrics) handshakeFailed(reason string) { m.handshakes.WithLabelValues(reason).Inc() }
 func (m *serverMetrics) sessionEnded(kind string)      { m.ended.WithLabelValues(kind).Inc() }
+
+// webRefused counts a visitor of shared port ("http" or "https") that
+// tunneld answered itself, and why.
+func (m *serverMetrics) webRefused(port, reason string) { m.web.WithLabelValues(port, reason).Inc() }
 
 // Registry is what /metrics serves.
 func (s *Server) Registry() *prometheus.Registry { return s.met.reg }
@@ -87,10 +129,12 @@ var (
 		"Public connections refused at a connection limit, or while the client was away past resume_hold.", []string{"client", "tunnel"}, nil)
 	descDial = prometheus.NewDesc("tunneld_local_dial_failures_total",
 		"Public connections reset because the client could not reach its local service.", []string{"client", "tunnel"}, nil)
+	descRequests = prometheus.NewDesc("tunneld_http_requests_total",
+		"HTTP requests passed to the service, for tunnels whose requests tunneld reads (http, and https terminated here).", []string{"client", "tunnel"}, nil)
 )
 
 func (c *serverCollector) Describe(ch chan<- *prometheus.Desc) {
-	for _, d := range []*prometheus.Desc{descSessions, descTunnels, descActive, descConns, descBytes, descRefused, descDial} {
+	for _, d := range []*prometheus.Desc{descSessions, descTunnels, descActive, descConns, descBytes, descRefused, descDial, descRequests} {
 		ch <- d
 	}
 }
@@ -127,5 +171,8 @@ func (c *serverCollector) Collect(ch chan<- prometheus.Metric) {
 		ch <- prometheus.MustNewConstMetric(descBytes, prometheus.CounterValue, float64(n.BToA), st.client, st.name, "out")
 		ch <- prometheus.MustNewConstMetric(descRefused, prometheus.CounterValue, float64(st.refused.Load()), st.client, st.name)
 		ch <- prometheus.MustNewConstMetric(descDial, prometheus.CounterValue, float64(st.dialFailed.Load()), st.client, st.name)
+		if st.web.Load() {
+			ch <- prometheus.MustNewConstMetric(descRequests, prometheus.CounterValue, float64(st.requests.Load()), st.client, st.name)
+		}
 	}
 }

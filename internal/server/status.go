@@ -33,6 +33,11 @@ type tunnelStats struct {
 	proxy.Tally
 	refused    atomic.Uint64 // at a connection limit, or while away past resume_hold
 	dialFailed atomic.Uint64 // the client could not reach the local service
+	// requests counts the HTTP requests passed to the service, for a
+	// tunnel whose requests tunneld reads (web: http, or https
+	// terminated here).
+	requests atomic.Uint64
+	web      atomic.Bool
 }
 
 // statsFor returns the counts of client's tunnel, made on first use, and
@@ -123,6 +128,9 @@ type TunnelStatus struct {
 	BytesOut         uint64 `json:"bytes_out"`
 	Refused          uint64 `json:"refused"`
 	DialFailed       uint64 `json:"dial_failed"`
+	// Requests is set for tunnels whose HTTP requests tunneld reads
+	// (http, and https terminated here): those passed to the service.
+	Requests *uint64 `json:"requests,omitempty"`
 }
 
 // ResumeStatus is a resumable session's state.
@@ -191,8 +199,13 @@ func (pl *publicListener) statusOf(c proxy.Counts) TunnelStatus {
 	if pl.draining.Load() {
 		state = "draining"
 	}
-	return TunnelStatus{Name: pl.name, Public: pl.public, State: state, Connections: c.Open, ConnectionsTotal: c.Total,
+	ts := TunnelStatus{Name: pl.name, Public: pl.public, State: state, Connections: c.Open, ConnectionsTotal: c.Total,
 		BytesIn: c.AToB, BytesOut: c.BToA, Refused: pl.st.refused.Load(), DialFailed: pl.st.dialFailed.Load()}
+	if pl.st.web.Load() {
+		n := pl.st.requests.Load()
+		ts.Requests = &n
+	}
+	return ts
 }
 
 func (r *resumable) status() *ResumeStatus {

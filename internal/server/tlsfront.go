@@ -89,6 +89,7 @@ func (s *Server) serveTLSConn(c net.Conn, peer string) {
 	_ = c.SetReadDeadline(time.Time{})
 	if !errors.Is(err, errPeeked) {
 		// Not TLS, cut short, too large or too slow: nothing to route.
+		s.met.webRefused("https", WebNotTLS)
 		_ = c.SetWriteDeadline(time.Now().Add(time.Second))
 		if rec.buf.Len() > 0 && rec.buf.Bytes()[0] == 22 {
 			_, _ = c.Write(alertUnrecognizedName)
@@ -102,6 +103,11 @@ func (s *Server) serveTLSConn(c net.Conn, peer string) {
 		rt, _ = s.tlsRoutes.lookup(host, "")
 	}
 	if rt == nil || rt.pl.draining.Load() {
+		why := WebUnknownName
+		if rt != nil {
+			why = WebDraining
+		}
+		s.met.webRefused("https", why)
 		_ = c.SetWriteDeadline(time.Now().Add(time.Second))
 		_, _ = c.Write(alertUnrecognizedName)
 		c.Close()
@@ -115,6 +121,7 @@ func (s *Server) serveTLSConn(c net.Conn, peer string) {
 	tc := tls.Server(replay, s.webTLS)
 	_ = tc.SetDeadline(time.Now().Add(cfg.HeaderTimeout.D()))
 	if err := tc.Handshake(); err != nil {
+		s.met.webRefused("https", WebTLSHandshake)
 		c.Close()
 		return
 	}

@@ -186,6 +186,9 @@ func (s *Server) bindWeb(ss *session, r protocol.TunnelRequest) (*publicListener
 	}
 	pl := newPublicListener(r.Name, 0, nil, s.statsFor(ss.client, r.Name), s.config().KeepAlive.Public.Sock(), w.url(hosts[0]))
 	pl.web = w
+	if r.Type == config.TypeHTTP || r.Web.Terminate {
+		pl.st.web.Store(true)
+	}
 	prefixes := r.Web.Locations
 	if r.Type == config.TypeHTTPS && !r.Web.Terminate {
 		prefixes = nil // TLS passed through: no paths seen
