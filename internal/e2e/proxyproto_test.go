@@ -2,6 +2,7 @@ package e2e
 
 import (
 	"bufio"
+	"crypto/tls"
 	"fmt"
 	"io"
 	"net"
@@ -13,6 +14,7 @@ import (
 	"github.com/pires/go-proxyproto"
 
 	"github.com/tunnel-dev/tunnel/internal/config"
+	"github.com/tunnel-dev/tunnel/internal/testcert"
 	tt "github.com/tunnel-dev/tunnel/internal/tunneltest"
 )
 
@@ -111,6 +113,9 @@ func TestProxyProtocol(t *testing.T) {
 
 // The http front with trusted_proxies: the visitor's address from the
 // proxy's header reaches X-Forwarded-For and the service's PROXY header.
+// On the https port the proxy's header comes before the ClientHello
+// (both read ahead to route, both replayed in order): the visitor's TLS
+// reaches the service untouched, with the visitor's address.
 func TestProxyProtocolHTTP(t *testing.T) {
 	tt.CheckLeaks(t)
 	raw, err := net.Listen("tcp", "127.0.0.1:0")
@@ -122,13 +127,35 @@ func TestProxyProtocolHTTP(t *testing.T) {
 	})}
 	go hs.Serve(&proxyproto.Listener{Listener: raw})
 	t.Cleanup(func() { hs.Close() })
-	srv := webServer(t, func(c *config.Server) { c.TrustedProxies = []string{"127.0.0.1"} })
+	cert := testcert.NewFor(t, "s", "s.tunnel.test")
+	srvTLS, cliTLS := cert.Configs(t)
+	cliTLS.ServerName = "s.tunnel.test"
+	rawTLS, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	go hs.Serve(tls.NewListener(&proxyproto.Listener{Listener: rawTLS}, srvTLS))
+	srv := webServer(t, func(c *config.Server) {
+		c.TrustedProxies = []string{"127.0.0.1"}
+		c.Web.HTTPSAddr = "127.0.0.1:0"
+	})
 	cl := tt.StartClient(t, tt.ClientConfig(t, srv.Addr().String(), map[string]*config.Tunnel{
 		"w": {Type: "http", Local: raw.Addr().String(), Subdomain: "w", ProxyProtocol: "v1"},
+		"s": {Type: "https", Local: rawTLS.Addr().String(), Subdomain: "s", ProxyProtocol: "v2"},
 	}, nil))
 	cl.WaitUp(t, 5*time.Second)
 	got := ask(t, srv.HTTPAddr().String(), "PROXY TCP4 198.18.0.7 127.0.0.1 5555 80\r\n", "GET / HTTP/1.1\r\nHost: w.tunnel.test\r\nConnection: close\r\n\r\n")
 	if !strings.HasSuffix(got, "remote=198.18.0.7:5555 xff=198.18.0.7") {
 		t.Errorf("answer %q", got)
+	}
+
+	c := tt.Dial(t, srv.HTTPSAddr().String())
+	_ = c.SetDeadline(time.Now().Add(10 * time.Second))
+	fmt.Fprint(c, "PROXY TCP4 198.18.0.8 127.0.0.1 6666 443\r\n")
+	tc := tls.Client(c, cliTLS)
+	fmt.Fprint(tc, "GET / HTTP/1.1\r\nHost: s.tunnel.test\r\nConnection: close\r\n\r\n")
+	b, err := io.ReadAll(tc)
+	if err != nil || !strings.HasSuffix(string(b), "remote=198.18.0.8:6666 xff=") || tc.ConnectionState().PeerCertificates[0].Subject.CommonName != "s" {
+		t.Errorf("https through a trusted proxy: %q, %v", b, err)
 	}
 }

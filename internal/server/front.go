@@ -272,12 +272,12 @@ func (f *frontConn) CloseWrite() error {
 func (f *frontConn) WriteSocket() net.Conn { return writeSocket(f.Conn) }
 
 // writeSocket is c's socket when writes may go to it: c itself, or what
-// a bufConn wraps; nil (none) under TLS.
+// an aheadConn wraps; nil (none) under TLS.
 func writeSocket(c net.Conn) net.Conn {
 	switch c := c.(type) {
 	case *net.TCPConn:
 		return c
-	case *bufConn:
+	case *aheadConn:
 		return writeSocket(c.Conn)
 	}
 	return nil
@@ -321,6 +321,29 @@ func (f *frontConn) Abort() error {
 		return f.Conn.Close()
 	}
 	return abortConn(f.Conn)
+}
+
+// aheadConn is a connection some of whose bytes were read ahead (a PROXY
+// header through a bufio.Reader, a ClientHello peeked to route it): r
+// yields those first, then the rest. Like frontConn it is no
+// syscall.Conn, so package proxy reads it through Read; its writes may
+// go to the socket (WriteSocket).
+type aheadConn struct {
+	net.Conn
+	r    io.Reader
+	peer net.Addr // the public client's: a trusted proxy's word, or the socket's
+}
+
+func (a *aheadConn) Read(p []byte) (int, error) { return a.r.Read(p) }
+func (a *aheadConn) RemoteAddr() net.Addr       { return a.peer }
+func (a *aheadConn) Abort() error               { return abortConn(a.Conn) }
+func (a *aheadConn) WriteSocket() net.Conn      { return writeSocket(a.Conn) }
+
+func (a *aheadConn) CloseWrite() error {
+	if cw, ok := a.Conn.(interface{ CloseWrite() error }); ok {
+		return cw.CloseWrite()
+	}
+	return a.Conn.Close()
 }
 
 // abortConn resets c: a TCP connection, or the one under TLS.

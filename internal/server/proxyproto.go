@@ -39,26 +39,6 @@ func (s *Server) trusted(a net.Addr) bool {
 	return false
 }
 
-// bufConn reads through a bufio.Reader that has read ahead of the
-// caller. Like frontConn it is no syscall.Conn, so package proxy reads
-// it through Read.
-type bufConn struct {
-	net.Conn
-	br   *bufio.Reader
-	peer net.Addr
-}
-
-func (b *bufConn) Read(p []byte) (int, error) { return b.br.Read(p) }
-func (b *bufConn) RemoteAddr() net.Addr       { return b.peer }
-func (b *bufConn) Abort() error               { return abortConn(b.Conn) }
-func (b *bufConn) WriteSocket() net.Conn      { return writeSocket(b.Conn) }
-func (b *bufConn) CloseWrite() error {
-	if cw, ok := b.Conn.(interface{ CloseWrite() error }); ok {
-		return cw.CloseWrite()
-	}
-	return b.Conn.Close()
-}
-
 // proxied reads the PROXY header a trusted proxy sends first, within
 // timeout, and returns the connection as from the client it names (the
 // proxy itself for a LOCAL header, a health check). A connection from any
@@ -78,5 +58,5 @@ func (s *Server) proxied(c net.Conn, timeout time.Duration) (net.Conn, error) {
 	if h.Command.IsProxy() && h.SourceAddr != nil {
 		peer = h.SourceAddr
 	}
-	return &bufConn{Conn: c, br: br, peer: peer}, nil
+	return &aheadConn{Conn: c, r: br, peer: peer}, nil
 }

@@ -4,6 +4,7 @@ import (
 	"bytes"
 	"crypto/tls"
 	"errors"
+	"io"
 	"net"
 	"strconv"
 	"time"
@@ -38,37 +39,6 @@ func (h *helloRecorder) Read(p []byte) (int, error) {
 }
 
 func (h *helloRecorder) Write(p []byte) (int, error) { return len(p), nil }
-
-// replayConn reads what was read ahead first, then the connection. Like
-// frontConn it is no syscall.Conn, so package proxy reads through it.
-type replayConn struct {
-	net.Conn
-	ahead []byte
-	peer  string
-}
-
-func (r *replayConn) Read(p []byte) (int, error) {
-	if len(r.ahead) > 0 {
-		n := copy(p, r.ahead)
-		r.ahead = r.ahead[n:]
-		return n, nil
-	}
-	return r.Conn.Read(p)
-}
-
-func (r *replayConn) RemoteAddr() net.Addr { return peerAddr(r.peer, r.Conn.RemoteAddr()) }
-
-func (r *replayConn) CloseWrite() error {
-	if cw, ok := r.Conn.(interface{ CloseWrite() error }); ok {
-		return cw.CloseWrite()
-	}
-	return r.Conn.Close()
-}
-
-func (r *replayConn) Abort() error { return abortConn(r.Conn) }
-
-// WriteSocket: see frontConn's.
-func (r *replayConn) WriteSocket() net.Conn { return writeSocket(r.Conn) }
 
 // alertUnrecognizedName is a fatal TLS alert record, unrecognized_name
 // (RFC 6066): what a client is told when no tunnel has its server name.
@@ -113,7 +83,7 @@ func (s *Server) serveTLSConn(c net.Conn, peer string) {
 		c.Close()
 		return
 	}
-	replay := &replayConn{Conn: c, ahead: rec.buf.Bytes(), peer: peer}
+	replay := &aheadConn{Conn: c, r: io.MultiReader(bytes.NewReader(rec.buf.Bytes()), c), peer: peerAddr(peer, c.RemoteAddr())}
 	if !rt.pl.web.opts.Terminate {
 		rt.ss.takePublic(rt.pl, replay)
 		return
