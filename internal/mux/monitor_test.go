@@ -92,14 +92,17 @@ func TestMonitorsShareAGrid(t *testing.T) {
 	defer mu.Unlock()
 	early := 0
 	for _, d := range runs {
-		if d < grid/5 {
+		if d < grid/2 {
 			early++
 		}
 	}
-	// Timer latency under -race on a busy machine moves some runs later;
-	// without the grid about a fifth would be this early.
+	// Timer latency under -race on a busy machine moves some runs later,
+	// by up to tens of milliseconds when every core is taken: the bound
+	// is half a slot (25 ms). Without the grid, runs spread evenly and
+	// about half would be this early; of a hundred-odd runs, three
+	// quarters is then far out of reach.
 	if len(runs) < sessions || early < len(runs)*3/4 {
-		t.Fatalf("%d of %d monitor runs in the first fifth of their %v grid slot", early, len(runs), grid)
+		t.Fatalf("%d of %d monitor runs in the first half of their %v grid slot", early, len(runs), grid)
 	}
 }
 
