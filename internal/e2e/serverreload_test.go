@@ -97,12 +97,8 @@ func TestServerReload(t *testing.T) {
 		t.Errorf("alice's session changed: %+v", st)
 	}
 	// The limit applies to the live session: one connection is open.
-	if extra, err := net.DialTimeout("tcp", alicePub, 5*time.Second); err == nil {
-		_ = extra.SetReadDeadline(time.Now().Add(5 * time.Second))
-		if _, err := extra.Read(make([]byte, 1)); !errors.Is(err, syscall.ECONNRESET) {
-			t.Errorf("a second connection past max_connections_per_tunnel = 1: %v, want a reset", err)
-		}
-		extra.Close()
+	if err := tt.DialEnded(t, alicePub); !errors.Is(err, syscall.ECONNRESET) {
+		t.Errorf("a second connection past max_connections_per_tunnel = 1: %v, want a reset", err)
 	}
 	srv.Logs.WaitFor(t, 5*time.Second, "public connections refused: the client is at its connection limit", "max_connections_per_tunnel")
 	// A new certificate in the same files: new sessions see it (a client

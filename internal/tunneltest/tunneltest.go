@@ -17,6 +17,7 @@ import (
 	"slices"
 	"strings"
 	"sync"
+	"syscall"
 	"testing"
 	"time"
 )
@@ -289,6 +290,35 @@ func Dial(t testing.TB, addr string) *net.TCPConn {
 	}
 	t.Cleanup(func() { c.Close() })
 	return c.(*net.TCPConn)
+}
+
+// DialEnded dials addr, a public address whose connections the far side
+// is expected to end at once (its tunnel could not reach the local
+// service), and returns how the connection ended: the first read's
+// error, or connect's own when the reset came before connect's completion
+// check (the kernel takes it while the dialing goroutine waits to be
+// scheduled, which a loaded machine makes likely). Data, or no end within
+// 5 s, fails the test.
+func DialEnded(t testing.TB, addr string) error {
+	t.Helper()
+	c, err := net.DialTimeout("tcp", addr, 5*time.Second)
+	if err != nil {
+		if !errors.Is(err, syscall.ECONNRESET) {
+			t.Fatalf("dial %s: %v", addr, err)
+		}
+		return err
+	}
+	defer c.Close()
+	start := time.Now()
+	_ = c.SetReadDeadline(start.Add(5 * time.Second))
+	n, err := c.Read(make([]byte, 1))
+	if n != 0 || err == nil {
+		t.Fatalf("%s answered: %d bytes, %v", addr, n, err)
+	}
+	if errors.Is(err, os.ErrDeadlineExceeded) {
+		t.Fatalf("%s: connection still open after %s", addr, time.Since(start).Round(time.Millisecond))
+	}
+	return err
 }
 
 // Settled is the process's goroutine count and live heap after a
