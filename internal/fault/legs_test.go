@@ -29,8 +29,7 @@ func TestPublicClientVanishes(t *testing.T) {
 		t.Fatalf("local service has %d connections, want 1", n)
 	}
 	sm, cm := r.server.Mark(), r.client.Mark()
-	cut := time.Now()
-	r.lab.Cut(r.pub, r.srv)
+	_, cut := r.cut(r.pub, r.srv)
 	bound := o.publicKA.bound() + slack
 	l := r.server.WaitLine(t, sm, bound+2*time.Second, `public connection aborted.*tunnel=fixed`)
 	within(t, "server noticed the vanished public client", l.At.Sub(cut), bound)
@@ -58,8 +57,7 @@ func TestLocalHostVanishes(t *testing.T) {
 		t.Fatal(err)
 	}
 	sm, cm := r.server.Mark(), r.client.Mark()
-	cut := time.Now()
-	r.lab.Cut(r.cli, r.loc)
+	_, cut := r.cut(r.cli, r.loc)
 	bound := o.localKA.bound() + slack
 	l := r.client.WaitLine(t, cm, bound+2*time.Second, `connection aborted.*tunnel=fixed`)
 	within(t, "client noticed the vanished local host", l.At.Sub(cut), bound)

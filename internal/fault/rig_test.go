@@ -312,6 +312,21 @@ func (r *rig) sessionKept(serverMark, clientMark int) {
 }
 
 // within fails unless d is at most bound.
+// cut black-holes the path between a and b and returns when the command
+// began and when it returned: the path died in between. A bound on how
+// soon something is noticed counts from the end (a loaded machine can
+// take a while to run ip), a floor from the start.
+func (r *rig) cut(a, b *tt.Host) (from, to time.Time) {
+	r.t.Helper()
+	from = time.Now()
+	r.lab.Cut(a, b)
+	to = time.Now()
+	if d := to.Sub(from); d > 100*time.Millisecond {
+		r.t.Logf("the cut took %s to put in place", d.Round(time.Millisecond))
+	}
+	return from, to
+}
+
 func within(t *testing.T, what string, d, bound time.Duration) {
 	t.Helper()
 	t.Logf("%s: %s (bound %s)", what, d.Round(10*time.Millisecond), bound)

@@ -28,15 +28,14 @@ func TestIdleSessionBlackHoled(t *testing.T) {
 	time.Sleep(500 * time.Millisecond) // idle
 	sm, cm := r.server.Mark(), r.client.Mark()
 	cm0 := cm
-	cut := time.Now()
-	r.lab.Cut(r.cli, r.srv)
+	cutFrom, cut := r.cut(r.cli, r.srv)
 	bound := o.sessionKA.bound() + slack
 
 	sl := r.server.WaitLine(t, sm, bound+time.Second, `msg="session lost".*client=faulty`)
 	within(t, "server noticed", sl.At.Sub(cut), bound)
 	cl := r.client.WaitLine(t, cm, bound+time.Second, `msg="session lost"`)
 	within(t, "client noticed", cl.At.Sub(cut), bound)
-	if d := sl.At.Sub(cut); d < time.Duration(o.sessionKA.count)*o.sessionKA.intvl-500*time.Millisecond {
+	if d := sl.At.Sub(cutFrom); d < time.Duration(o.sessionKA.count)*o.sessionKA.intvl-500*time.Millisecond {
 		t.Errorf("server noticed after only %s: not keepalive's doing?", d)
 	}
 	for _, l := range []tt.Line{sl, cl} {
@@ -104,8 +103,7 @@ func TestSessionBlackHoledWithDataInFlight(t *testing.T) {
 			wait := r.bulk(r.fixed, 4, stop)
 			time.Sleep(time.Second)
 			sm, cm := r.server.Mark(), r.client.Mark()
-			cut := time.Now()
-			r.lab.Cut(r.cli, r.srv)
+			_, cut := r.cut(r.cli, r.srv)
 			bound := tc.bound(o) + slack
 			first := false
 			for _, p := range []*tt.Proc{r.server, r.client} {
