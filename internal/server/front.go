@@ -260,10 +260,7 @@ func (f *frontConn) CloseWrite() error {
 	if last != nil {
 		_, _ = f.Conn.Write(last)
 	}
-	if cw, ok := f.Conn.(interface{ CloseWrite() error }); ok {
-		return cw.CloseWrite()
-	}
-	return f.Conn.Close()
+	return halfClose(f.Conn)
 }
 
 // WriteSocket lets package proxy write answers straight to the socket:
@@ -339,11 +336,14 @@ func (a *aheadConn) RemoteAddr() net.Addr       { return a.peer }
 func (a *aheadConn) Abort() error               { return abortConn(a.Conn) }
 func (a *aheadConn) WriteSocket() net.Conn      { return writeSocket(a.Conn) }
 
-func (a *aheadConn) CloseWrite() error {
-	if cw, ok := a.Conn.(interface{ CloseWrite() error }); ok {
+func (a *aheadConn) CloseWrite() error { return halfClose(a.Conn) }
+
+// halfClose sends c's FIN, or closes it when it cannot half-close (TLS).
+func halfClose(c net.Conn) error {
+	if cw, ok := c.(interface{ CloseWrite() error }); ok {
 		return cw.CloseWrite()
 	}
-	return a.Conn.Close()
+	return c.Close()
 }
 
 // abortConn resets c: a TCP connection, or the one under TLS.

@@ -103,7 +103,7 @@ func (s *Server) Reload(cfg *config.Server) (*ReloadResult, error) {
 	}
 	s.clientCAs.Store(cas)
 	s.gate.setLimits(cfg.HandshakeLimit, cfg.HandshakeLimitPerAddress, cfg.FailedHandshakesPerMinute)
-	s.frontGate.setLimits(cfg.HandshakeLimit, cfg.HandshakeLimitPerAddress, 1<<30)
+	s.frontGate.setLimits(cfg.HandshakeLimit, cfg.HandshakeLimitPerAddress, frontFailuresPerMinute)
 	s.regMu.Unlock()
 
 	for _, ss := range s.allSessions() {

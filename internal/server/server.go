@@ -29,6 +29,11 @@ import (
 	"github.com/tunnel-dev/tunnel/internal/tlsconf"
 )
 
+// frontFailuresPerMinute is the shared web ports' gate's bound on failed
+// handshakes per address: none in effect. A visitor's bad request is
+// answered and counted there, not held against its address.
+const frontFailuresPerMinute = 1 << 30
+
 // Server is a running tunneld. Start binds, Serve runs until its context
 // ends; both are called once.
 type Server struct {
@@ -102,7 +107,7 @@ func New(cfg *config.Server, log *slog.Logger) (*Server, error) {
 	s := &Server{log: log, opts: opts, fingerprint: fingerprint, sessions: map[string]*session{}, ports: map[int]*session{}, leases: ls,
 		started: time.Now(), stats: map[string]*tunnelStats{},
 		gate:      newGate(cfg.HandshakeLimit, cfg.HandshakeLimitPerAddress, cfg.FailedHandshakesPerMinute, log),
-		frontGate: newGate(cfg.HandshakeLimit, cfg.HandshakeLimitPerAddress, 1<<30, log.With("gate", "shared web ports"))}
+		frontGate: newGate(cfg.HandshakeLimit, cfg.HandshakeLimitPerAddress, frontFailuresPerMinute, log.With("gate", "shared web ports"))}
 	s.cfg.Store(cfg)
 	s.clientCAs.Store(clientCAs)
 	if certs != nil {
